@@ -44,6 +44,8 @@ struct key_exchange_t {
 	bool (*get_shared_secret)(key_exchange_t *this, chunk_t *secret);
 	bool (*set_public_key)(key_exchange_t *this, chunk_t value);
 	bool (*get_public_key)(key_exchange_t *this, chunk_t *value);
+	/* 6.1.0: present only with TESTABLE_KE (configure --with-testable-ke, default yes;
+	 * Debian forky's build has it, checked by tests/abi). 6.0.1: always present. */
 	bool (*set_seed)(key_exchange_t *this, chunk_t value, drbg_t *drbg);
 	key_exchange_method_t (*get_method)(key_exchange_t *this);
 	void (*destroy)(key_exchange_t *this);
@@ -281,6 +283,9 @@ struct daemon_t {
 
 /* ---- logging ------------------------------------------------------------------------- */
 
+/* debug_t is an enum in strongSwan; its numbers differ by version, so none are declared here:
+ * 6.0.1: CFG=5 ... LIB=17, MAX=18; 6.1.0 (>= 6.0.2): WCH=5 inserted, CFG=6 ... LIB=18, MAX=19
+ * (the 6.1.0 values are checked by tests/abi/probe.c). */
 typedef int debug_t;
 typedef enum {
 	LEVEL_SILENT = -1,
