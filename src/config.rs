@@ -1,0 +1,351 @@
+//! Typed plugin settings (`<ns>.plugins.qkd.*` in strongswan.conf) and their validation.
+//!
+//! Values are read as strings through [`SettingsSource`] (strongSwan's `lib->settings` in
+//! charon, a map in tests) and parsed here, so every refusal names the exact key.
+
+use crate::kme::{KmeSettings, SaeId};
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Prefix shown in messages; the real lookup goes through `lib->ns` (charon, charon-systemd).
+pub const PREFIX: &str = "charon.plugins.qkd";
+
+/// Read access to the plugin's settings section.
+pub trait SettingsSource {
+    /// Value of `plugins.qkd.<key>`, or of `plugins.qkd.peers.<peer>.<key>` when `peer` is
+    /// given. `key` may contain dots (sub-sections); `peer` is one section name.
+    fn get(&self, peer: Option<&str>, key: &str) -> Option<String>;
+    /// Names of the subsections of `plugins.qkd.peers`.
+    fn peers(&self) -> Vec<String>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// QKD is mandatory: no key, no SA.
+    None,
+    /// Accept the in-method ECDH secret alone when both peers allow it.
+    Dh,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// swanctl connection name (section name under `peers`).
+    pub name: String,
+    pub sae_id: SaeId,
+    /// If set, a responder accepts this peer's SAE ID only from this address.
+    pub remote: Option<IpAddr>,
+    /// KME override for this peer (else the global `kme`).
+    pub kme: Option<KmeSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub sae_id: SaeId,
+    pub method_id: u16,
+    pub key_size: u32,
+    pub fallback: Fallback,
+    pub wait_timeout: Duration,
+    /// strongSwan key exchange method for the in-method ECDH share; None = QKD only.
+    pub dh_group: Option<u16>,
+    pub kme: Option<KmeSettings>,
+    pub peers: Vec<PeerConfig>,
+}
+
+pub const DEFAULT_METHOD_ID: u16 = 1042;
+pub const DEFAULT_KEY_SIZE: u32 = 256;
+const DEFAULT_KME_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{PREFIX}.{}: {}", self.key, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Typed reads for one scope (global or one peer) that report the full key on error.
+struct Scope<'a> {
+    src: &'a dyn SettingsSource,
+    peer: Option<&'a str>,
+}
+
+impl Scope<'_> {
+    fn path(&self, key: &str) -> String {
+        match self.peer {
+            Some(p) => format!("peers.{p}.{key}"),
+            None => key.to_owned(),
+        }
+    }
+
+    fn error(&self, key: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError { key: self.path(key), problem: problem.into() }
+    }
+
+    fn str(&self, key: &str) -> Option<String> {
+        self.src.get(self.peer, key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    }
+
+    fn parse<T>(&self, key: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<Option<T>, ConfigError> {
+        self.str(key).map(|v| parse(&v).map_err(|e| self.error(key, e))).transpose()
+    }
+
+    fn kme(&self) -> Result<Option<KmeSettings>, ConfigError> {
+        let Some(url) = self.str("kme.url") else {
+            return Ok(None);
+        };
+        if !url.starts_with("https://") {
+            return Err(self.error("kme.url", format!("'{url}' must be an https:// URL (ETSI GS QKD 014 requires TLS)")));
+        }
+        let file = |key: &str| {
+            self.str(key).ok_or_else(|| self.error(key, "required with kme.url (PEM file for mutual TLS)"))
+        };
+        Ok(Some(KmeSettings {
+            url: url.trim_end_matches('/').to_owned(),
+            ca: file("kme.ca")?,
+            cert: file("kme.cert")?,
+            key: file("kme.key")?,
+            timeout: self.parse("kme.timeout", parse_duration)?.unwrap_or(DEFAULT_KME_TIMEOUT),
+        }))
+    }
+}
+
+impl Config {
+    pub fn load(src: &dyn SettingsSource) -> Result<Config, ConfigError> {
+        let global = Scope { src, peer: None };
+        let sae_id = global
+            .parse("sae_id", SaeId::new)?
+            .ok_or_else(|| global.error("sae_id", "missing: set this gateway's SAE ID as known to its KME"))?;
+        let method_id = global.parse("method_id", parse_method_id)?.unwrap_or(DEFAULT_METHOD_ID);
+        let key_size = global.parse("key_size", parse_key_size)?.unwrap_or(DEFAULT_KEY_SIZE);
+        let fallback = global.parse("fallback", parse_fallback)?.unwrap_or(Fallback::None);
+        let wait_timeout = global.parse("wait_timeout", parse_duration)?.unwrap_or(Duration::ZERO);
+        let dh_group = global.parse("dh_group", parse_dh_group)?.unwrap_or(Some(CURVE_25519));
+        let kme = global.kme()?;
+
+        let mut peers = Vec::new();
+        for name in src.peers() {
+            let scope = Scope { src, peer: Some(&name) };
+            let sae_id = scope
+                .parse("sae_id", SaeId::new)?
+                .ok_or_else(|| scope.error("sae_id", "missing: the peer gateway's SAE ID"))?;
+            let remote = scope.parse("remote", |v| v.parse::<IpAddr>().map_err(|e| format!("'{v}': {e}")))?;
+            let peer_kme = scope.kme()?;
+            if peer_kme.is_none() && kme.is_none() {
+                return Err(scope.error("kme.url", "no KME configured: set kme.url globally or for this peer"));
+            }
+            peers.push(PeerConfig { name, sae_id, remote, kme: peer_kme });
+        }
+        if kme.is_none() && peers.is_empty() {
+            return Err(global.error("kme.url", "missing: the URL of this gateway's KME (https://host:port)"));
+        }
+        Ok(Config { sae_id, method_id, key_size, fallback, wait_timeout, dh_group, kme, peers })
+    }
+
+    pub fn peer_named(&self, name: &str) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+
+    pub fn peers_with_sae<'a>(&'a self, sae: &'a SaeId) -> impl Iterator<Item = &'a PeerConfig> {
+        self.peers.iter().filter(move |p| &p.sae_id == sae)
+    }
+
+    /// The KME this gateway uses for `peer`.
+    pub fn kme_for<'a>(&'a self, peer: &'a PeerConfig) -> &'a KmeSettings {
+        peer.kme.as_ref().or(self.kme.as_ref()).expect("Config::load guarantees a KME per peer")
+    }
+}
+
+const CURVE_25519: u16 = 31;
+
+fn parse_method_id(v: &str) -> Result<u16, String> {
+    let id: u32 = v.parse().map_err(|_| format!("'{v}' is not a number"))?;
+    match id {
+        65516 | 65535 => Err(format!("{id} is used by another QKD plugin with a different wire format; pick another ID in 1025..65534")),
+        1025..=65535 => Ok(id as u16),
+        _ => Err(format!("{id} is outside the private-use range 1025..65535")),
+    }
+}
+
+fn parse_key_size(v: &str) -> Result<u32, String> {
+    let bits: u32 = v.parse().map_err(|_| format!("'{v}' is not a number of bits"))?;
+    if !(128..=8192).contains(&bits) || bits % 8 != 0 {
+        return Err(format!("{bits} bits: use a multiple of 8 between 128 and 8192"));
+    }
+    Ok(bits)
+}
+
+fn parse_fallback(v: &str) -> Result<Fallback, String> {
+    match v {
+        "none" => Ok(Fallback::None),
+        "dh" => Ok(Fallback::Dh),
+        _ => Err(format!("'{v}' is not one of: none, dh")),
+    }
+}
+
+/// strongSwan time syntax: a number with an optional s/m/h/d suffix.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let (num, unit) = match v.char_indices().find(|(_, c)| !c.is_ascii_digit() && *c != '.') {
+        Some((i, _)) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let factor = match unit.trim() {
+        "s" | "" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => return Err(format!("'{v}': unknown time unit (use s, m, h or d)")),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("'{v}' is not a duration"))?;
+    Ok(Duration::from_secs_f64(n * factor))
+}
+
+fn parse_dh_group(v: &str) -> Result<Option<u16>, String> {
+    Ok(Some(match v {
+        "none" => return Ok(None),
+        "curve25519" | "x25519" => CURVE_25519,
+        "curve448" | "x448" => 32,
+        "ecp256" => 19,
+        "ecp384" => 20,
+        "ecp521" => 21,
+        "modp2048" => 14,
+        "modp3072" => 15,
+        _ => return Err(format!("'{v}' is not one of: curve25519, curve448, ecp256, ecp384, ecp521, modp2048, modp3072, none")),
+    }))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Settings as flat `key = value` pairs relative to plugins.qkd (peers.<name>.<key>).
+    pub struct MapSettings(pub BTreeMap<String, String>);
+
+    impl MapSettings {
+        pub fn new(pairs: &[(&str, &str)]) -> MapSettings {
+            MapSettings(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        }
+    }
+
+    impl SettingsSource for MapSettings {
+        fn get(&self, peer: Option<&str>, key: &str) -> Option<String> {
+            let full = match peer {
+                Some(p) => format!("peers.{p}.{key}"),
+                None => key.to_owned(),
+            };
+            self.0.get(&full).cloned()
+        }
+
+        fn peers(&self) -> Vec<String> {
+            let mut names: Vec<String> = self
+                .0
+                .keys()
+                .filter_map(|k| k.strip_prefix("peers.")?.split('.').next().map(str::to_owned))
+                .collect();
+            names.dedup();
+            names
+        }
+    }
+
+    pub const MINIMAL: &[(&str, &str)] = &[
+        ("sae_id", "sae-a"),
+        ("kme.url", "https://192.0.2.30:8443/"),
+        ("kme.ca", "/etc/qkd/ca.pem"),
+        ("kme.cert", "/etc/qkd/sae-a.pem"),
+        ("kme.key", "/etc/qkd/sae-a.key"),
+        ("peers.gw-b.sae_id", "sae-b"),
+    ];
+
+    fn load_with(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut m = MapSettings::new(MINIMAL);
+        for (k, v) in extra {
+            if v.is_empty() {
+                m.0.remove(*k);
+            } else {
+                m.0.insert(k.to_string(), v.to_string());
+            }
+        }
+        Config::load(&m)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load_with(&[]).unwrap();
+        assert_eq!(c.sae_id.as_str(), "sae-a");
+        assert_eq!(c.method_id, DEFAULT_METHOD_ID);
+        assert_eq!(c.key_size, 256);
+        assert_eq!(c.fallback, Fallback::None);
+        assert_eq!(c.wait_timeout, Duration::ZERO);
+        assert_eq!(c.dh_group, Some(CURVE_25519));
+        let kme = c.kme.as_ref().unwrap();
+        assert_eq!(kme.url, "https://192.0.2.30:8443");
+        assert_eq!(kme.timeout, Duration::from_secs(5));
+        assert_eq!(c.peers.len(), 1);
+        assert_eq!(c.peer_named("gw-b").unwrap().sae_id.as_str(), "sae-b");
+        assert_eq!(c.kme_for(&c.peers[0]).url, kme.url);
+    }
+
+    #[test]
+    fn all_values() {
+        let c = load_with(&[
+            ("method_id", "2000"),
+            ("key_size", "512"),
+            ("fallback", "dh"),
+            ("wait_timeout", "2m"),
+            ("dh_group", "none"),
+            ("kme.timeout", "1.5"),
+            ("peers.gw-b.remote", "192.0.2.20"),
+            ("peers.gw-b.kme.url", "https://kme-x:1"),
+            ("peers.gw-b.kme.ca", "ca"),
+            ("peers.gw-b.kme.cert", "c"),
+            ("peers.gw-b.kme.key", "k"),
+        ])
+        .unwrap();
+        assert_eq!((c.method_id, c.key_size, c.fallback), (2000, 512, Fallback::Dh));
+        assert_eq!(c.wait_timeout, Duration::from_secs(120));
+        assert_eq!(c.dh_group, None);
+        assert_eq!(c.kme.as_ref().unwrap().timeout, Duration::from_millis(1500));
+        let p = &c.peers[0];
+        assert_eq!(p.remote, Some("192.0.2.20".parse().unwrap()));
+        assert_eq!(c.kme_for(p).url, "https://kme-x:1");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("sae_id", "")], "charon.plugins.qkd.sae_id: missing"),
+            (&[("sae_id", "a/b")], "charon.plugins.qkd.sae_id: 'a/b' is not a valid SAE ID"),
+            (&[("method_id", "1024")], "charon.plugins.qkd.method_id: 1024 is outside"),
+            (&[("method_id", "65516")], "charon.plugins.qkd.method_id: 65516 is used by another"),
+            (&[("key_size", "100")], "charon.plugins.qkd.key_size: 100 bits"),
+            (&[("key_size", "257")], "charon.plugins.qkd.key_size: 257 bits"),
+            (&[("fallback", "yes")], "charon.plugins.qkd.fallback: 'yes' is not one of"),
+            (&[("wait_timeout", "5x")], "charon.plugins.qkd.wait_timeout: '5x': unknown time unit"),
+            (&[("dh_group", "modp1024")], "charon.plugins.qkd.dh_group: 'modp1024'"),
+            (&[("kme.url", "http://kme:80")], "charon.plugins.qkd.kme.url: 'http://kme:80' must be an https://"),
+            (&[("kme.ca", "")], "charon.plugins.qkd.kme.ca: required with kme.url"),
+            (&[("peers.gw-b.sae_id", "")], "charon.plugins.qkd.peers.gw-b.sae_id: missing"),
+            (&[("peers.gw-b.remote", "gw-b")], "charon.plugins.qkd.peers.gw-b.remote: 'gw-b'"),
+            (&[("kme.url", "")], "charon.plugins.qkd.peers.gw-b.kme.url: no KME configured"),
+        ];
+        for (extra, expected) in cases {
+            let err = load_with(extra).unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{err:?} should start with {expected:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86400));
+        assert!(parse_duration("s").is_err());
+    }
+}
