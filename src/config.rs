@@ -331,7 +331,7 @@ pub(crate) mod tests {
             (&[("dh_group", "modp1024")], "charon.plugins.qkd.dh_group: 'modp1024'"),
             (&[("kme.url", "http://kme:80")], "charon.plugins.qkd.kme.url: 'http://kme:80' must be an https://"),
             (&[("kme.ca", "")], "charon.plugins.qkd.kme.ca: required with kme.url"),
-            (&[("peers.gw-b.sae_id", "")], "charon.plugins.qkd.peers.gw-b.sae_id: missing"),
+            (&[("peers.gw-b.sae_id", ""), ("peers.gw-b.remote", "192.0.2.20")], "charon.plugins.qkd.peers.gw-b.sae_id: missing"),
             (&[("peers.gw-b.remote", "gw-b")], "charon.plugins.qkd.peers.gw-b.remote: 'gw-b'"),
             (&[("kme.url", "")], "charon.plugins.qkd.peers.gw-b.kme.url: no KME configured"),
         ];
