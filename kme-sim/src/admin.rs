@@ -33,7 +33,7 @@ pub enum AdminCommand {
     #[serde(rename = "fail-503")]
     #[command(name = "fail-503")]
     Fail503 {
-        #[arg(value_parser = parse_switch, value_name = "on|off")]
+        #[arg(value_parser = parse_switch, action = clap::ArgAction::Set, value_name = "on|off")]
         on: bool,
     },
     /// Delay every ETSI answer by MS milliseconds (0 = none)
@@ -45,7 +45,7 @@ pub enum AdminCommand {
     MismatchNext,
     /// Close ETSI connections without answering (on) or answer normally (off)
     Drop {
-        #[arg(value_parser = parse_switch, value_name = "on|off")]
+        #[arg(value_parser = parse_switch, action = clap::ArgAction::Set, value_name = "on|off")]
         on: bool,
     },
     /// Show counters, pool state and active faults (JSON)
@@ -126,7 +126,11 @@ pub fn execute(link: &Link, command: &AdminCommand) -> Result<Value, AdminError>
             json!({"added": added, "stored_key_count": link.store.stored_key_count()?})
         }
     };
-    tracing::info!(?command, "admin command");
+    if matches!(command, AdminCommand::Stats | AdminCommand::Journal) {
+        tracing::debug!(?command, "admin query");
+    } else {
+        tracing::info!(?command, "admin command");
+    }
     Ok(answer)
 }
 

@@ -25,13 +25,33 @@ pub enum ConfigError {
         path: PathBuf,
         source: Box<toml::de::Error>,
     },
-    #[error("missing setting `{0}`")]
+    #[error("missing setting {}", describe(.0))]
     Missing(&'static str),
-    #[error("invalid setting `{setting}`: {reason}")]
+    #[error("invalid setting {}: {reason}", describe(.setting))]
     Invalid {
         setting: &'static str,
         reason: String,
     },
+}
+
+/// Names a setting, given by its flag name, both as flag and as TOML key.
+fn describe(flag: &str) -> String {
+    const LINK_SETTINGS: [&str; 7] = [
+        "key-size",
+        "max-key-count",
+        "key-rate",
+        "max-key-per-request",
+        "min-key-size",
+        "max-key-size",
+        "journal",
+    ];
+    let toml = match (flag.strip_prefix("kme-a-"), flag.strip_prefix("kme-b-")) {
+        (Some(key), _) => format!("[kme_a] {key}"),
+        (_, Some(key)) => format!("[kme_b] {key}"),
+        _ if LINK_SETTINGS.contains(&flag) => format!("[link] {flag}"),
+        _ => flag.to_owned(),
+    };
+    format!("--{flag} (`{}` in a config file)", toml.replace('-', "_"))
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -85,9 +105,9 @@ impl SimOptions {
     /// Checks that the parameters describe a link that can serve at least its default request.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (setting, bits) in [
-            ("key_size", self.key_size),
-            ("min_key_size", self.min_key_size),
-            ("max_key_size", self.max_key_size),
+            ("key-size", self.key_size),
+            ("min-key-size", self.min_key_size),
+            ("max-key-size", self.max_key_size),
         ] {
             if bits == 0 || bits % 8 != 0 || bits > KEY_SIZE_LIMIT {
                 return Err(invalid(
@@ -98,13 +118,13 @@ impl SimOptions {
         }
         if self.min_key_size > self.max_key_size {
             return Err(invalid(
-                "min_key_size",
+                "min-key-size",
                 format!("{} is above max_key_size {}", self.min_key_size, self.max_key_size),
             ));
         }
         if !(self.min_key_size..=self.max_key_size).contains(&self.key_size) {
             return Err(invalid(
-                "key_size",
+                "key-size",
                 format!(
                     "{} is outside min_key_size..=max_key_size ({}..={})",
                     self.key_size, self.min_key_size, self.max_key_size
@@ -112,10 +132,10 @@ impl SimOptions {
             ));
         }
         if self.max_key_count == 0 {
-            return Err(invalid("max_key_count", "must be at least 1"));
+            return Err(invalid("max-key-count", "must be at least 1"));
         }
         if self.max_key_per_request == 0 {
-            return Err(invalid("max_key_per_request", "must be at least 1"));
+            return Err(invalid("max-key-per-request", "must be at least 1"));
         }
         Ok(())
     }
@@ -427,7 +447,10 @@ mod tests {
             ..full_args()
         };
         let err = ServeConfig::load(&args).unwrap_err();
-        assert_eq!(err.to_string(), "missing setting `kme-b-key`");
+        assert_eq!(
+            err.to_string(),
+            "missing setting --kme-b-key (`[kme_b] key` in a config file)"
+        );
     }
 
     #[test]
@@ -471,6 +494,14 @@ mod tests {
     }
 
     #[test]
+    fn settings_are_described_as_flag_and_toml_key() {
+        assert_eq!(describe("ca"), "--ca (`ca` in a config file)");
+        assert_eq!(describe("admin-listen"), "--admin-listen (`admin_listen` in a config file)");
+        assert_eq!(describe("kme-a-saes"), "--kme-a-saes (`[kme_a] saes` in a config file)");
+        assert_eq!(describe("max-key-count"), "--max-key-count (`[link] max_key_count` in a config file)");
+    }
+
+    #[test]
     fn unknown_file_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sim.toml");
@@ -487,11 +518,11 @@ mod tests {
     #[test]
     fn bad_values_are_refused_with_the_setting_named() {
         let cases: Vec<(ServeArgs, &str)> = vec![
-            (ServeArgs { key_size: Some(100), ..full_args() }, "key_size"),
-            (ServeArgs { key_size: Some(2048), ..full_args() }, "key_size"),
-            (ServeArgs { min_key_size: Some(512), max_key_size: Some(256), ..full_args() }, "min_key_size"),
-            (ServeArgs { max_key_count: Some(0), ..full_args() }, "max_key_count"),
-            (ServeArgs { max_key_per_request: Some(0), ..full_args() }, "max_key_per_request"),
+            (ServeArgs { key_size: Some(100), ..full_args() }, "key-size"),
+            (ServeArgs { key_size: Some(2048), ..full_args() }, "key-size"),
+            (ServeArgs { min_key_size: Some(512), max_key_size: Some(256), ..full_args() }, "min-key-size"),
+            (ServeArgs { max_key_count: Some(0), ..full_args() }, "max-key-count"),
+            (ServeArgs { max_key_per_request: Some(0), ..full_args() }, "max-key-per-request"),
             (ServeArgs { kme_b_saes: Some(vec!["sae-a".into()]), ..full_args() }, "kme-b-saes"),
             (ServeArgs { kme_a_saes: Some(vec![]), ..full_args() }, "kme-a-saes"),
             (ServeArgs { admin_listen: Some("0.0.0.0:9000".parse().unwrap()), ..full_args() }, "admin-listen"),

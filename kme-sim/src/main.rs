@@ -1,6 +1,7 @@
 //! `qkd-kme-sim`: run a simulated QKD link (two ETSI GS QKD 014 KMEs), make its test PKI, or
 //! steer a running one through its admin listener.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -35,7 +36,13 @@ enum Command {
         sae: Vec<String>,
     },
     /// Run the two KMEs of one QKD link until SIGTERM or SIGINT
-    Serve(ServeArgs),
+    Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+        /// Log lines as text or as JSON objects (stderr; RUST_LOG sets the level)
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
     /// Send a command to a running simulator's admin listener and print its JSON answer
     Admin {
         /// Admin listener URL, e.g. http://127.0.0.1:9000
@@ -46,11 +53,21 @@ enum Command {
     },
 }
 
-fn init_logging() {
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
     // RUST_LOG overrides, e.g. RUST_LOG=qkd_kme_sim=debug to log every request.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let logger = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logger.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logger.json().init(),
+    }
 }
 
 /// The error and its causes on one line, as `error: ...: ...`.
@@ -105,7 +122,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         tracing::info!(
             kme_a = %config.kme_a.id, kme_a_listen = %addrs.kme_a, kme_a_saes = ?config.kme_a.saes,
             kme_b = %config.kme_b.id, kme_b_listen = %addrs.kme_b, kme_b_saes = ?config.kme_b.saes,
-            admin_listen = ?addrs.admin,
+            admin_listen = %addrs.admin.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
             key_size = config.link.key_size, key_rate = config.link.key_rate,
             max_key_count = config.link.max_key_count, journal = config.link.journal,
             "QKD link simulator serving"
@@ -140,10 +157,20 @@ fn main() -> ExitCode {
             }
             Err(err) => report(&err),
         },
-        Command::Serve(args) => {
-            init_logging();
+        Command::Serve { args, log_format } => {
+            init_logging(log_format);
             serve(&args)
         }
         Command::Admin { url, command } => admin_command(&url, &command),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }
