@@ -1,0 +1,15 @@
+# desc: demo: tunnel up (hybrid x25519 + QKD when the plugin and simulator are built), SAs, ping
+if have_plugin && have_kme_sim; then
+    IKE_PROPOSALS=aes256gcm16-prfsha384-x25519-ke1_qkd
+    ESP_PROPOSALS=aes256gcm16-x25519-ke1_qkd
+    kme_up
+else
+    note "QKD plugin or simulator not built: demo with plain x25519"
+fi
+gateways_up
+initiate gw-a
+echo; echo "  \$ docker exec gw-a swanctl --list-sas"
+list_sas gw-a | sed 's/^/  /'
+echo; echo "  \$ docker exec gw-a ping -c 3 -I 198.51.100.1 203.0.113.1"
+in_node gw-a ping -n -c 3 -I 198.51.100.1 203.0.113.1 | sed 's/^/  /'
+ping_through gw-a

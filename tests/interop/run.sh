@@ -1,0 +1,266 @@
+#!/usr/bin/env bash
+# Docker interop tests of the strongSwan QKD plugin: one runner for setup, build, scenarios
+# and teardown.
+#
+#   tests/interop/run.sh [options] [SCENARIO...]   run scenarios (default: all); names or globs
+#   tests/interop/run.sh [options] demo            bring the tunnel up, show it, ping through it
+#   tests/interop/run.sh --list                    list scenarios
+#   tests/interop/run.sh --down                    remove what a --keep run left behind
+#
+# Options:
+#   --keep        leave containers (and a private dockerd) running afterwards, for debugging
+#   --no-build    skip the cargo release build (use what is in target/release)
+#   --no-setup    skip the host package check
+#   --strict      count skipped scenarios as failures (CI)
+#   --base-image IMAGE   build the node image FROM IMAGE (e.g. debian:trixie, needs a registry)
+#                        instead of the debootstrapped rootfs
+# Environment: QKD_CACHE_DIR (default <repo>/.cache: rootfs tarball, docker data, run logs),
+# QKD_ROOTFS_TARBALL, QKD_DEBIAN_MIRROR, QKD_PRIVATE_DOCKERD=1, CARGO_TARGET_DIR,
+# QKD_SCENARIO_TIMEOUT (seconds per scenario, default 600).
+set -Eeuo pipefail
+
+INTEROP_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$INTEROP_DIR/../.." && pwd)
+SCRIPTS="$REPO_ROOT/scripts"
+export QKD_REPO_ROOT="$REPO_ROOT"
+# shellcheck disable=SC1091
+. "$SCRIPTS/lib.sh"
+
+KEEP=0 BUILD=1 SETUP=1 STRICT=0 MODE=run BASE_IMAGE_ARG=""
+SELECTED=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --keep) KEEP=1 ;;
+        --no-build) BUILD=0 ;;
+        --no-setup) SETUP=0 ;;
+        --strict) STRICT=1 ;;
+        --base-image) BASE_IMAGE_ARG=${2:?--base-image needs an image}; shift ;;
+        --list) MODE=list ;;
+        --down) MODE=down ;;
+        -h|--help) sed -n '2,/^set -E/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        demo) MODE=demo ;;
+        -*) die "unknown option $1 (see --help)" ;;
+        *) SELECTED+=("$1") ;;
+    esac
+    shift
+done
+
+export QKD_INTEROP_DIR="$INTEROP_DIR"
+export QKD_INTEROP_PROJECT=qkd-interop
+export QKD_INTEROP_PREFIX="${QKD_INTEROP_PREFIX:-}"
+export QKD_INTEROP_IMAGE=qkd-interop/node:latest
+export QKD_INTEROP_STRICT=$STRICT
+export QKD_KME_EXTRA_ARGS=""
+INTEROP_CACHE="$QKD_CACHE_DIR/interop"
+
+# ---------------------------------------------------------------- scenarios -------------
+# scenarios/NN-name.sh -> "name"; run in file order. The first "# " comment line after the
+# shebang-less header is the description.
+scenario_files() { ls "$INTEROP_DIR"/scenarios/*.sh 2>/dev/null | sort; }
+scenario_name() { local b; b=$(basename "$1" .sh); echo "${b#[0-9]*-}"; }
+scenario_desc() { sed -n 's/^# desc: //p' "$1" | head -n 1; }
+
+if [ "$MODE" = list ]; then
+    for f in $(scenario_files); do printf '%-28s %s\n' "$(scenario_name "$f")" "$(scenario_desc "$f")"; done
+    exit 0
+fi
+
+# ---------------------------------------------------------------- compose ---------------
+pick_compose() {
+    if docker compose version >/dev/null 2>&1; then echo "docker compose"
+    elif command -v docker-compose >/dev/null; then echo "docker-compose"
+    else die "neither 'docker compose' nor docker-compose found"; fi
+}
+compose() {
+    # shellcheck disable=SC2086
+    $QKD_COMPOSE -p "$QKD_INTEROP_PROJECT" -f "$INTEROP_DIR/docker-compose.yml" "$@"
+}
+
+# ---------------------------------------------------------------- teardown --------------
+DOCKERD_STARTED=0
+RUN_DIR=""
+teardown_containers() {
+    [ -n "${QKD_COMPOSE:-}" ] || return 0
+    # Compose needs the path variables set even to tear down; any existing dir will do.
+    export QKD_INTEROP_RUN_DIR="${QKD_INTEROP_RUN_DIR:-/nonexistent}" QKD_INTEROP_SCEN_DIR="${QKD_INTEROP_SCEN_DIR:-/nonexistent}"
+    compose down --remove-orphans -t 3 >/dev/null 2>&1 || true
+    local id
+    # Anything compose did not catch, by the ids recorded when it was created.
+    if [ -n "$RUN_DIR" ]; then
+        for id in $(sort -u "$RUN_DIR/container-ids" 2>/dev/null); do docker rm -f "$id" >/dev/null 2>&1 || true; done
+        for id in $(sort -u "$RUN_DIR/network-ids" 2>/dev/null); do docker network rm "$id" >/dev/null 2>&1 || true; done
+    fi
+}
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [ "$KEEP" = 1 ] && [ "$MODE" != down ]; then
+        print_keep_help
+    else
+        teardown_containers
+        if [ "$DOCKERD_STARTED" = 1 ]; then "$SCRIPTS/dockerd.sh" stop || true; fi
+    fi
+    exit "$rc"
+}
+print_keep_help() {
+    cat >&2 <<EOF
+
+Left running (--keep). To look around:
+  export DOCKER_HOST=$DOCKER_HOST
+  docker exec ${QKD_INTEROP_PREFIX}gw-a swanctl --list-sas
+  docker exec ${QKD_INTEROP_PREFIX}gw-a ping -c 3 -I 198.51.100.1 203.0.113.1
+  docker exec ${QKD_INTEROP_PREFIX}kme qkd-kme-sim admin --url http://127.0.0.1:8000 stats
+  logs: ${QKD_INTEROP_SCEN_DIR:-$RUN_DIR}/gw-*/log/charon.log
+Remove it all with: $INTEROP_DIR/run.sh --down
+EOF
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- setup -----------------
+T0=$SECONDS
+if [ "$MODE" != down ]; then
+    [ "$SETUP" = 1 ] && "$SCRIPTS/setup-host.sh" packages
+    [ "$BUILD" = 1 ] && "$SCRIPTS/setup-host.sh" build
+fi
+eval "$("$SCRIPTS/dockerd.sh" start)"
+export DOCKER_HOST DOCKERD_STARTED
+QKD_COMPOSE=$(pick_compose); export QKD_COMPOSE
+if [ "$MODE" = down ]; then
+    # --down stops the private dockerd even though this invocation did not start it.
+    teardown_containers
+    [ "$DOCKERD_STARTED" = 1 ] || "$SCRIPTS/dockerd.sh" stop
+    DOCKERD_STARTED=0
+    exit 0
+fi
+# Containers of an earlier --keep run would clash with ours.
+teardown_containers
+
+TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
+PLUGIN_SO="$TARGET_DIR/libstrongswan_qkd.so"
+SIM_BIN="$TARGET_DIR/qkd-kme-sim"
+
+# Base image: the debootstrapped rootfs, imported once per rootfs (keyed by its file name).
+if [ -n "$BASE_IMAGE_ARG" ]; then
+    BASE_IMAGE=$BASE_IMAGE_ARG
+else
+    tarball=$("$SCRIPTS/build-rootfs.sh")
+    BASE_IMAGE="qkd-interop/trixie-base:$(basename "$tarball" .tar)"
+    if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+        log "images: importing $tarball"
+        docker import "$tarball" "$BASE_IMAGE" >/dev/null
+    fi
+    docker tag "$BASE_IMAGE" qkd-interop/trixie-base:latest
+fi
+
+# Node image: staged context = Dockerfile + rootfs overlay with our binaries.
+ctx="$INTEROP_CACHE/context"
+rm -rf "$ctx"; mkdir -p "$ctx/rootfs/usr/local/sbin" "$ctx/rootfs/usr/local/bin" "$ctx/rootfs/usr/lib/ipsec/plugins"
+cp "$INTEROP_DIR/image/Dockerfile" "$ctx/Dockerfile"
+cp "$INTEROP_DIR/image/gw-entry.sh" "$ctx/rootfs/usr/local/sbin/gw-entry"
+export QKD_INTEROP_HAVE_PLUGIN=0 QKD_INTEROP_HAVE_SIM=0
+if [ -f "$PLUGIN_SO" ]; then
+    cp "$PLUGIN_SO" "$ctx/rootfs/usr/lib/ipsec/plugins/libstrongswan-qkd.so"
+    QKD_INTEROP_HAVE_PLUGIN=1
+else
+    log "images: $PLUGIN_SO not built: gateways run without the QKD plugin"
+fi
+[ -x "$SIM_BIN" ] && cp "$SIM_BIN" "$ctx/rootfs/usr/local/bin/qkd-kme-sim"
+log "images: building $QKD_INTEROP_IMAGE FROM $BASE_IMAGE"
+# --network host: RUN steps (only used with a registry base) need a network even when the
+# engine has no default bridge. The legacy builder is used where buildx is missing.
+if ! docker buildx version >/dev/null 2>&1; then export DOCKER_BUILDKIT=0; fi
+docker build -q --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$QKD_INTEROP_IMAGE" "$ctx" >"$INTEROP_CACHE/build.log" 2>&1 \
+    || { cat "$INTEROP_CACHE/build.log" >&2; die "docker build failed"; }
+docker image prune -f >/dev/null 2>&1 || true
+
+# Per-run directory: certificates, rendered configs and logs of every scenario.
+RUN_DIR="$INTEROP_CACHE/runs/$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$RUN_DIR/certs"
+ln -sfn "$RUN_DIR" "$INTEROP_CACHE/runs/latest"
+# Keep the last 10 runs.
+ls -1d "$INTEROP_CACHE"/runs/2* 2>/dev/null | head -n -10 | xargs -r rm -rf
+export QKD_INTEROP_RUN_DIR="$RUN_DIR"
+PSK="0x$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"; export PSK
+
+# Test PKI for the KMEs' mutual TLS, made by the simulator itself.
+if [ -x "$SIM_BIN" ]; then
+    if "$SIM_BIN" gen-certs --out "$RUN_DIR/certs" \
+            --kme kme-a:192.0.2.30,kme --kme kme-b:192.0.2.30,kme --sae sae-a --sae sae-b \
+            >"$RUN_DIR/gen-certs.log" 2>&1 && [ -s "$RUN_DIR/certs/ca.pem" ]; then
+        QKD_INTEROP_HAVE_SIM=1
+    else
+        log "kme: qkd-kme-sim gen-certs failed (see $RUN_DIR/gen-certs.log): KME scenarios are skipped"
+    fi
+else
+    log "kme: $SIM_BIN not built: KME scenarios are skipped"
+fi
+log "setup done in $((SECONDS - T0)) s (plugin: $QKD_INTEROP_HAVE_PLUGIN, simulator: $QKD_INTEROP_HAVE_SIM)"
+
+# ---------------------------------------------------------------- running ---------------
+RESULTS=()
+FAILED=0
+print_excerpt() { # SCEN_DIR
+    local d=$1 gw f
+    for gw in gw-a gw-b; do
+        f="$d/$gw/log/charon.log"
+        [ -s "$f" ] || continue
+        printf '    --- %s: last %s lines of %s\n' "$gw" "${QKD_EXCERPT_LINES:-40}" "${f#"$REPO_ROOT/"}"
+        tail -n "${QKD_EXCERPT_LINES:-40}" "$f" | sed 's/^/    | /'
+    done
+    for f in "$d"/docker-*.log; do
+        [ -s "$f" ] || continue
+        case "$f" in *gw-*) grep -q . "$d/$(basename "$f" .log | sed 's/docker-//')/log/charon.log" 2>/dev/null && continue ;; esac
+        printf '    --- last 15 lines of %s\n' "${f#"$REPO_ROOT/"}"
+        tail -n 15 "$f" | sed 's/^/    | /'
+    done
+}
+run_scenario() { # NAME FILE
+    local name=$1 file=$2 t0=$SECONDS rc node
+    export QKD_INTEROP_SCEN_DIR="$RUN_DIR/$name"
+    mkdir -p "$QKD_INTEROP_SCEN_DIR"
+    printf '\n=== %s: %s\n' "$name" "$(scenario_desc "$file")"
+    set +e
+    timeout -k 10 "${QKD_SCENARIO_TIMEOUT:-600}" bash "$INTEROP_DIR/lib/scenario-exec.sh" "$file" \
+        2>&1 | tee "$QKD_INTEROP_SCEN_DIR/output.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    [ "$rc" = 124 ] && echo "    FAIL: scenario timed out after ${QKD_SCENARIO_TIMEOUT:-600} s"
+    # Keep each container's stdout/stderr (charon's stderr logger, the simulator's log).
+    for node in kme gw-a gw-b; do
+        docker logs "$(container_of "$node")" >"$QKD_INTEROP_SCEN_DIR/docker-$node.log" 2>&1 || rm -f "$QKD_INTEROP_SCEN_DIR/docker-$node.log"
+    done
+    local verdict=PASS
+    if [ "$rc" = 77 ]; then verdict=SKIP; [ "$STRICT" = 1 ] && FAILED=1
+    elif [ "$rc" != 0 ]; then verdict=FAIL; FAILED=1; print_excerpt "$QKD_INTEROP_SCEN_DIR"; fi
+    RESULTS+=("$(printf '%-4s %-28s %4ss' "$verdict" "$name" "$((SECONDS - t0))")")
+    printf '=== %s %s (%ss)\n' "$verdict" "$name" "$((SECONDS - t0))"
+    # Next scenario starts from nothing (unless the user wants to look at this one).
+    if [ "$KEEP" != 1 ]; then compose rm -s -f >/dev/null 2>&1 || true; fi
+}
+container_of() { printf '%s%s' "$QKD_INTEROP_PREFIX" "$1"; }
+
+if [ "$MODE" = demo ]; then
+    run_scenario demo "$INTEROP_DIR/demo.sh"
+else
+    files=()
+    for f in $(scenario_files); do
+        n=$(scenario_name "$f")
+        if [ ${#SELECTED[@]} -eq 0 ]; then files+=("$f"); continue; fi
+        for s in "${SELECTED[@]}"; do
+            # shellcheck disable=SC2053 # globs are wanted
+            if [[ $n == $s ]]; then files+=("$f"); break; fi
+        done
+    done
+    [ ${#files[@]} -gt 0 ] || die "no scenario matches: ${SELECTED[*]} (see --list)"
+    for f in "${files[@]}"; do
+        run_scenario "$(scenario_name "$f")" "$f"
+        # With --keep only the last scenario's containers stay.
+    done
+fi
+
+printf '\n===== interop summary (%s, logs in %s)\n' "$(date +%T)" "${RUN_DIR#"$REPO_ROOT/"}"
+printf '  %s\n' "${RESULTS[@]}"
+printf '  total %s s\n' "$((SECONDS - T0))"
+exit "$FAILED"
