@@ -87,6 +87,7 @@ pub struct Counters {
     responses_401: AtomicU64,
     responses_503: AtomicU64,
     responses_other: AtomicU64,
+    tls_connections: AtomicU64,
     tls_handshake_failures: AtomicU64,
     dropped_requests: AtomicU64,
     mismatched_deliveries: AtomicU64,
@@ -113,6 +114,10 @@ impl Counters {
             503 => &self.responses_503,
             _ => &self.responses_other,
         });
+    }
+
+    pub fn tls_connection(&self) {
+        bump(&self.tls_connections);
     }
 
     pub fn tls_handshake_failure(&self) {
@@ -142,6 +147,7 @@ impl Counters {
                 unavailable: get(&self.responses_503),
                 other: get(&self.responses_other),
             },
+            tls_connections: get(&self.tls_connections),
             tls_handshake_failures: get(&self.tls_handshake_failures),
             dropped_requests: get(&self.dropped_requests),
             mismatched_deliveries: get(&self.mismatched_deliveries),
@@ -173,6 +179,8 @@ pub struct ResponseStats {
 pub struct CounterStats {
     pub requests: RequestStats,
     pub responses: ResponseStats,
+    /// Mutually authenticated connections accepted (one per client while it keeps alive).
+    pub tls_connections: u64,
     pub tls_handshake_failures: u64,
     pub dropped_requests: u64,
     pub mismatched_deliveries: u64,

@@ -173,6 +173,7 @@ fn spawn_kme_connection(
                 return;
             }
         };
+        kme.link().counters.tls_connection();
         let sae: Option<Arc<str>> = tls_stream
             .get_ref()
             .1

@@ -441,6 +441,8 @@ fn stats_and_journal() {
     assert_eq!(stats["keys_delivered_to_slave"], 1, "{stats}");
     assert_eq!(stats["requests"], json!({"status": 1, "enc_keys": 2, "dec_keys": 1}), "{stats}");
     assert_eq!(stats["responses"], json!({"200": 3, "400": 1, "401": 0, "503": 0, "other": 0}), "{stats}");
+    // Each client kept its one connection alive.
+    assert_eq!(stats["tls_connections"], 2, "{stats}");
     assert_eq!(stats["faults"], json!({"fail_503": false, "drop": false, "latency_ms": 0, "mismatch_next": false}), "{stats}");
 
     let journal = link.admin(AdminCommand::Journal);
