@@ -5,7 +5,7 @@
 
 mod etsi014;
 
-pub use etsi014::{Etsi014Client, KmeTlsConfig};
+pub use etsi014::{Etsi014Client, KmeTlsConfig, Status};
 
 use std::fmt;
 use std::time::Duration;
