@@ -29,7 +29,13 @@ fn client(link: &TestLink, sae: &str) -> Client {
 /// One enc_keys at KME-A by the master, then dec_keys at KME-B by the slave; checks that both
 /// got the same key so a broken simulator cannot post a good time.
 fn round_trip(master: &Client, slave: &Client, enc_url: &str, dec_url: &str) {
-    let sent: Value = master.post(enc_url).json(&json!({"number": 1, "size": 256})).send().unwrap().json().unwrap();
+    let sent: Value = master
+        .post(enc_url)
+        .json(&json!({"number": 1, "size": 256}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     let key = &sent["keys"][0];
     let received: Value = slave
         .post(dec_url)
@@ -38,7 +44,10 @@ fn round_trip(master: &Client, slave: &Client, enc_url: &str, dec_url: &str) {
         .unwrap()
         .json()
         .unwrap();
-    assert_eq!(received["keys"][0]["key"], key["key"], "{sent} / {received}");
+    assert_eq!(
+        received["keys"][0]["key"], key["key"],
+        "{sent} / {received}"
+    );
 }
 
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
@@ -59,8 +68,16 @@ fn main() {
     });
     let master = client(&link, TestLink::SAE_A);
     let slave = client(&link, TestLink::SAE_B);
-    let enc_url = format!("{}/api/v1/keys/{}/enc_keys", link.kme_a_url, TestLink::SAE_B);
-    let dec_url = format!("{}/api/v1/keys/{}/dec_keys", link.kme_b_url, TestLink::SAE_A);
+    let enc_url = format!(
+        "{}/api/v1/keys/{}/enc_keys",
+        link.kme_a_url,
+        TestLink::SAE_B
+    );
+    let dec_url = format!(
+        "{}/api/v1/keys/{}/dec_keys",
+        link.kme_b_url,
+        TestLink::SAE_A
+    );
 
     for _ in 0..WARM_UP {
         round_trip(&master, &slave, &enc_url, &dec_url);
@@ -77,7 +94,11 @@ fn main() {
 
     let stats = link.admin(qkd_kme_sim::AdminCommand::Stats);
     let enc_requests = stats["requests"]["enc_keys"].as_u64().unwrap();
-    assert_eq!(stats["responses"]["200"].as_u64().unwrap(), 2 * enc_requests, "{stats}");
+    assert_eq!(
+        stats["responses"]["200"].as_u64().unwrap(),
+        2 * enc_requests,
+        "{stats}"
+    );
     // One connection per SAE for the whole run: the numbers include no TLS handshakes.
     assert_eq!(stats["tls_connections"], 2, "{stats}");
     println!("qkd-kme-sim round trip (enc_keys at KME-A + dec_keys at KME-B, 1 x 256-bit key, mTLS, keep-alive)");
@@ -86,5 +107,8 @@ fn main() {
     println!("p90: {:?}", percentile(&latencies, 0.90));
     println!("p99: {:?}", percentile(&latencies, 0.99));
     println!("max: {:?}", latencies[latencies.len() - 1]);
-    println!("throughput: {:.0} round trips/s", round_trips as f64 / total.as_secs_f64());
+    println!(
+        "throughput: {:.0} round trips/s",
+        round_trips as f64 / total.as_secs_f64()
+    );
 }

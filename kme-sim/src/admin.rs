@@ -147,7 +147,10 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
 /// Serves one admin HTTP request.
 pub async fn handle(link: &Link, request: Request<Incoming>) -> Response<Full<Bytes>> {
     if request.uri().path() != "/command" {
-        return json_response(StatusCode::NOT_FOUND, &json!({"message": "use POST /command"}));
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"message": "use POST /command"}),
+        );
     }
     if request.method() != Method::POST {
         return json_response(
@@ -155,10 +158,16 @@ pub async fn handle(link: &Link, request: Request<Incoming>) -> Response<Full<By
             &json!({"message": "use POST /command"}),
         );
     }
-    let body = match Limited::new(request.into_body(), MAX_COMMAND_BYTES).collect().await {
+    let body = match Limited::new(request.into_body(), MAX_COMMAND_BYTES)
+        .collect()
+        .await
+    {
         Ok(body) => body.to_bytes(),
         Err(err) => {
-            return json_response(StatusCode::BAD_REQUEST, &json!({"message": err.to_string()}))
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"message": err.to_string()}),
+            )
         }
     };
     let command: AdminCommand = match serde_json::from_slice(&body) {
@@ -193,14 +202,20 @@ pub async fn send(url: &str, command: &AdminCommand) -> Result<Value, AdminError
     if uri.scheme_str() != Some("http") {
         return Err(bad_url("the admin listener speaks plain http://"));
     }
-    let authority = uri.authority().ok_or_else(|| bad_url("no host:port"))?.clone();
+    let authority = uri
+        .authority()
+        .ok_or_else(|| bad_url("no host:port"))?
+        .clone();
     let addr = match authority.port_u16() {
         Some(_) => authority.to_string(),
         None => format!("{}:80", authority.host()),
     };
     let stream = tokio::net::TcpStream::connect(&addr)
         .await
-        .map_err(|source| AdminError::Connect { addr: addr.clone(), source })?;
+        .map_err(|source| AdminError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     let connection = tokio::spawn(connection);
@@ -236,15 +251,33 @@ mod tests {
     fn commands_have_stable_json_names() {
         let cases = [
             (AdminCommand::Pause, json!({"command": "pause"})),
-            (AdminCommand::Fail503 { on: true }, json!({"command": "fail-503", "on": true})),
-            (AdminCommand::Latency { ms: 5 }, json!({"command": "latency", "ms": 5})),
-            (AdminCommand::MismatchNext, json!({"command": "mismatch-next"})),
-            (AdminCommand::Drop { on: false }, json!({"command": "drop", "on": false})),
-            (AdminCommand::Refill { count: 3 }, json!({"command": "refill", "count": 3})),
+            (
+                AdminCommand::Fail503 { on: true },
+                json!({"command": "fail-503", "on": true}),
+            ),
+            (
+                AdminCommand::Latency { ms: 5 },
+                json!({"command": "latency", "ms": 5}),
+            ),
+            (
+                AdminCommand::MismatchNext,
+                json!({"command": "mismatch-next"}),
+            ),
+            (
+                AdminCommand::Drop { on: false },
+                json!({"command": "drop", "on": false}),
+            ),
+            (
+                AdminCommand::Refill { count: 3 },
+                json!({"command": "refill", "count": 3}),
+            ),
         ];
         for (command, expected) in cases {
             assert_eq!(serde_json::to_value(&command).unwrap(), expected);
-            assert_eq!(serde_json::from_value::<AdminCommand>(expected).unwrap(), command);
+            assert_eq!(
+                serde_json::from_value::<AdminCommand>(expected).unwrap(),
+                command
+            );
         }
     }
 

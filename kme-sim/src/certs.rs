@@ -19,7 +19,9 @@ use zeroize::Zeroizing;
 pub enum CertError {
     #[error("cannot generate certificate for {name:?}: {source}")]
     Generate { name: String, source: rcgen::Error },
-    #[error("{0:?} cannot be a file name: use letters, digits, '.', '_' and '-', not starting with '.'")]
+    #[error(
+        "{0:?} cannot be a file name: use letters, digits, '.', '_' and '-', not starting with '.'"
+    )]
     FileName(String),
     #[error("invalid --kme value {0:?}: expected NAME[:SAN,SAN...]")]
     KmeSpec(String),
@@ -76,8 +78,11 @@ impl CertAuthority {
         usage: ExtendedKeyUsagePurpose,
     ) -> Result<IssuedCert, CertError> {
         let key = KeyPair::generate().map_err(generate_error(common_name))?;
-        let mut params = CertificateParams::new(sans.to_vec()).map_err(generate_error(common_name))?;
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        let mut params =
+            CertificateParams::new(sans.to_vec()).map_err(generate_error(common_name))?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![usage];
         let cert = params
@@ -112,10 +117,7 @@ impl FromStr for KmeCertSpec {
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
         let (name, sans) = match spec.split_once(':') {
-            Some((name, sans)) => (
-                name,
-                sans.split(',').map(str::to_owned).collect::<Vec<_>>(),
-            ),
+            Some((name, sans)) => (name, sans.split(',').map(str::to_owned).collect::<Vec<_>>()),
             None => (spec, Vec::new()),
         };
         if name.is_empty() || sans.iter().any(String::is_empty) {
@@ -124,7 +126,11 @@ impl FromStr for KmeCertSpec {
         Ok(KmeCertSpec {
             name: name.to_owned(),
             // A KME named like a host is reachable under that name unless told otherwise.
-            sans: if sans.is_empty() { vec![name.to_owned()] } else { sans },
+            sans: if sans.is_empty() {
+                vec![name.to_owned()]
+            } else {
+                sans
+            },
         })
     }
 }
@@ -212,21 +218,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kmes = vec!["kme-a:127.0.0.1".parse().unwrap()];
         write_bundle(dir.path(), &kmes, &["sae-a".into()]).unwrap();
-        for file in ["ca.pem", "ca.key", "kme-a.pem", "kme-a.key", "sae-a.pem", "sae-a.key"] {
+        for file in [
+            "ca.pem",
+            "ca.key",
+            "kme-a.pem",
+            "kme-a.key",
+            "sae-a.pem",
+            "sae-a.key",
+        ] {
             let text = std::fs::read_to_string(dir.path().join(file)).unwrap();
-            let expected = if file.ends_with(".key") { "-----BEGIN PRIVATE KEY-----" } else { "-----BEGIN CERTIFICATE-----" };
+            let expected = if file.ends_with(".key") {
+                "-----BEGIN PRIVATE KEY-----"
+            } else {
+                "-----BEGIN CERTIFICATE-----"
+            };
             assert!(text.starts_with(expected), "{file}: {text}");
         }
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("sae-a.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("sae-a.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
     fn unsafe_or_duplicate_names_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        for saes in [vec!["../x".to_string()], vec![".hidden".into()], vec!["ca".into()], vec!["s".into(), "s".into()]] {
-            assert!(matches!(write_bundle(dir.path(), &[], &saes), Err(CertError::FileName(_))), "{saes:?}");
+        for saes in [
+            vec!["../x".to_string()],
+            vec![".hidden".into()],
+            vec!["ca".into()],
+            vec!["s".into(), "s".into()],
+        ] {
+            assert!(
+                matches!(
+                    write_bundle(dir.path(), &[], &saes),
+                    Err(CertError::FileName(_))
+                ),
+                "{saes:?}"
+            );
         }
     }
 }

@@ -109,7 +109,7 @@ impl SimOptions {
             ("min-key-size", self.min_key_size),
             ("max-key-size", self.max_key_size),
         ] {
-            if bits == 0 || bits % 8 != 0 || bits > KEY_SIZE_LIMIT {
+            if bits == 0 || !bits.is_multiple_of(8) || bits > KEY_SIZE_LIMIT {
                 return Err(invalid(
                     setting,
                     format!("{bits} bits: must be a non-zero multiple of 8 up to {KEY_SIZE_LIMIT}"),
@@ -119,7 +119,10 @@ impl SimOptions {
         if self.min_key_size > self.max_key_size {
             return Err(invalid(
                 "min-key-size",
-                format!("{} is above max_key_size {}", self.min_key_size, self.max_key_size),
+                format!(
+                    "{} is above max_key_size {}",
+                    self.min_key_size, self.max_key_size
+                ),
             ));
         }
         if !(self.min_key_size..=self.max_key_size).contains(&self.key_size) {
@@ -277,10 +280,11 @@ impl ServeConfig {
                     path: path.clone(),
                     source,
                 })?;
-                let file: ServeFile = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                    path: path.clone(),
-                    source: Box::new(source),
-                })?;
+                let file: ServeFile =
+                    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                        path: path.clone(),
+                        source: Box::new(source),
+                    })?;
                 let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
                 (file, base)
             }
@@ -293,12 +297,18 @@ impl ServeConfig {
         let from_file = |path: Option<PathBuf>| path.map(|p| base.join(p));
         let defaults = SimOptions::default();
         let link = SimOptions {
-            key_size: args.key_size.or(file.link.key_size).unwrap_or(defaults.key_size),
+            key_size: args
+                .key_size
+                .or(file.link.key_size)
+                .unwrap_or(defaults.key_size),
             max_key_count: args
                 .max_key_count
                 .or(file.link.max_key_count)
                 .unwrap_or(defaults.max_key_count),
-            key_rate: args.key_rate.or(file.link.key_rate).unwrap_or(defaults.key_rate),
+            key_rate: args
+                .key_rate
+                .or(file.link.key_rate)
+                .unwrap_or(defaults.key_rate),
             max_key_per_request: args
                 .max_key_per_request
                 .or(file.link.max_key_per_request)
@@ -316,7 +326,11 @@ impl ServeConfig {
         link.validate()?;
 
         let kme_a = KmeConfig {
-            id: args.kme_a_id.clone().or(file.kme_a.id).unwrap_or_else(|| "KME-A".into()),
+            id: args
+                .kme_a_id
+                .clone()
+                .or(file.kme_a.id)
+                .unwrap_or_else(|| "KME-A".into()),
             listen: args
                 .kme_a_listen
                 .or(file.kme_a.listen)
@@ -338,7 +352,11 @@ impl ServeConfig {
                 .ok_or(ConfigError::Missing("kme-a-saes"))?,
         };
         let kme_b = KmeConfig {
-            id: args.kme_b_id.clone().or(file.kme_b.id).unwrap_or_else(|| "KME-B".into()),
+            id: args
+                .kme_b_id
+                .clone()
+                .or(file.kme_b.id)
+                .unwrap_or_else(|| "KME-B".into()),
             listen: args
                 .kme_b_listen
                 .or(file.kme_b.listen)
@@ -376,7 +394,10 @@ impl ServeConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.kme_a.id == self.kme_b.id {
-            return Err(invalid("kme-b-id", format!("both KMEs are called {:?}", self.kme_a.id)));
+            return Err(invalid(
+                "kme-b-id",
+                format!("both KMEs are called {:?}", self.kme_a.id),
+            ));
         }
         if self.kme_a.listen == self.kme_b.listen && self.kme_a.listen.port() != 0 {
             return Err(invalid(
@@ -385,7 +406,10 @@ impl ServeConfig {
             ));
         }
         let mut seen = HashSet::new();
-        for (setting, saes) in [("kme-a-saes", &self.kme_a.saes), ("kme-b-saes", &self.kme_b.saes)] {
+        for (setting, saes) in [
+            ("kme-a-saes", &self.kme_a.saes),
+            ("kme-b-saes", &self.kme_b.saes),
+        ] {
             if saes.is_empty() {
                 return Err(invalid(setting, "no SAE IDs given"));
             }
@@ -496,9 +520,31 @@ mod tests {
     #[test]
     fn settings_are_described_as_flag_and_toml_key() {
         assert_eq!(describe("ca"), "--ca (`ca` in a config file)");
-        assert_eq!(describe("admin-listen"), "--admin-listen (`admin_listen` in a config file)");
-        assert_eq!(describe("kme-a-saes"), "--kme-a-saes (`[kme_a] saes` in a config file)");
-        assert_eq!(describe("max-key-count"), "--max-key-count (`[link] max_key_count` in a config file)");
+        assert_eq!(
+            describe("admin-listen"),
+            "--admin-listen (`admin_listen` in a config file)"
+        );
+        assert_eq!(
+            describe("kme-a-saes"),
+            "--kme-a-saes (`[kme_a] saes` in a config file)"
+        );
+        assert_eq!(
+            describe("max-key-count"),
+            "--max-key-count (`[link] max_key_count` in a config file)"
+        );
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("sim.example.toml");
+        let config = ServeConfig::load(&ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(config.link, SimOptions::default());
+        assert_eq!(config.kme_b.listen, "127.0.0.1:8444".parse().unwrap());
+        assert!(config.kme_a.key.ends_with("pki/kme-a.key"));
     }
 
     #[test]
@@ -518,16 +564,77 @@ mod tests {
     #[test]
     fn bad_values_are_refused_with_the_setting_named() {
         let cases: Vec<(ServeArgs, &str)> = vec![
-            (ServeArgs { key_size: Some(100), ..full_args() }, "key-size"),
-            (ServeArgs { key_size: Some(2048), ..full_args() }, "key-size"),
-            (ServeArgs { min_key_size: Some(512), max_key_size: Some(256), ..full_args() }, "min-key-size"),
-            (ServeArgs { max_key_count: Some(0), ..full_args() }, "max-key-count"),
-            (ServeArgs { max_key_per_request: Some(0), ..full_args() }, "max-key-per-request"),
-            (ServeArgs { kme_b_saes: Some(vec!["sae-a".into()]), ..full_args() }, "kme-b-saes"),
-            (ServeArgs { kme_a_saes: Some(vec![]), ..full_args() }, "kme-a-saes"),
-            (ServeArgs { admin_listen: Some("0.0.0.0:9000".parse().unwrap()), ..full_args() }, "admin-listen"),
-            (ServeArgs { kme_b_listen: Some("127.0.0.1:8443".parse().unwrap()), ..full_args() }, "kme-b-listen"),
-            (ServeArgs { kme_b_id: Some("KME-A".into()), ..full_args() }, "kme-b-id"),
+            (
+                ServeArgs {
+                    key_size: Some(100),
+                    ..full_args()
+                },
+                "key-size",
+            ),
+            (
+                ServeArgs {
+                    key_size: Some(2048),
+                    ..full_args()
+                },
+                "key-size",
+            ),
+            (
+                ServeArgs {
+                    min_key_size: Some(512),
+                    max_key_size: Some(256),
+                    ..full_args()
+                },
+                "min-key-size",
+            ),
+            (
+                ServeArgs {
+                    max_key_count: Some(0),
+                    ..full_args()
+                },
+                "max-key-count",
+            ),
+            (
+                ServeArgs {
+                    max_key_per_request: Some(0),
+                    ..full_args()
+                },
+                "max-key-per-request",
+            ),
+            (
+                ServeArgs {
+                    kme_b_saes: Some(vec!["sae-a".into()]),
+                    ..full_args()
+                },
+                "kme-b-saes",
+            ),
+            (
+                ServeArgs {
+                    kme_a_saes: Some(vec![]),
+                    ..full_args()
+                },
+                "kme-a-saes",
+            ),
+            (
+                ServeArgs {
+                    admin_listen: Some("0.0.0.0:9000".parse().unwrap()),
+                    ..full_args()
+                },
+                "admin-listen",
+            ),
+            (
+                ServeArgs {
+                    kme_b_listen: Some("127.0.0.1:8443".parse().unwrap()),
+                    ..full_args()
+                },
+                "kme-b-listen",
+            ),
+            (
+                ServeArgs {
+                    kme_b_id: Some("KME-A".into()),
+                    ..full_args()
+                },
+                "kme-b-id",
+            ),
         ];
         for (args, setting) in cases {
             match ServeConfig::load(&args) {

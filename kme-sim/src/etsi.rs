@@ -33,11 +33,17 @@ const MAX_BODY_BYTES: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum EtsiError {
     #[error("{message}")]
-    BadRequest { message: String, details: Vec<Value> },
+    BadRequest {
+        message: String,
+        details: Vec<Value>,
+    },
     #[error("unauthorized: {reason}")]
     Unauthorized { reason: String },
     #[error("{message}")]
-    Unavailable { message: String, details: Vec<Value> },
+    Unavailable {
+        message: String,
+        details: Vec<Value>,
+    },
     #[error("no such endpoint")]
     NoSuchEndpoint,
     #[error("method not allowed")]
@@ -107,7 +113,9 @@ impl EtsiError {
         };
         let mut response = json_response(status, &ErrorBody { message, details });
         if let Some(allow) = allow {
-            response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
         }
         response
     }
@@ -130,7 +138,10 @@ impl Buf for SecretChunk {
     }
 
     fn advance(&mut self, count: usize) {
-        assert!(count <= self.remaining(), "advance past the end of a response body");
+        assert!(
+            count <= self.remaining(),
+            "advance past the end of a response body"
+        );
         self.sent += count;
     }
 }
@@ -256,7 +267,9 @@ fn method_allowed(endpoint: Endpoint, method: &Method) -> Result<(), EtsiError> 
 
 /// Splits `/api/v1/keys/{SAE_ID}/{endpoint}` and percent-decodes the SAE ID.
 fn parse_path(path: &str) -> Result<(Endpoint, String), EtsiError> {
-    let rest = path.strip_prefix("/api/v1/keys/").ok_or(EtsiError::NoSuchEndpoint)?;
+    let rest = path
+        .strip_prefix("/api/v1/keys/")
+        .ok_or(EtsiError::NoSuchEndpoint)?;
     let (sae, name) = rest.split_once('/').ok_or(EtsiError::NoSuchEndpoint)?;
     let endpoint = match name {
         "status" => Endpoint::Status,
@@ -272,23 +285,39 @@ fn parse_path(path: &str) -> Result<(Endpoint, String), EtsiError> {
 
 fn query_pairs(request: &Request<Incoming>) -> Vec<(String, String)> {
     let query = request.uri().query().unwrap_or("");
-    form_urlencoded::parse(query.as_bytes()).into_owned().collect()
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
 }
 
 fn parse_query_number(name: &str, value: &str) -> Result<u64, EtsiError> {
-    value
-        .parse()
-        .map_err(|_| bad_request(format!("{name} must be a non-negative integer"), json!({name: value})))
+    value.parse().map_err(|_| {
+        bad_request(
+            format!("{name} must be a non-negative integer"),
+            json!({name: value}),
+        )
+    })
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(request: Request<Incoming>) -> Result<T, EtsiError> {
+async fn read_json<T: serde::de::DeserializeOwned>(
+    request: Request<Incoming>,
+) -> Result<T, EtsiError> {
     let body = Limited::new(request.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
-        .map_err(|err| bad_request("cannot read request body", json!({"reason": err.to_string()})))?
+        .map_err(|err| {
+            bad_request(
+                "cannot read request body",
+                json!({"reason": err.to_string()}),
+            )
+        })?
         .to_bytes();
-    serde_json::from_slice(&body)
-        .map_err(|err| bad_request("request body is not valid JSON for this request", json!({"reason": err.to_string()})))
+    serde_json::from_slice(&body).map_err(|err| {
+        bad_request(
+            "request body is not valid JSON for this request",
+            json!({"reason": err.to_string()}),
+        )
+    })
 }
 
 fn key_container(keys: Vec<DeliveredKey>) -> KeyContainer {
@@ -326,11 +355,15 @@ impl Kme {
 
     /// Answers one request from the SAE `caller` (the CN of its certificate, if it has one).
     /// `None` means: close the connection without an answer (the `drop` fault).
-    pub async fn serve(&self, caller: Option<&str>, request: Request<Incoming>) -> Option<Response<EtsiBody>> {
+    pub async fn serve(
+        &self,
+        caller: Option<&str>,
+        request: Request<Incoming>,
+    ) -> Option<Response<EtsiBody>> {
         let faults = &self.link.faults;
         if faults.drop_connections() {
             self.link.counters.dropped_request();
-            tracing::info!(kme = %self.id, sae = ?caller, "request dropped (drop fault)");
+            tracing::info!(kme = %self.id, sae = caller.unwrap_or("-"), "request dropped (drop fault)");
             return None;
         }
         let latency = faults.latency();
@@ -341,11 +374,11 @@ impl Kme {
         let path = request.uri().path().to_owned();
         let response = match self.route(caller, request).await {
             Ok(response) => {
-                tracing::debug!(kme = %self.id, sae = ?caller, %method, %path, status = 200);
+                tracing::debug!(kme = %self.id, sae = caller.unwrap_or("-"), %method, %path, status = 200);
                 response
             }
             Err(err) => {
-                tracing::info!(kme = %self.id, sae = ?caller, %method, %path, status = err.status().as_u16(), error = %err);
+                tracing::info!(kme = %self.id, sae = caller.unwrap_or("-"), %method, %path, status = err.status().as_u16(), error = %err);
                 err.into_response()
             }
         };
@@ -353,7 +386,11 @@ impl Kme {
         Some(response)
     }
 
-    async fn route(&self, caller: Option<&str>, request: Request<Incoming>) -> Result<Response<EtsiBody>, EtsiError> {
+    async fn route(
+        &self,
+        caller: Option<&str>,
+        request: Request<Incoming>,
+    ) -> Result<Response<EtsiBody>, EtsiError> {
         let (endpoint, path_sae) = parse_path(request.uri().path())?;
         self.link.counters.request(endpoint);
         method_allowed(endpoint, request.method())?;
@@ -373,7 +410,9 @@ impl Kme {
                     let mut key_request = KeyRequest::default();
                     for (name, value) in query_pairs(&request) {
                         match name.as_str() {
-                            "number" => key_request.number = Some(parse_query_number("number", &value)?),
+                            "number" => {
+                                key_request.number = Some(parse_query_number("number", &value)?)
+                            }
                             "size" => key_request.size = Some(parse_query_number("size", &value)?),
                             _ => {}
                         }
@@ -440,7 +479,12 @@ impl Kme {
         Ok(json_response(StatusCode::OK, &status))
     }
 
-    fn enc_keys(&self, master: &str, slave: &str, request: KeyRequest) -> Result<Response<EtsiBody>, EtsiError> {
+    fn enc_keys(
+        &self,
+        master: &str,
+        slave: &str,
+        request: KeyRequest,
+    ) -> Result<Response<EtsiBody>, EtsiError> {
         self.check_slave(slave)?;
         let options = self.link.store.options();
         if !request.additional_slave_sae_ids.is_empty() {
@@ -463,8 +507,11 @@ impl Kme {
             ));
         }
         let size = request.size.unwrap_or(u64::from(options.key_size));
-        if size % 8 != 0 {
-            return Err(bad_request("size shall be a multiple of 8", json!({"size": size})));
+        if !size.is_multiple_of(8) {
+            return Err(bad_request(
+                "size shall be a multiple of 8",
+                json!({"size": size}),
+            ));
         }
         if size < u64::from(options.min_key_size) || size > u64::from(options.max_key_size) {
             return Err(bad_request(
@@ -473,11 +520,19 @@ impl Kme {
             ));
         }
         // Both bounds were checked above, so the conversions cannot truncate.
-        let keys = self.link.store.reserve(master, slave, number as usize, size as u32)?;
+        let keys = self
+            .link
+            .store
+            .reserve(master, slave, number as usize, size as u32)?;
         Ok(json_response(StatusCode::OK, &key_container(keys)))
     }
 
-    fn dec_keys(&self, slave: &str, master: &str, key_ids: Vec<String>) -> Result<Response<EtsiBody>, EtsiError> {
+    fn dec_keys(
+        &self,
+        slave: &str,
+        master: &str,
+        key_ids: Vec<String>,
+    ) -> Result<Response<EtsiBody>, EtsiError> {
         let max = self.link.store.options().max_key_per_request;
         if key_ids.is_empty() || key_ids.len() > max {
             return Err(bad_request(

@@ -151,7 +151,10 @@ impl KeyStore {
     fn lock(&self) -> Result<MutexGuard<'_, StoreState>, KeyStoreError> {
         // No code panics while holding the lock, so a poisoned lock still holds a consistent
         // state; keep serving rather than failing every later request.
-        let mut state = self.state.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(state.accounted_until);
         state.accounted_until = now;
@@ -213,7 +216,9 @@ impl KeyStore {
         }
         let mut delivered = Vec::with_capacity(number);
         for _ in 0..number {
-            let mut key = Zeroizing::new(Vec::with_capacity(per_key * self.options.key_size as usize / 8));
+            let mut key = Zeroizing::new(Vec::with_capacity(
+                per_key * self.options.key_size as usize / 8,
+            ));
             for stored in state.pool.drain(..per_key) {
                 key.extend_from_slice(&stored);
             }
@@ -250,9 +255,16 @@ impl KeyStore {
     }
 
     fn evict_oldest_pending(&self, state: &mut StoreState) {
-        let limit = self.options.max_key_count.saturating_mul(PENDING_KEYS_PER_POOL_KEY);
+        let limit = self
+            .options
+            .max_key_count
+            .saturating_mul(PENDING_KEYS_PER_POOL_KEY);
         while state.pending.len() > limit {
-            let Some(oldest) = state.pending.iter().min_by_key(|(_, p)| p.seq).map(|(id, _)| *id)
+            let Some(oldest) = state
+                .pending
+                .iter()
+                .min_by_key(|(_, p)| p.seq)
+                .map(|(id, _)| *id)
             else {
                 break;
             };
@@ -297,7 +309,12 @@ impl KeyStore {
         let ids: Vec<Uuid> = found.into_iter().map(|(id, _)| id).collect();
         let delivered: Vec<DeliveredKey> = ids
             .into_iter()
-            .filter_map(|id| state.pending.remove(&id).map(|p| DeliveredKey { id, key: p.key }))
+            .filter_map(|id| {
+                state
+                    .pending
+                    .remove(&id)
+                    .map(|p| DeliveredKey { id, key: p.key })
+            })
             .collect();
         state.stats.keys_delivered_to_slave += delivered.len() as u64;
         Ok(delivered)
@@ -388,7 +405,10 @@ mod tests {
         store.reserve("a", "b", 3, 256).unwrap();
         assert!(matches!(
             store.reserve("a", "b", 1, 256),
-            Err(KeyStoreError::Exhausted { needed: 1, stored: 0 })
+            Err(KeyStoreError::Exhausted {
+                needed: 1,
+                stored: 0
+            })
         ));
         assert_eq!(store.refill(10).unwrap(), 3);
         assert_eq!(store.stored_key_count().unwrap(), 3);
@@ -402,7 +422,9 @@ mod tests {
         let keys = store.reserve("a", "b", 2, 256).unwrap();
         let mut asked = ids(&keys);
         asked.push(Uuid::new_v4().to_string());
-        assert!(matches!(store.retrieve("a", "b", &asked), Err(KeyStoreError::NotFound { missing }) if missing.len() == 1));
+        assert!(
+            matches!(store.retrieve("a", "b", &asked), Err(KeyStoreError::NotFound { missing }) if missing.len() == 1)
+        );
         // Both real keys are still there for the right request.
         assert_eq!(store.retrieve("a", "b", &ids(&keys)).unwrap().len(), 2);
     }
@@ -430,7 +452,13 @@ mod tests {
         assert!(store.retrieve("a", "b", &[id.clone(), id.clone()]).is_err());
         assert!(store.retrieve("a", "b", &["not-a-uuid".into()]).is_err());
         // Upper case is the same UUID.
-        assert_eq!(store.retrieve("a", "b", &[id.to_uppercase()]).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .retrieve("a", "b", &[id.to_uppercase()])
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -451,7 +479,10 @@ mod tests {
         store.reserve("a", "b", 1000, 256).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let refilled = store.stored_key_count().unwrap();
-        assert!((40..=1000).contains(&refilled), "{refilled} keys after 50 ms");
+        assert!(
+            (40..=1000).contains(&refilled),
+            "{refilled} keys after 50 ms"
+        );
         store.set_paused(true).unwrap();
         let at_pause = store.stored_key_count().unwrap();
         std::thread::sleep(Duration::from_millis(30));
@@ -473,8 +504,19 @@ mod tests {
             *journal[0].key,
             base64::engine::general_purpose::STANDARD.encode(&keys[0].key)
         );
-        assert_eq!((journal[0].master.as_str(), journal[0].slave.as_str(), journal[0].size), ("a", "b", 128));
-        let off = KeyStore::new(&SimOptions { max_key_count: 1, ..SimOptions::default() }).unwrap();
+        assert_eq!(
+            (
+                journal[0].master.as_str(),
+                journal[0].slave.as_str(),
+                journal[0].size
+            ),
+            ("a", "b", 128)
+        );
+        let off = KeyStore::new(&SimOptions {
+            max_key_count: 1,
+            ..SimOptions::default()
+        })
+        .unwrap();
         assert!(off.journal().unwrap().is_none());
     }
 

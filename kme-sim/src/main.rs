@@ -15,7 +15,10 @@ use qkd_kme_sim::{admin, AdminCommand, Simulator};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Parser)]
-#[command(version, about = "ETSI GS QKD 014 KME pair simulator (one QKD link, two KMEs)")]
+#[command(
+    version,
+    about = "ETSI GS QKD 014 KME pair simulator (one QKD link, two KMEs)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,7 +41,7 @@ enum Command {
     /// Run the two KMEs of one QKD link until SIGTERM or SIGINT
     Serve {
         #[command(flatten)]
-        args: ServeArgs,
+        args: Box<ServeArgs>,
         /// Log lines as text or as JSON objects (stderr; RUST_LOG sets the level)
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
@@ -63,7 +66,9 @@ fn init_logging(format: LogFormat) {
     // RUST_LOG overrides, e.g. RUST_LOG=qkd_kme_sim=debug to log every request.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logger = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let logger = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logger.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logger.json().init(),
@@ -85,19 +90,22 @@ fn report(err: &dyn std::error::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn cause_of<'a>(err: Option<&'a (dyn std::error::Error + 'static)>) -> Option<&'a (dyn std::error::Error + 'static)> {
+fn cause_of<'a>(
+    err: Option<&'a (dyn std::error::Error + 'static)>,
+) -> Option<&'a (dyn std::error::Error + 'static)> {
     err.and_then(|e| e.source())
 }
 
 async fn shutdown_signal() {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot watch SIGTERM; stop with SIGINT");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot watch SIGTERM; stop with SIGINT");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
@@ -134,7 +142,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
 }
 
 fn admin_command(url: &str, command: &AdminCommand) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => return report(&err),
     };

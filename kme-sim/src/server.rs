@@ -63,11 +63,13 @@ pub struct Simulator {
 }
 
 async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
-        what: what.to_owned(),
-        addr,
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: what.to_owned(),
+            addr,
+            source,
+        })
 }
 
 impl Simulator {
@@ -76,9 +78,17 @@ impl Simulator {
     pub async fn bind(config: &ServeConfig) -> Result<Simulator, ServerError> {
         let link = Arc::new(Link::new(&config.link)?);
         let mut kmes = Vec::with_capacity(2);
-        for (own, peer) in [(&config.kme_a, &config.kme_b), (&config.kme_b, &config.kme_a)] {
-            let tls_config = tls::server_config(&config.ca, &own.cert, &own.key)
-                .map_err(|source| ServerError::Tls { kme: own.id.clone(), source })?;
+        for (own, peer) in [
+            (&config.kme_a, &config.kme_b),
+            (&config.kme_b, &config.kme_a),
+        ] {
+            let tls_config =
+                tls::server_config(&config.ca, &own.cert, &own.key).map_err(|source| {
+                    ServerError::Tls {
+                        kme: own.id.clone(),
+                        source,
+                    }
+                })?;
             kmes.push(KmeListener {
                 kme: Arc::new(Kme::new(own, peer, link.clone())),
                 listener: bind(&own.id, own.listen).await?,
@@ -91,7 +101,12 @@ impl Simulator {
         };
         let kme_b = kmes.pop().expect("two KMEs were pushed");
         let kme_a = kmes.pop().expect("two KMEs were pushed");
-        Ok(Simulator { link, kme_a, kme_b, admin })
+        Ok(Simulator {
+            link,
+            kme_a,
+            kme_b,
+            admin,
+        })
     }
 
     pub fn listen_addrs(&self) -> ListenAddrs {
@@ -128,7 +143,10 @@ impl Simulator {
         }
         drop(self);
         tracing::info!(connections = graceful.count(), "shutting down");
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("connections still open after {grace:?}, closing them");
         }
     }
@@ -160,19 +178,20 @@ fn spawn_kme_connection(
     let acceptor = listener.tls.clone();
     tokio::spawn(async move {
         let _ = stream.set_nodelay(true);
-        let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(tls_stream)) => tls_stream,
-            Ok(Err(err)) => {
-                kme.link().counters.tls_handshake_failure();
-                tracing::info!(kme = %kme.id(), %peer, error = %err, "TLS handshake refused");
-                return;
-            }
-            Err(_) => {
-                kme.link().counters.tls_handshake_failure();
-                tracing::info!(kme = %kme.id(), %peer, "TLS handshake timed out");
-                return;
-            }
-        };
+        let tls_stream =
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => tls_stream,
+                Ok(Err(err)) => {
+                    kme.link().counters.tls_handshake_failure();
+                    tracing::info!(kme = %kme.id(), %peer, error = %err, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    kme.link().counters.tls_handshake_failure();
+                    tracing::info!(kme = %kme.id(), %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
         kme.link().counters.tls_connection();
         let sae: Option<Arc<str>> = tls_stream
             .get_ref()
@@ -181,7 +200,7 @@ fn spawn_kme_connection(
             .and_then(|chain| chain.first())
             .and_then(tls::sae_id)
             .map(Arc::from);
-        tracing::debug!(kme = %kme.id(), %peer, sae = ?sae, "SAE connected");
+        tracing::debug!(kme = %kme.id(), %peer, sae = sae.as_deref().unwrap_or("-"), "SAE connected");
         let service = service_fn(move |request| {
             let kme = kme.clone();
             let sae = sae.clone();

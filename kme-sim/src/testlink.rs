@@ -63,7 +63,13 @@ impl TestLink {
                 sans: vec!["127.0.0.1".into(), "localhost".into()],
             })
             .collect();
-        let saes = [Self::SAE_A, Self::SAE_B, Self::SAE_B2, Self::SAE_UNREGISTERED].map(String::from);
+        let saes = [
+            Self::SAE_A,
+            Self::SAE_B,
+            Self::SAE_B2,
+            Self::SAE_UNREGISTERED,
+        ]
+        .map(String::from);
         certs::write_bundle(&dir, &kmes, &saes).expect("generate the test PKI");
 
         let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
@@ -79,7 +85,10 @@ impl TestLink {
             kme_a: kme(Self::KME_A_ID, "kme-a", &[Self::SAE_A]),
             kme_b: kme(Self::KME_B_ID, "kme-b", &[Self::SAE_B, Self::SAE_B2]),
             admin_listen: Some(loopback),
-            link: SimOptions { journal: true, ..opts },
+            link: SimOptions {
+                journal: true,
+                ..opts
+            },
         };
         config.link.validate().expect("valid SimOptions");
 
@@ -146,7 +155,8 @@ impl TestLink {
     /// and returns its JSON answer, as `qkd-kme-sim admin` would print it. Panics on failure
     /// (e.g. `Journal` cannot fail here since the journal is always on).
     pub fn admin(&self, command: AdminCommand) -> Value {
-        admin::execute(&self.link, &command).unwrap_or_else(|err| panic!("admin {command:?}: {err}"))
+        admin::execute(&self.link, &command)
+            .unwrap_or_else(|err| panic!("admin {command:?}: {err}"))
     }
 }
 

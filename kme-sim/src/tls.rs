@@ -20,7 +20,10 @@ pub enum TlsError {
     #[error("{0} holds no certificate")]
     NoCertificate(PathBuf),
     #[error("CA certificate {path} refused: {source}")]
-    BadCa { path: PathBuf, source: rustls::Error },
+    BadCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("cannot build the client certificate verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("server certificate {cert} or key {key} refused: {source}")]
@@ -58,8 +61,8 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ServerCon
     }
     // No `allow_unauthenticated`: ETSI GS QKD 014 requires mutual authentication, so a client
     // without a certificate from this CA fails the handshake.
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
     let chain = read_certs(cert)?;
     let private_key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Pem {
         path: key.to_owned(),

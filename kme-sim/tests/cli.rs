@@ -23,14 +23,26 @@ fn stderr(output: &Output) -> String {
 
 /// A loopback port that was free a moment ago.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn gen_certs(dir: &Path) {
     let out = run(&[
-        "gen-certs", "--out", dir.to_str().unwrap(),
-        "--kme", "kme-a:127.0.0.1,localhost", "--kme", "kme-b:127.0.0.1",
-        "--sae", "sae-a", "--sae", "sae-b",
+        "gen-certs",
+        "--out",
+        dir.to_str().unwrap(),
+        "--kme",
+        "kme-a:127.0.0.1,localhost",
+        "--kme",
+        "kme-b:127.0.0.1",
+        "--sae",
+        "sae-a",
+        "--sae",
+        "sae-b",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
@@ -62,7 +74,13 @@ fn wait_until_serving(server: &mut Server, admin_url: &str) {
     while !admin(admin_url, &["stats"]).status.success() {
         if let Some(status) = server.0.try_wait().unwrap() {
             let mut err = String::new();
-            server.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            server
+                .0
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             panic!("serve exited with {status}: {err}");
         }
         assert!(Instant::now() < deadline, "simulator did not come up");
@@ -118,36 +136,78 @@ fn gen_certs_serve_admin_and_sigterm() {
     let client = reqwest::blocking::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(pki.join("ca.pem")).unwrap()).unwrap())
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(pki.join("ca.pem")).unwrap()).unwrap(),
+        )
         .identity(reqwest::Identity::from_pem(&identity).unwrap())
         .build()
         .unwrap();
     let status: Value = client
-        .get(format!("https://localhost:{port_a}/api/v1/keys/sae-b/status"))
+        .get(format!(
+            "https://localhost:{port_a}/api/v1/keys/sae-b/status"
+        ))
         .send()
         .unwrap()
         .json()
         .unwrap();
     assert_eq!(status["stored_key_count"], 7, "{status}");
     let enc_keys = format!("https://127.0.0.1:{port_a}/api/v1/keys/sae-b/enc_keys");
-    assert!(client.post(&enc_keys).json(&json!({"number": 2})).send().unwrap().status().is_success());
+    assert!(client
+        .post(&enc_keys)
+        .json(&json!({"number": 2}))
+        .send()
+        .unwrap()
+        .status()
+        .is_success());
 
     let stats = admin_json(&admin_url, &["stats"]);
     assert_eq!(stats["keys_delivered_to_master"], 2, "{stats}");
     assert_eq!(stats["stored_key_count"], 5, "{stats}");
-    assert_eq!(admin_json(&admin_url, &["fail-503", "on"]), json!({"fail_503": true}));
-    assert_eq!(client.post(&enc_keys).json(&json!({})).send().unwrap().status(), 503);
-    assert_eq!(admin_json(&admin_url, &["fail-503", "off"]), json!({"fail_503": false}));
-    assert_eq!(admin_json(&admin_url, &["latency", "0"]), json!({"latency_ms": 0}));
-    assert_eq!(admin_json(&admin_url, &["refill", "100"]), json!({"added": 2, "stored_key_count": 7}));
-    for command in [&["pause"][..], &["resume"], &["mismatch-next"], &["drop", "off"]] {
+    assert_eq!(
+        admin_json(&admin_url, &["fail-503", "on"]),
+        json!({"fail_503": true})
+    );
+    assert_eq!(
+        client
+            .post(&enc_keys)
+            .json(&json!({}))
+            .send()
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(
+        admin_json(&admin_url, &["fail-503", "off"]),
+        json!({"fail_503": false})
+    );
+    assert_eq!(
+        admin_json(&admin_url, &["latency", "0"]),
+        json!({"latency_ms": 0})
+    );
+    assert_eq!(
+        admin_json(&admin_url, &["refill", "100"]),
+        json!({"added": 2, "stored_key_count": 7})
+    );
+    for command in [
+        &["pause"][..],
+        &["resume"],
+        &["mismatch-next"],
+        &["drop", "off"],
+    ] {
         admin_json(&admin_url, command);
     }
     let journal = admin(&admin_url, &["journal"]);
     assert!(!journal.status.success());
-    assert!(stderr(&journal).contains("--journal"), "{}", stderr(&journal));
+    assert!(
+        stderr(&journal).contains("--journal"),
+        "{}",
+        stderr(&journal)
+    );
 
-    let kill = Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     let exit = loop {
@@ -159,7 +219,13 @@ fn gen_certs_serve_admin_and_sigterm() {
     };
     assert!(exit.success(), "{exit}");
     let mut log = String::new();
-    server.0.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    server
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
     assert!(log.contains("QKD link simulator serving"), "{log}");
     assert!(log.contains("SIGTERM received"), "{log}");
     // Key material never reaches the log.
@@ -172,9 +238,25 @@ fn serve_refuses_bad_settings_with_the_setting_named() {
     gen_certs(dir.path());
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
     let good: Vec<String> = [
-        "serve", "--ca", &p("ca.pem"),
-        "--kme-a-listen", "127.0.0.1:0", "--kme-a-cert", &p("kme-a.pem"), "--kme-a-key", &p("kme-a.key"), "--kme-a-saes", "sae-a",
-        "--kme-b-listen", "127.0.0.1:0", "--kme-b-cert", &p("kme-b.pem"), "--kme-b-key", &p("kme-b.key"), "--kme-b-saes", "sae-b,sae-c",
+        "serve",
+        "--ca",
+        &p("ca.pem"),
+        "--kme-a-listen",
+        "127.0.0.1:0",
+        "--kme-a-cert",
+        &p("kme-a.pem"),
+        "--kme-a-key",
+        &p("kme-a.key"),
+        "--kme-a-saes",
+        "sae-a",
+        "--kme-b-listen",
+        "127.0.0.1:0",
+        "--kme-b-cert",
+        &p("kme-b.pem"),
+        "--kme-b-key",
+        &p("kme-b.key"),
+        "--kme-b-saes",
+        "sae-b,sae-c",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -196,7 +278,10 @@ fn serve_refuses_bad_settings_with_the_setting_named() {
     let cases = [
         (without("--kme-a-listen"), "missing setting --kme-a-listen"),
         (with("--key-size", "100"), "invalid setting --key-size"),
-        (with("--admin-listen", "192.0.2.1:9000"), "invalid setting --admin-listen"),
+        (
+            with("--admin-listen", "192.0.2.1:9000"),
+            "invalid setting --admin-listen",
+        ),
         (with("--ca", &p("nope.pem")), "nope.pem"),
         (with("--kme-b-key", &p("kme-a.key")), "kme-b.pem"),
         (with("--config", &p("missing.toml")), "missing.toml"),
@@ -205,7 +290,10 @@ fn serve_refuses_bad_settings_with_the_setting_named() {
         let out = sim().args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
         let err = stderr(&out);
-        assert!(err.contains("error: ") && err.contains(expected), "{args:?}: {err}");
+        assert!(
+            err.contains("error: ") && err.contains(expected),
+            "{args:?}: {err}"
+        );
     }
     let out = run(&["serve", "--key-rate", "fast"]);
     assert_eq!(out.status.code(), Some(2), "clap usage error");
@@ -216,7 +304,11 @@ fn admin_errors() {
     let port = free_port();
     let out = admin(&format!("http://127.0.0.1:{port}"), &["stats"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("cannot reach the admin listener"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot reach the admin listener"),
+        "{}",
+        stderr(&out)
+    );
     let out = admin("https://127.0.0.1:1", &["stats"]);
     assert!(stderr(&out).contains("plain http://"), "{}", stderr(&out));
     let out = admin("http://127.0.0.1:1", &["drop", "maybe"]);

@@ -24,7 +24,8 @@ fn client(link: &TestLink, sae: Option<&str>) -> Client {
         .add_root_certificate(ca(link))
         .timeout(Duration::from_secs(10));
     if let Some(sae) = sae {
-        builder = builder.identity(reqwest::Identity::from_pem(&link.sae_identity_pem(sae)).unwrap());
+        builder =
+            builder.identity(reqwest::Identity::from_pem(&link.sae_identity_pem(sae)).unwrap());
     }
     builder.build().unwrap()
 }
@@ -36,39 +37,74 @@ fn url(base: &str, sae: &str, endpoint: &str) -> String {
 fn json_of(response: Response) -> (StatusCode, Value) {
     let status = response.status();
     assert_eq!(
-        response.headers().get("content-type").map(|v| v.to_str().unwrap()),
+        response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap()),
         Some("application/json")
     );
     (status, response.json().unwrap())
 }
 
 fn enc_keys(link: &TestLink, client: &Client, body: Value) -> (StatusCode, Value) {
-    json_of(client.post(url(&link.kme_a_url, SAE_B, "enc_keys")).json(&body).send().unwrap())
+    json_of(
+        client
+            .post(url(&link.kme_a_url, SAE_B, "enc_keys"))
+            .json(&body)
+            .send()
+            .unwrap(),
+    )
 }
 
 fn dec_keys(link: &TestLink, client: &Client, ids: &[&str]) -> (StatusCode, Value) {
     let body = json!({"key_IDs": ids.iter().map(|id| json!({"key_ID": id})).collect::<Vec<_>>()});
-    json_of(client.post(url(&link.kme_b_url, SAE_A, "dec_keys")).json(&body).send().unwrap())
+    json_of(
+        client
+            .post(url(&link.kme_b_url, SAE_A, "dec_keys"))
+            .json(&body)
+            .send()
+            .unwrap(),
+    )
 }
 
 fn key_ids(container: &Value) -> Vec<String> {
-    container["keys"].as_array().unwrap().iter().map(|k| k["key_ID"].as_str().unwrap().to_owned()).collect()
+    container["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key_ID"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn key_bytes(entry: &Value) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD.decode(entry["key"].as_str().unwrap()).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(entry["key"].as_str().unwrap())
+        .unwrap()
 }
 
 fn assert_error(got: (StatusCode, Value), status: StatusCode, message: &str) {
     assert_eq!(got.0, status, "{}", got.1);
     assert_eq!(got.1["message"], message, "{}", got.1);
-    assert!(got.1["details"].as_array().is_some_and(|d| !d.is_empty()), "{}", got.1);
+    assert!(
+        got.1["details"].as_array().is_some_and(|d| !d.is_empty()),
+        "{}",
+        got.1
+    );
 }
 
 #[test]
 fn status_reports_the_link_from_either_side() {
-    let link = TestLink::start(SimOptions { max_key_count: 50, key_rate: 0, ..SimOptions::default() });
-    let (status, body) = json_of(client(&link, Some(SAE_A)).get(url(&link.kme_a_url, SAE_B, "status")).send().unwrap());
+    let link = TestLink::start(SimOptions {
+        max_key_count: 50,
+        key_rate: 0,
+        ..SimOptions::default()
+    });
+    let (status, body) = json_of(
+        client(&link, Some(SAE_A))
+            .get(url(&link.kme_a_url, SAE_B, "status"))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
@@ -80,10 +116,27 @@ fn status_reports_the_link_from_either_side() {
             "max_SAE_ID_count": 0
         })
     );
-    let (status, body) = json_of(client(&link, Some(SAE_B)).get(url(&link.kme_b_url, SAE_A, "status")).send().unwrap());
+    let (status, body) = json_of(
+        client(&link, Some(SAE_B))
+            .get(url(&link.kme_b_url, SAE_A, "status"))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(status, StatusCode::OK);
-    assert_eq!((body["source_KME_ID"].as_str(), body["target_KME_ID"].as_str()), (Some("KME-B"), Some("KME-A")));
-    assert_eq!((body["master_SAE_ID"].as_str(), body["slave_SAE_ID"].as_str()), (Some(SAE_B), Some(SAE_A)));
+    assert_eq!(
+        (
+            body["source_KME_ID"].as_str(),
+            body["target_KME_ID"].as_str()
+        ),
+        (Some("KME-B"), Some("KME-A"))
+    );
+    assert_eq!(
+        (
+            body["master_SAE_ID"].as_str(),
+            body["slave_SAE_ID"].as_str()
+        ),
+        (Some(SAE_B), Some(SAE_A))
+    );
 }
 
 #[test]
@@ -102,7 +155,12 @@ fn master_and_slave_get_the_same_keys_once() {
     let (status, received) = dec_keys(&link, &slave, &id_refs);
     assert_eq!(status, StatusCode::OK, "{received}");
     assert_eq!(key_ids(&received), ids);
-    for (m, s) in sent["keys"].as_array().unwrap().iter().zip(received["keys"].as_array().unwrap()) {
+    for (m, s) in sent["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(received["keys"].as_array().unwrap())
+    {
         assert_eq!(key_bytes(m).len(), 32);
         assert_eq!(key_bytes(m), key_bytes(s));
     }
@@ -116,15 +174,29 @@ fn master_and_slave_get_the_same_keys_once() {
 
 #[test]
 fn get_variants_and_defaults() {
-    let link = TestLink::start(SimOptions { key_size: 128, min_key_size: 64, ..SimOptions::default() });
+    let link = TestLink::start(SimOptions {
+        key_size: 128,
+        min_key_size: 64,
+        ..SimOptions::default()
+    });
     let master = client(&link, Some(SAE_A));
     let slave = client(&link, Some(SAE_B));
     // No parameters: one key of key_size bits.
-    let (status, sent) = json_of(master.get(url(&link.kme_a_url, SAE_B, "enc_keys")).send().unwrap());
+    let (status, sent) = json_of(
+        master
+            .get(url(&link.kme_a_url, SAE_B, "enc_keys"))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(status, StatusCode::OK, "{sent}");
     assert_eq!(sent["keys"].as_array().unwrap().len(), 1);
     assert_eq!(key_bytes(&sent["keys"][0]).len(), 16);
-    let (status, two) = json_of(master.get(url(&link.kme_a_url, SAE_B, "enc_keys?number=2&size=512")).send().unwrap());
+    let (status, two) = json_of(
+        master
+            .get(url(&link.kme_a_url, SAE_B, "enc_keys?number=2&size=512"))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(status, StatusCode::OK, "{two}");
     assert_eq!(key_bytes(&two["keys"][1]).len(), 64);
     // An empty POST body object means the defaults too.
@@ -133,52 +205,127 @@ fn get_variants_and_defaults() {
     assert_eq!(key_bytes(&default_post["keys"][0]).len(), 16);
 
     let id = key_ids(&sent).remove(0);
-    let (status, got) = json_of(slave.get(url(&link.kme_b_url, SAE_A, &format!("dec_keys?key_ID={id}"))).send().unwrap());
+    let (status, got) = json_of(
+        slave
+            .get(url(
+                &link.kme_b_url,
+                SAE_A,
+                &format!("dec_keys?key_ID={id}"),
+            ))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(key_bytes(&got["keys"][0]), key_bytes(&sent["keys"][0]));
     // Several key_ID parameters, and key IDs in upper case, are accepted.
     let ids = key_ids(&two);
-    let query = format!("dec_keys?key_ID={}&key_ID={}", ids[0].to_uppercase(), ids[1]);
-    let (status, got) = json_of(slave.get(url(&link.kme_b_url, SAE_A, &query)).send().unwrap());
+    let query = format!(
+        "dec_keys?key_ID={}&key_ID={}",
+        ids[0].to_uppercase(),
+        ids[1]
+    );
+    let (status, got) = json_of(
+        slave
+            .get(url(&link.kme_b_url, SAE_A, &query))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(key_bytes(&got["keys"][1]), key_bytes(&two["keys"][1]));
 }
 
 #[test]
 fn enc_keys_parameter_errors() {
-    let link = TestLink::start(SimOptions { max_key_per_request: 4, ..SimOptions::default() });
+    let link = TestLink::start(SimOptions {
+        max_key_per_request: 4,
+        ..SimOptions::default()
+    });
     let master = client(&link, Some(SAE_A));
     let bad = StatusCode::BAD_REQUEST;
-    assert_error(enc_keys(&link, &master, json!({"number": 1, "size": 100})), bad, "size shall be a multiple of 8");
     assert_error(
-        json_of(master.get(url(&link.kme_a_url, SAE_B, "enc_keys?size=129")).send().unwrap()),
+        enc_keys(&link, &master, json!({"number": 1, "size": 100})),
         bad,
         "size shall be a multiple of 8",
     );
-    assert_error(enc_keys(&link, &master, json!({"size": 56})), bad, "size is out of range");
-    assert_error(enc_keys(&link, &master, json!({"size": 1032})), bad, "size is out of range");
-    assert_error(enc_keys(&link, &master, json!({"number": 0})), bad, "number is out of range");
-    assert_error(enc_keys(&link, &master, json!({"number": 5})), bad, "number is out of range");
-    assert_error(enc_keys(&link, &master, json!({"number": -1})), bad, "request body is not valid JSON for this request");
     assert_error(
-        enc_keys(&link, &master, json!({"extension_mandatory": [{"abc_route_type": "direct"}]})),
+        json_of(
+            master
+                .get(url(&link.kme_a_url, SAE_B, "enc_keys?size=129"))
+                .send()
+                .unwrap(),
+        ),
+        bad,
+        "size shall be a multiple of 8",
+    );
+    assert_error(
+        enc_keys(&link, &master, json!({"size": 56})),
+        bad,
+        "size is out of range",
+    );
+    assert_error(
+        enc_keys(&link, &master, json!({"size": 1032})),
+        bad,
+        "size is out of range",
+    );
+    assert_error(
+        enc_keys(&link, &master, json!({"number": 0})),
+        bad,
+        "number is out of range",
+    );
+    assert_error(
+        enc_keys(&link, &master, json!({"number": 5})),
+        bad,
+        "number is out of range",
+    );
+    assert_error(
+        enc_keys(&link, &master, json!({"number": -1})),
+        bad,
+        "request body is not valid JSON for this request",
+    );
+    assert_error(
+        enc_keys(
+            &link,
+            &master,
+            json!({"extension_mandatory": [{"abc_route_type": "direct"}]}),
+        ),
         bad,
         "not all extension_mandatory parameters are supported",
     );
     assert_error(
-        enc_keys(&link, &master, json!({"additional_slave_SAE_IDs": [TestLink::SAE_B2]})),
+        enc_keys(
+            &link,
+            &master,
+            json!({"additional_slave_SAE_IDs": [TestLink::SAE_B2]}),
+        ),
         bad,
         "additional_slave_SAE_IDs are not supported",
     );
     assert_error(
-        json_of(master.get(url(&link.kme_a_url, SAE_B, "enc_keys?number=two")).send().unwrap()),
+        json_of(
+            master
+                .get(url(&link.kme_a_url, SAE_B, "enc_keys?number=two"))
+                .send()
+                .unwrap(),
+        ),
         bad,
         "number must be a non-negative integer",
     );
-    let not_json = master.post(url(&link.kme_a_url, SAE_B, "enc_keys")).body("{number").send().unwrap();
-    assert_error(json_of(not_json), bad, "request body is not valid JSON for this request");
+    let not_json = master
+        .post(url(&link.kme_a_url, SAE_B, "enc_keys"))
+        .body("{number")
+        .send()
+        .unwrap();
+    assert_error(
+        json_of(not_json),
+        bad,
+        "request body is not valid JSON for this request",
+    );
     // Optional extensions may be ignored, and are.
-    let (status, body) = enc_keys(&link, &master, json!({"number": 4, "extension_optional": [{"x": 1}]}));
+    let (status, body) = enc_keys(
+        &link,
+        &master,
+        json!({"number": 4, "extension_optional": [{"x": 1}]}),
+    );
     assert_eq!(status, StatusCode::OK, "{body}");
     // None of the refused requests took a key.
     let stats = link.admin(AdminCommand::Stats);
@@ -191,9 +338,20 @@ fn slave_must_be_an_sae_of_the_other_kme() {
     let master = client(&link, Some(SAE_A));
     let bad = StatusCode::BAD_REQUEST;
     for slave in ["nobody", SAE_A, ""] {
-        let (status, body) = json_of(master.get(url(&link.kme_a_url, slave, "status")).send().unwrap());
+        let (status, body) = json_of(
+            master
+                .get(url(&link.kme_a_url, slave, "status"))
+                .send()
+                .unwrap(),
+        );
         assert_error((status, body), bad, "unknown slave SAE ID");
-        let (status, body) = json_of(master.post(url(&link.kme_a_url, slave, "enc_keys")).json(&json!({})).send().unwrap());
+        let (status, body) = json_of(
+            master
+                .post(url(&link.kme_a_url, slave, "enc_keys"))
+                .json(&json!({}))
+                .send()
+                .unwrap(),
+        );
         assert_error((status, body), bad, "unknown slave SAE ID");
     }
 }
@@ -202,14 +360,22 @@ fn slave_must_be_an_sae_of_the_other_kme() {
 fn sae_ids_in_the_path_are_percent_decoded() {
     let link = TestLink::start(SimOptions::default());
     let master = client(&link, Some(SAE_A));
-    let (status, body) = json_of(master.get(url(&link.kme_a_url, "sae%2Db", "status")).send().unwrap());
+    let (status, body) = json_of(
+        master
+            .get(url(&link.kme_a_url, "sae%2Db", "status"))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["slave_SAE_ID"], SAE_B);
 }
 
 #[test]
 fn dec_keys_errors() {
-    let link = TestLink::start(SimOptions { max_key_per_request: 2, ..SimOptions::default() });
+    let link = TestLink::start(SimOptions {
+        max_key_per_request: 2,
+        ..SimOptions::default()
+    });
     let master = client(&link, Some(SAE_A));
     let slave = client(&link, Some(SAE_B));
     let other_slave = client(&link, Some(TestLink::SAE_B2));
@@ -222,7 +388,11 @@ fn dec_keys_errors() {
     assert_error(dec_keys(&link, &slave, &[&unknown]), bad, not_found);
     assert_error(dec_keys(&link, &slave, &["not-a-key-id"]), bad, not_found);
     // One unknown ID fails the whole request and consumes nothing.
-    assert_error(dec_keys(&link, &slave, &[&ids[0], &unknown]), bad, not_found);
+    assert_error(
+        dec_keys(&link, &slave, &[&ids[0], &unknown]),
+        bad,
+        not_found,
+    );
     // Right IDs, wrong master SAE in the path.
     let wrong_master = slave
         .post(url(&link.kme_b_url, "someone-else", "dec_keys"))
@@ -230,15 +400,38 @@ fn dec_keys_errors() {
         .send()
         .unwrap();
     assert_error(json_of(wrong_master), bad, not_found);
-    assert_error(dec_keys(&link, &slave, &[]), bad, "number of key_IDs is out of range");
-    assert_error(dec_keys(&link, &slave, &[&ids[0], &ids[1], &unknown]), bad, "number of key_IDs is out of range");
-    let no_ids = slave.get(url(&link.kme_b_url, SAE_A, "dec_keys")).send().unwrap();
+    assert_error(
+        dec_keys(&link, &slave, &[]),
+        bad,
+        "number of key_IDs is out of range",
+    );
+    assert_error(
+        dec_keys(&link, &slave, &[&ids[0], &ids[1], &unknown]),
+        bad,
+        "number of key_IDs is out of range",
+    );
+    let no_ids = slave
+        .get(url(&link.kme_b_url, SAE_A, "dec_keys"))
+        .send()
+        .unwrap();
     assert_error(json_of(no_ids), bad, "number of key_IDs is out of range");
-    let malformed = slave.post(url(&link.kme_b_url, SAE_A, "dec_keys")).json(&json!({"key_IDs": "x"})).send().unwrap();
-    assert_error(json_of(malformed), bad, "request body is not valid JSON for this request");
+    let malformed = slave
+        .post(url(&link.kme_b_url, SAE_A, "dec_keys"))
+        .json(&json!({"key_IDs": "x"}))
+        .send()
+        .unwrap();
+    assert_error(
+        json_of(malformed),
+        bad,
+        "request body is not valid JSON for this request",
+    );
 
     // Another SAE of the slave's KME may not take keys meant for SAE_B.
-    assert_error(dec_keys(&link, &other_slave, &[&ids[0]]), StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_error(
+        dec_keys(&link, &other_slave, &[&ids[0]]),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
     // After all those refusals, the slave still gets both keys.
     let (status, got) = dec_keys(&link, &slave, &[&ids[0], &ids[1]]);
     assert_eq!(status, StatusCode::OK, "{got}");
@@ -251,11 +444,23 @@ fn saes_must_be_attached_to_the_kme_they_call() {
     let stranger = client(&link, Some(TestLink::SAE_UNREGISTERED));
     let sae_a = client(&link, Some(SAE_A));
     let unauthorized = StatusCode::UNAUTHORIZED;
-    for (client, base, path_sae) in [(&stranger, &link.kme_a_url, SAE_B), (&stranger, &link.kme_b_url, SAE_A), (&sae_a, &link.kme_b_url, SAE_B)] {
+    for (client, base, path_sae) in [
+        (&stranger, &link.kme_a_url, SAE_B),
+        (&stranger, &link.kme_b_url, SAE_A),
+        (&sae_a, &link.kme_b_url, SAE_B),
+    ] {
         for endpoint in ["status", "enc_keys"] {
-            assert_error(json_of(client.get(url(base, path_sae, endpoint)).send().unwrap()), unauthorized, "unauthorized");
+            assert_error(
+                json_of(client.get(url(base, path_sae, endpoint)).send().unwrap()),
+                unauthorized,
+                "unauthorized",
+            );
         }
-        let dec = client.post(url(base, path_sae, "dec_keys")).json(&json!({"key_IDs": [{"key_ID": uuid::Uuid::new_v4()}]})).send().unwrap();
+        let dec = client
+            .post(url(base, path_sae, "dec_keys"))
+            .json(&json!({"key_IDs": [{"key_ID": uuid::Uuid::new_v4()}]}))
+            .send()
+            .unwrap();
         assert_error(json_of(dec), unauthorized, "unauthorized");
     }
 }
@@ -264,7 +469,10 @@ fn saes_must_be_attached_to_the_kme_they_call() {
 fn mutual_tls_refuses_clients_without_a_certificate_from_the_ca() {
     let link = TestLink::start(SimOptions::default());
     let no_cert = client(&link, None);
-    assert!(no_cert.get(url(&link.kme_a_url, SAE_B, "status")).send().is_err());
+    assert!(no_cert
+        .get(url(&link.kme_a_url, SAE_B, "status"))
+        .send()
+        .is_err());
 
     // A certificate with a registered SAE ID, but signed by a foreign CA.
     let foreign = TestLink::start(SimOptions::default());
@@ -275,11 +483,21 @@ fn mutual_tls_refuses_clients_without_a_certificate_from_the_ca() {
         .identity(reqwest::Identity::from_pem(&foreign.sae_identity_pem(SAE_A)).unwrap())
         .build()
         .unwrap();
-    assert!(impostor.get(url(&link.kme_a_url, SAE_B, "status")).send().is_err());
-    assert!(impostor.post(url(&link.kme_a_url, SAE_B, "enc_keys")).json(&json!({})).send().is_err());
+    assert!(impostor
+        .get(url(&link.kme_a_url, SAE_B, "status"))
+        .send()
+        .is_err());
+    assert!(impostor
+        .post(url(&link.kme_a_url, SAE_B, "enc_keys"))
+        .json(&json!({}))
+        .send()
+        .is_err());
 
     let stats = link.admin(AdminCommand::Stats);
-    assert!(stats["tls_handshake_failures"].as_u64().unwrap() >= 3, "{stats}");
+    assert!(
+        stats["tls_handshake_failures"].as_u64().unwrap() >= 3,
+        "{stats}"
+    );
     assert_eq!(stats["keys_delivered_to_master"], 0, "{stats}");
     assert_eq!(stats["requests"]["status"], 0, "{stats}");
 }
@@ -288,21 +506,35 @@ fn mutual_tls_refuses_clients_without_a_certificate_from_the_ca() {
 fn plain_http_is_not_served() {
     let link = TestLink::start(SimOptions::default());
     let plain = link.kme_a_url.replace("https://", "http://");
-    assert!(Client::new().get(url(&plain, SAE_B, "status")).send().is_err());
+    assert!(Client::new()
+        .get(url(&plain, SAE_B, "status"))
+        .send()
+        .is_err());
 }
 
 #[test]
 fn unknown_paths_and_methods() {
     let link = TestLink::start(SimOptions::default());
     let master = client(&link, Some(SAE_A));
-    let (status, body) = json_of(master.get(format!("{}/api/v1/keys/{SAE_B}/other", link.kme_a_url)).send().unwrap());
+    let (status, body) = json_of(
+        master
+            .get(format!("{}/api/v1/keys/{SAE_B}/other", link.kme_a_url))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     let (status, body) = json_of(master.get(format!("{}/", link.kme_a_url)).send().unwrap());
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    let response = master.post(url(&link.kme_a_url, SAE_B, "status")).send().unwrap();
+    let response = master
+        .post(url(&link.kme_a_url, SAE_B, "status"))
+        .send()
+        .unwrap();
     assert_eq!(response.headers()["allow"], "GET");
     assert_eq!(json_of(response).0, StatusCode::METHOD_NOT_ALLOWED);
-    let response = master.delete(url(&link.kme_a_url, SAE_B, "enc_keys")).send().unwrap();
+    let response = master
+        .delete(url(&link.kme_a_url, SAE_B, "enc_keys"))
+        .send()
+        .unwrap();
     assert_eq!(response.headers()["allow"], "GET, POST");
     assert_eq!(json_of(response).0, StatusCode::METHOD_NOT_ALLOWED);
 }
@@ -310,7 +542,11 @@ fn unknown_paths_and_methods() {
 #[test]
 fn a_fast_loop_drains_the_pool_and_gets_503() {
     // 256-bit keys at 2,560 bits/s: 10 keys per second, far slower than the loop.
-    let link = TestLink::start(SimOptions { max_key_count: 20, key_rate: 2_560, ..SimOptions::default() });
+    let link = TestLink::start(SimOptions {
+        max_key_count: 20,
+        key_rate: 2_560,
+        ..SimOptions::default()
+    });
     let master = client(&link, Some(SAE_A));
     let started = Instant::now();
     let mut delivered = 0;
@@ -322,11 +558,23 @@ fn a_fast_loop_drains_the_pool_and_gets_503() {
         delivered += 1;
         assert!(delivered < 100, "the pool never ran dry");
     };
-    assert_error(refused, StatusCode::SERVICE_UNAVAILABLE, "not enough keys available on KME");
+    assert_error(
+        refused,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not enough keys available on KME",
+    );
     let elapsed = started.elapsed().as_secs_f64();
     // The pool held 20 keys; the link added at most 10 per second meanwhile.
-    assert!(delivered >= 20 && f64::from(delivered) <= 21.0 + 10.0 * elapsed, "{delivered} keys in {elapsed}s");
-    let (_, status) = json_of(master.get(url(&link.kme_a_url, SAE_B, "status")).send().unwrap());
+    assert!(
+        delivered >= 20 && f64::from(delivered) <= 21.0 + 10.0 * elapsed,
+        "{delivered} keys in {elapsed}s"
+    );
+    let (_, status) = json_of(
+        master
+            .get(url(&link.kme_a_url, SAE_B, "status"))
+            .send()
+            .unwrap(),
+    );
     assert!(status["stored_key_count"].as_u64().unwrap() < 2, "{status}");
 
     // Left alone, the link refills at its key rate.
@@ -337,17 +585,36 @@ fn a_fast_loop_drains_the_pool_and_gets_503() {
 
 #[test]
 fn pause_resume_and_refill() {
-    let link = TestLink::start(SimOptions { max_key_count: 5, key_rate: 256_000, ..SimOptions::default() });
+    let link = TestLink::start(SimOptions {
+        max_key_count: 5,
+        key_rate: 256_000,
+        ..SimOptions::default()
+    });
     let master = client(&link, Some(SAE_A));
     link.admin(AdminCommand::Pause);
-    assert_eq!(enc_keys(&link, &master, json!({"number": 5})).0, StatusCode::OK);
+    assert_eq!(
+        enc_keys(&link, &master, json!({"number": 5})).0,
+        StatusCode::OK
+    );
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(enc_keys(&link, &master, json!({"number": 1})).0, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(link.admin(AdminCommand::Refill { count: 2 }), json!({"added": 2, "stored_key_count": 2}));
-    assert_eq!(enc_keys(&link, &master, json!({"number": 2})).0, StatusCode::OK);
+    assert_eq!(
+        enc_keys(&link, &master, json!({"number": 1})).0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        link.admin(AdminCommand::Refill { count: 2 }),
+        json!({"added": 2, "stored_key_count": 2})
+    );
+    assert_eq!(
+        enc_keys(&link, &master, json!({"number": 2})).0,
+        StatusCode::OK
+    );
     link.admin(AdminCommand::Resume);
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(enc_keys(&link, &master, json!({"number": 5})).0, StatusCode::OK);
+    assert_eq!(
+        enc_keys(&link, &master, json!({"number": 5})).0,
+        StatusCode::OK
+    );
 }
 
 #[test]
@@ -358,10 +625,27 @@ fn fail_503_fault() {
     let (_, sent) = enc_keys(&link, &master, json!({}));
     link.admin(AdminCommand::Fail503 { on: true });
     let unavailable = StatusCode::SERVICE_UNAVAILABLE;
-    assert_error(json_of(master.get(url(&link.kme_a_url, SAE_B, "status")).send().unwrap()), unavailable, "KME is not available");
-    assert_error(enc_keys(&link, &master, json!({})), unavailable, "KME is not available");
+    assert_error(
+        json_of(
+            master
+                .get(url(&link.kme_a_url, SAE_B, "status"))
+                .send()
+                .unwrap(),
+        ),
+        unavailable,
+        "KME is not available",
+    );
+    assert_error(
+        enc_keys(&link, &master, json!({})),
+        unavailable,
+        "KME is not available",
+    );
     let id = key_ids(&sent).remove(0);
-    assert_error(dec_keys(&link, &slave, &[&id]), unavailable, "KME is not available");
+    assert_error(
+        dec_keys(&link, &slave, &[&id]),
+        unavailable,
+        "KME is not available",
+    );
     link.admin(AdminCommand::Fail503 { on: false });
     assert_eq!(dec_keys(&link, &slave, &[&id]).0, StatusCode::OK);
 }
@@ -413,8 +697,15 @@ fn drop_fault_closes_connections_unanswered() {
     // Open a kept-alive connection first: the fault must hit it too.
     assert_eq!(enc_keys(&link, &master, json!({})).0, StatusCode::OK);
     link.admin(AdminCommand::Drop { on: true });
-    assert!(master.post(url(&link.kme_a_url, SAE_B, "enc_keys")).json(&json!({})).send().is_err());
-    assert!(client(&link, Some(SAE_A)).get(url(&link.kme_a_url, SAE_B, "status")).send().is_err());
+    assert!(master
+        .post(url(&link.kme_a_url, SAE_B, "enc_keys"))
+        .json(&json!({}))
+        .send()
+        .is_err());
+    assert!(client(&link, Some(SAE_A))
+        .get(url(&link.kme_a_url, SAE_B, "status"))
+        .send()
+        .is_err());
     link.admin(AdminCommand::Drop { on: false });
     assert_eq!(enc_keys(&link, &master, json!({})).0, StatusCode::OK);
     let stats = link.admin(AdminCommand::Stats);
@@ -424,14 +715,21 @@ fn drop_fault_closes_connections_unanswered() {
 
 #[test]
 fn stats_and_journal() {
-    let link = TestLink::start(SimOptions { max_key_count: 10, key_rate: 0, ..SimOptions::default() });
+    let link = TestLink::start(SimOptions {
+        max_key_count: 10,
+        key_rate: 0,
+        ..SimOptions::default()
+    });
     let master = client(&link, Some(SAE_A));
     let slave = client(&link, Some(SAE_B));
     let (_, sent) = enc_keys(&link, &master, json!({"number": 2, "size": 128}));
     let ids = key_ids(&sent);
     dec_keys(&link, &slave, &[&ids[0]]);
     enc_keys(&link, &master, json!({"size": 12}));
-    master.get(url(&link.kme_a_url, SAE_B, "status")).send().unwrap();
+    master
+        .get(url(&link.kme_a_url, SAE_B, "status"))
+        .send()
+        .unwrap();
 
     let stats = link.admin(AdminCommand::Stats);
     assert_eq!(stats["stored_key_count"], 8, "{stats}");
@@ -439,11 +737,23 @@ fn stats_and_journal() {
     assert_eq!(stats["keys_generated"], 10, "{stats}");
     assert_eq!(stats["keys_delivered_to_master"], 2, "{stats}");
     assert_eq!(stats["keys_delivered_to_slave"], 1, "{stats}");
-    assert_eq!(stats["requests"], json!({"status": 1, "enc_keys": 2, "dec_keys": 1}), "{stats}");
-    assert_eq!(stats["responses"], json!({"200": 3, "400": 1, "401": 0, "503": 0, "other": 0}), "{stats}");
+    assert_eq!(
+        stats["requests"],
+        json!({"status": 1, "enc_keys": 2, "dec_keys": 1}),
+        "{stats}"
+    );
+    assert_eq!(
+        stats["responses"],
+        json!({"200": 3, "400": 1, "401": 0, "503": 0, "other": 0}),
+        "{stats}"
+    );
     // Each client kept its one connection alive.
     assert_eq!(stats["tls_connections"], 2, "{stats}");
-    assert_eq!(stats["faults"], json!({"fail_503": false, "drop": false, "latency_ms": 0, "mismatch_next": false}), "{stats}");
+    assert_eq!(
+        stats["faults"],
+        json!({"fail_503": false, "drop": false, "latency_ms": 0, "mismatch_next": false}),
+        "{stats}"
+    );
 
     let journal = link.admin(AdminCommand::Journal);
     assert_eq!(journal.as_array().unwrap().len(), 2);
