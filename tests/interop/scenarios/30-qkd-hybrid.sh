@@ -1,0 +1,53 @@
+# desc: x25519-ke1_qkd: QKD key in IKE_INTERMEDIATE, PFS CHILD and IKE rekeys from both sides; DBG4 secrets begin with the KME's key bytes
+require_plugin
+require_kme_sim
+. "$QKD_INTEROP_DIR/lib/qkd.sh"
+use_hybrid_proposals
+LOG_IKE=4
+LOG_CHD=4
+kme_up
+gateways_up
+initiate gw-a
+expect_tunnel_up
+expect_sa_uses_qkd gw-a
+expect_sa_uses_qkd gw-b
+id=$(expect_qkd_round gw-a)
+step "initial IKE SA: key ID $id (gw-a master, gw-b slave)"
+expect_secret_prefix "$id" "key exchange secret"
+expect_same_secrets "Sk_d secret"
+ping_through gw-a
+ping_through gw-b
+
+log_mark
+rekey_child gw-a
+child_id=$(expect_qkd_round gw-a)
+[ "$child_id" != "$id" ] || fail "the CHILD rekey reused key ID $id"
+step "PFS CHILD rekey: fresh key ID $child_id"
+expect_secret_prefix "$child_id" "additional key exchange secret"
+ping_through gw-a
+
+log_mark
+rekey_ike gw-a
+ike_id=$(expect_qkd_round gw-a)
+step "IKE rekey: fresh key ID $ike_id"
+expect_secret_prefix "$ike_id" "additional key exchange secret"
+expect_same_secrets "Sk_d secret"
+ping_through gw-a
+
+# Roles are per exchange: the gateway that starts a rekey is the ETSI master for its key.
+log_mark
+rekey_child gw-b
+b_child_id=$(expect_qkd_round gw-b)
+expect_journal_master "$b_child_id" sae-b
+expect_secret_prefix "$b_child_id" "additional key exchange secret"
+log_mark
+rekey_ike gw-b
+b_ike_id=$(expect_qkd_round gw-b)
+expect_journal_master "$b_ike_id" sae-b
+expect_secret_prefix "$b_ike_id" "additional key exchange secret"
+ping_through gw-b
+step "key IDs used: $id $child_id $ike_id $b_child_id $b_ike_id"
+expect_no_log gw-a 'qkd: .*(failed|WARNING)'
+expect_no_log gw-b 'qkd: .*(failed|WARNING)'
+expect_charon_alive gw-a
+expect_charon_alive gw-b

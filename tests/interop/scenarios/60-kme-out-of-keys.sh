@@ -1,0 +1,28 @@
+# desc: QKD link slower than the rekeys (one 256-bit key per 4 s): 503 fails a rekey without wait_timeout; with wait_timeout rekeys wait for keys
+require_plugin
+require_kme_sim
+. "$QKD_INTEROP_DIR/lib/qkd.sh"
+use_hybrid_proposals
+# 64 bit/s and room for one key: each 256-bit key takes 4 s to appear.
+kme_up --key-rate 64 --max-key-count 1
+gateways_up
+wait_until 10 initiate gw-a || fail "no tunnel"
+id=$(expect_qkd_round gw-a)
+log_mark
+swanctl_in gw-a --rekey --child "$CHILD_NAME" >/dev/null
+expect_log gw-a "qkd: no QKD key for SAE 'sae-b': KME .* has no key available \(503" 15
+expect_charon_alive gw-a
+ping_through gw-a
+step "out of keys, wait_timeout = 0: the rekey fails, the existing CHILD SA keeps carrying traffic"
+
+restart_gateways_with QKD_WAIT_TIMEOUT=20s
+sleep 5
+initiate gw-a
+for n in 1 2 3; do
+    log_mark
+    rekey_child gw-a
+    rid=$(expect_qkd_round gw-a)
+    step "rekey $n waited for the QKD link: key ID $rid"
+done
+expect_log gw-a "has no key available .*retrying" 1
+ping_through gw-a
