@@ -6,7 +6,8 @@ use_hybrid_proposals
 # 64 bit/s and room for one key: each 256-bit key takes 4 s to appear.
 kme_up --key-rate 64 --max-key-count 1
 gateways_up
-wait_until 10 initiate gw-a || fail "no tunnel"
+sleep 5   # let the first key arrive
+initiate gw-a
 id=$(expect_qkd_round gw-a)
 log_mark
 swanctl_in gw-a --rekey --child "$CHILD_NAME" >/dev/null
