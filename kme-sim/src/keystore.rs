@@ -168,7 +168,10 @@ impl KeyStore {
             return Ok(state);
         }
         let per_key = u128::from(self.options.key_size) * 1_000_000_000;
-        state.credit += elapsed.as_nanos() * u128::from(self.options.key_rate);
+        let distilled = elapsed
+            .as_nanos()
+            .saturating_mul(u128::from(self.options.key_rate));
+        state.credit = state.credit.saturating_add(distilled);
         let whole = usize::try_from(state.credit / per_key).unwrap_or(usize::MAX);
         let count = whole.min(free);
         if count == free {
