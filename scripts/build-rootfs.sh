@@ -34,5 +34,10 @@ debootstrap --variant=minbase --include="$QKD_ROOTFS_PACKAGES" \
 rm -rf "$work/root/var/cache/apt/archives/"*.deb "$work/root/var/lib/apt/lists/"* "$work/root/debootstrap"
 tar --numeric-owner --xattrs -C "$work/root" -cf "$tarball.tmp" .
 mv "$tarball.tmp" "$tarball"
+# Tarballs of an older package set are dead weight (~200 MB each).
+if [ -z "${QKD_ROOTFS_TARBALL:-}" ]; then
+    find "$(dirname "$tarball")" -maxdepth 1 -name "$QKD_ROOTFS_SUITE-strongswan-*.tar" \
+        ! -name "$(basename "$tarball")" -delete
+fi
 log "rootfs: built $tarball ($(du -h "$tarball" | cut -f1))"
 echo "$tarball"

@@ -9,9 +9,10 @@ QKD_CACHE_DIR="${QKD_CACHE_DIR:-$QKD_REPO_ROOT/.cache}"
 # from these, so changing them rebuilds it. charon-systemd is left out on purpose: in trixie
 # it conflicts with strongswan-charon, which ships the foreground /usr/lib/ipsec/charon the
 # tests run; libstrongswan-standard-plugins (gcm, agent, ...) is only a Recommends, which
-# debootstrap does not follow, yet swanctl's built-in plugin list expects it.
+# debootstrap does not follow, yet swanctl's built-in plugin list expects it. curl lets
+# tests and humans talk ETSI 014 to the KMEs from a gateway container.
 QKD_ROOTFS_SUITE="${QKD_ROOTFS_SUITE:-trixie}"
-QKD_ROOTFS_PACKAGES="${QKD_ROOTFS_PACKAGES:-strongswan-swanctl,strongswan-charon,libcharon-extra-plugins,libstrongswan-standard-plugins,libstrongswan-extra-plugins,iproute2,iputils-ping}"
+QKD_ROOTFS_PACKAGES="${QKD_ROOTFS_PACKAGES:-strongswan-swanctl,strongswan-charon,libcharon-extra-plugins,libstrongswan-standard-plugins,libstrongswan-extra-plugins,iproute2,iputils-ping,curl}"
 
 log()  { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 die()  { log "ERROR: $*"; exit 1; }

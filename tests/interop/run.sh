@@ -173,7 +173,13 @@ log "images: building $QKD_INTEROP_IMAGE FROM $BASE_IMAGE"
 if ! docker buildx version >/dev/null 2>&1; then export DOCKER_BUILDKIT=0; fi
 docker build -q --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$QKD_INTEROP_IMAGE" "$ctx" >"$INTEROP_CACHE/build.log" 2>&1 \
     || { cat "$INTEROP_CACHE/build.log" >&2; die "docker build failed"; }
+# vfs stores every layer as a full copy: drop what the rebuild superseded, including base
+# images of an older rootfs.
 docker image prune -f >/dev/null 2>&1 || true
+if [ -z "$BASE_IMAGE_ARG" ]; then
+    docker images --format '{{.Repository}}:{{.Tag}}' qkd-interop/trixie-base \
+        | grep -vxF -e "$BASE_IMAGE" -e qkd-interop/trixie-base:latest | xargs -r docker rmi >/dev/null 2>&1 || true
+fi
 
 # Per-run directory: certificates, rendered configs and logs of every scenario.
 RUN_DIR="$INTEROP_CACHE/runs/$(date +%Y%m%d-%H%M%S)"

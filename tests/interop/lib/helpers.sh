@@ -251,6 +251,27 @@ kme_start() {
     step "kme started"
 }
 
+# etsi_in GW PATH [JSON_BODY]: ETSI GS QKD 014 request from a gateway to its own KME with the
+# gateway's SAE certificate (mutual TLS), as the plugin would make it; prints the answer and
+# fails (status 22) on HTTP >= 400. PATH is relative to /api/v1/keys/, e.g. sae-b/status.
+etsi_in() {
+    local gw=$1 path=$2 body=${3:-} side url sae
+    side=$(side_of "$gw"); url=$(gw_var "$side" QKD_KME_URL); sae=$(gw_var "$side" QKD_SAE_ID)
+    in_node "$gw" curl -sS --fail-with-body --max-time 10 --cacert /etc/qkd/certs/ca.pem \
+        --cert "/etc/qkd/certs/$sae.pem" --key "/etc/qkd/certs/$sae.key" \
+        ${body:+-H 'Content-Type: application/json' --data "$body"} "$url/api/v1/keys/$path"
+}
+# json_get KEY|INDEX ...: walk the JSON document on stdin (host python3), print the value
+# (JSON for objects/lists, plain text for scalars).
+json_get() {
+    python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+for k in sys.argv[1:]:
+    v = v[int(k)] if isinstance(v, list) else v[k]
+print(v if isinstance(v, str) else json.dumps(v))' "$@"
+}
+
 # Remember every container/network id we created, so teardown can remove them by id.
 record_ids() {
     { compose ps -q 2>/dev/null || true; } >>"$QKD_INTEROP_RUN_DIR/container-ids"
