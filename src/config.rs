@@ -28,6 +28,15 @@ pub enum Fallback {
     Dh,
 }
 
+impl fmt::Display for Fallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fallback::None => "none",
+            Fallback::Dh => "dh",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
     /// swanctl connection name (section name under `peers`).

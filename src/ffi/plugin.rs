@@ -114,7 +114,7 @@ pub extern "C" fn qkd_plugin_create() -> *mut plugin_t {
         });
         log::info!(
             target: "cfg",
-            "qkd: SAE '{}', method {} (QKD), {}-bit keys, fallback {:?}, {} peer(s)",
+            "qkd: SAE '{}', method {} (QKD), {}-bit keys, fallback = {}, {} peer(s)",
             rt.config.sae_id,
             rt.config.method_id,
             rt.config.key_size,
