@@ -2,6 +2,7 @@
 # Private Docker engine for the interop tests.
 #   dockerd.sh start   print "DOCKER_HOST=..." and "DOCKERD_STARTED=0|1" (for eval); starts a
 #                      private dockerd only when no usable engine is found
+#   dockerd.sh find    like start, but exit 1 instead of starting an engine
 #   dockerd.sh stop    stop the private dockerd (by the pid in its pidfile), if running
 #   dockerd.sh env     print the DOCKER_HOST of the private engine
 # An engine that is already reachable (DOCKER_HOST, or the system socket) is used as is,
@@ -30,6 +31,7 @@ private_pid() {
 }
 
 start() {
+    if [ "${1:-}" = --no-start ]; then NO_START=1; else NO_START=0; fi
     if [ "${QKD_PRIVATE_DOCKERD:-0}" != 1 ]; then
         if [ -n "${DOCKER_HOST:-}" ] && engine_ok "$DOCKER_HOST"; then
             echo "DOCKER_HOST=$DOCKER_HOST"; echo "DOCKERD_STARTED=0"; return
@@ -42,6 +44,7 @@ start() {
         log "dockerd: reusing the private engine (pid $(private_pid)), left running afterwards"
         echo "DOCKER_HOST=$PRIVATE_HOST"; echo "DOCKERD_STARTED=0"; return
     fi
+    [ "$NO_START" = 0 ] || return 1
     need_root "dockerd"
     command -v dockerd >/dev/null || die "dockerd missing (scripts/setup-host.sh installs docker.io)"
     # Hosts without an init system that mounts cgroups (containers, minimal VMs): mount
@@ -91,7 +94,9 @@ stop() {
 
 case "${1:-}" in
     start) start ;;
+    # Like start, but status 1 instead of starting an engine.
+    find) start --no-start ;;
     stop) stop ;;
     env) echo "DOCKER_HOST=$PRIVATE_HOST" ;;
-    *) echo "usage: $0 start|stop|env" >&2; exit 2 ;;
+    *) echo "usage: $0 start|find|stop|env" >&2; exit 2 ;;
 esac

@@ -2,7 +2,8 @@
 # Docker interop tests of the strongSwan QKD plugin: one runner for setup, build, scenarios
 # and teardown.
 #
-#   tests/interop/run.sh [options] [SCENARIO...]   run scenarios (default: all); names or globs
+#   tests/interop/run.sh [options] [SCENARIO...]   run scenarios (default: all): names, globs
+#                                                  or paths of scenario files
 #   tests/interop/run.sh [options] demo            bring the tunnel up, show it, ping through it
 #   tests/interop/run.sh --list                    list scenarios
 #   tests/interop/run.sh --down                    remove what a --keep run left behind
@@ -114,9 +115,15 @@ Left running (--keep). To look around:
 Remove it all with: $INTEROP_DIR/run.sh --down
 EOF
 }
+SCEN_PID=""
+on_signal() {
+    echo "    interrupted: tearing down" >&2
+    if [ -n "$SCEN_PID" ]; then kill -TERM -- "-$SCEN_PID" 2>/dev/null || kill -TERM "$SCEN_PID" 2>/dev/null || true; fi
+    exit "$1"
+}
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
 
 # ---------------------------------------------------------------- setup -----------------
 T0=$SECONDS
@@ -124,16 +131,19 @@ if [ "$MODE" != down ]; then
     [ "$SETUP" = 1 ] && "$SCRIPTS/setup-host.sh" packages
     [ "$BUILD" = 1 ] && "$SCRIPTS/setup-host.sh" build
 fi
+if [ "$MODE" = down ]; then
+    # --down stops the private dockerd although this invocation did not start it.
+    if engine=$("$SCRIPTS/dockerd.sh" find); then
+        eval "$engine"; export DOCKER_HOST
+        QKD_COMPOSE=$(pick_compose); export QKD_COMPOSE
+        teardown_containers
+    fi
+    "$SCRIPTS/dockerd.sh" stop
+    exit 0
+fi
 eval "$("$SCRIPTS/dockerd.sh" start)"
 export DOCKER_HOST DOCKERD_STARTED
 QKD_COMPOSE=$(pick_compose); export QKD_COMPOSE
-if [ "$MODE" = down ]; then
-    # --down stops the private dockerd even though this invocation did not start it.
-    teardown_containers
-    [ "$DOCKERD_STARTED" = 1 ] || "$SCRIPTS/dockerd.sh" stop
-    DOCKERD_STARTED=0
-    exit 0
-fi
 # Containers of an earlier --keep run would clash with ours.
 teardown_containers
 
@@ -207,11 +217,17 @@ log "setup done in $((SECONDS - T0)) s (plugin: $QKD_INTEROP_HAVE_PLUGIN, simula
 # ---------------------------------------------------------------- running ---------------
 RESULTS=()
 FAILED=0
+ERROR_RE='fail|error|unacceptable|NO_PROP|NO_PROPOSAL|TS_UNACCEPTABLE|INVALID_KE|qkd: |giving up|not found|killed|signal|abort'
 print_excerpt() { # SCEN_DIR
     local d=$1 gw f
     for gw in gw-a gw-b; do
         f="$d/$gw/log/charon.log"
         [ -s "$f" ] || continue
+        # Lines that usually say what went wrong, wherever they are in the log.
+        if grep -Eiq "$ERROR_RE" "$f"; then
+            printf '    --- %s: error lines in %s\n' "$gw" "${f#"$REPO_ROOT/"}"
+            grep -Ei "$ERROR_RE" "$f" | tail -n 20 | sed 's/^/    | /'
+        fi
         printf '    --- %s: last %s lines of %s\n' "$gw" "${QKD_EXCERPT_LINES:-40}" "${f#"$REPO_ROOT/"}"
         tail -n "${QKD_EXCERPT_LINES:-40}" "$f" | sed 's/^/    | /'
     done
@@ -227,11 +243,17 @@ run_scenario() { # NAME FILE
     export QKD_INTEROP_SCEN_DIR="$RUN_DIR/$name"
     mkdir -p "$QKD_INTEROP_SCEN_DIR"
     printf '\n=== %s: %s\n' "$name" "$(scenario_desc "$file")"
-    set +e
+    # In the background + wait, so that Ctrl-C/SIGTERM reach our trap at once (bash defers
+    # traps until a foreground child ends); timeout runs it in its own process group, which
+    # on_signal ends by the id of that group.
     timeout -k 10 "${QKD_SCENARIO_TIMEOUT:-600}" bash "$INTEROP_DIR/lib/scenario-exec.sh" "$file" \
-        2>&1 | tee "$QKD_INTEROP_SCEN_DIR/output.log"
-    rc=${PIPESTATUS[0]}
+        > >(tee "$QKD_INTEROP_SCEN_DIR/output.log") 2>&1 &
+    SCEN_PID=$!
+    set +e
+    wait "$SCEN_PID"
+    rc=$?
     set -e
+    SCEN_PID=""
     [ "$rc" = 124 ] && echo "    FAIL: scenario timed out after ${QKD_SCENARIO_TIMEOUT:-600} s"
     # Keep each container's stdout/stderr (charon's stderr logger, the simulator's log).
     for node in kme gw-a gw-b; do
@@ -251,6 +273,8 @@ if [ "$MODE" = demo ]; then
     run_scenario demo "$INTEROP_DIR/demo.sh"
 else
     files=()
+    # A path to a scenario file runs that file (ad-hoc scenarios outside scenarios/).
+    for s in "${SELECTED[@]}"; do [ -f "$s" ] && files+=("$(cd "$(dirname "$s")" && pwd)/$(basename "$s")"); done
     for f in $(scenario_files); do
         n=$(scenario_name "$f")
         if [ ${#SELECTED[@]} -eq 0 ]; then files+=("$f"); continue; fi
