@@ -224,9 +224,9 @@ print_excerpt() { # SCEN_DIR
         f="$d/$gw/log/charon.log"
         [ -s "$f" ] || continue
         # Lines that usually say what went wrong, wherever they are in the log.
-        if grep -Eiq "$ERROR_RE" "$f"; then
+        if grep -Ei "$ERROR_RE" "$f" | grep -vq 'loaded plugins:'; then
             printf '    --- %s: error lines in %s\n' "$gw" "${f#"$REPO_ROOT/"}"
-            grep -Ei "$ERROR_RE" "$f" | tail -n 20 | sed 's/^/    | /'
+            grep -Ei "$ERROR_RE" "$f" | grep -v 'loaded plugins:' | tail -n 20 | sed 's/^/    | /'
         fi
         printf '    --- %s: last %s lines of %s\n' "$gw" "${QKD_EXCERPT_LINES:-40}" "${f#"$REPO_ROOT/"}"
         tail -n "${QKD_EXCERPT_LINES:-40}" "$f" | sed 's/^/    | /'
