@@ -57,6 +57,8 @@ pub struct Config {
     pub wait_timeout: Duration,
     /// strongSwan key exchange method for the in-method ECDH share; None = QKD only.
     pub dh_group: Option<u16>,
+    /// Key sets kept ready per peer for the initiator (master) role; 0 = fetch on demand.
+    pub prefetch: usize,
     pub kme: Option<KmeSettings>,
     pub peers: Vec<PeerConfig>,
 }
@@ -136,6 +138,7 @@ impl Config {
         let fallback = global.parse("fallback", parse_fallback)?.unwrap_or(Fallback::None);
         let wait_timeout = global.parse("wait_timeout", parse_duration)?.unwrap_or(Duration::ZERO);
         let dh_group = global.parse("dh_group", parse_dh_group)?.unwrap_or(Some(CURVE_25519));
+        let prefetch = global.parse("prefetch", parse_prefetch)?.unwrap_or(0);
         let kme = global.kme()?;
 
         let mut peers = Vec::new();
@@ -154,7 +157,7 @@ impl Config {
         if kme.is_none() && peers.is_empty() {
             return Err(global.error("kme.url", "missing: the URL of this gateway's KME (https://host:port)"));
         }
-        Ok(Config { sae_id, method_id, key_size, fallback, wait_timeout, dh_group, kme, peers })
+        Ok(Config { sae_id, method_id, key_size, fallback, wait_timeout, dh_group, prefetch, kme, peers })
     }
 
     pub fn peer_named(&self, name: &str) -> Option<&PeerConfig> {
@@ -188,6 +191,13 @@ fn parse_key_size(v: &str) -> Result<u32, String> {
         return Err(format!("{bits} bits: use a multiple of 8 between 128 and 8192"));
     }
     Ok(bits)
+}
+
+fn parse_prefetch(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n <= 64 => Ok(n),
+        _ => Err(format!("'{v}': use a number of key sets between 0 and 64")),
+    }
 }
 
 fn parse_fallback(v: &str) -> Result<Fallback, String> {
@@ -293,6 +303,7 @@ pub(crate) mod tests {
         assert_eq!(c.fallback, Fallback::None);
         assert_eq!(c.wait_timeout, Duration::ZERO);
         assert_eq!(c.dh_group, Some(CURVE_25519));
+        assert_eq!(c.prefetch, 0);
         let kme = c.kme.as_ref().unwrap();
         assert_eq!(kme.url, "https://192.0.2.30:8443");
         assert_eq!(kme.timeout, Duration::from_secs(5));
@@ -309,6 +320,7 @@ pub(crate) mod tests {
             ("fallback", "dh"),
             ("wait_timeout", "2m"),
             ("dh_group", "none"),
+            ("prefetch", "4"),
             ("kme.timeout", "1.5"),
             ("peers.gw-b.remote", "192.0.2.20"),
             ("peers.gw-b.kme.url", "https://kme-x:1"),
@@ -320,6 +332,7 @@ pub(crate) mod tests {
         assert_eq!((c.method_id, c.key_size, c.fallback), (2000, 512, Fallback::Dh));
         assert_eq!(c.wait_timeout, Duration::from_secs(120));
         assert_eq!(c.dh_group, None);
+        assert_eq!(c.prefetch, 4);
         assert_eq!(c.kme.as_ref().unwrap().timeout, Duration::from_millis(1500));
         let p = &c.peers[0];
         assert_eq!(p.remote, Some("192.0.2.20".parse().unwrap()));
@@ -338,6 +351,7 @@ pub(crate) mod tests {
             (&[("fallback", "yes")], "charon.plugins.qkd.fallback: 'yes' is not one of"),
             (&[("wait_timeout", "5x")], "charon.plugins.qkd.wait_timeout: '5x': unknown time unit"),
             (&[("dh_group", "modp1024")], "charon.plugins.qkd.dh_group: 'modp1024'"),
+            (&[("prefetch", "65")], "charon.plugins.qkd.prefetch: '65'"),
             (&[("kme.url", "http://kme:80")], "charon.plugins.qkd.kme.url: 'http://kme:80' must be an https://"),
             (&[("kme.ca", "")], "charon.plugins.qkd.kme.ca: required with kme.url"),
             (&[("peers.gw-b.sae_id", ""), ("peers.gw-b.remote", "192.0.2.20")], "charon.plugins.qkd.peers.gw-b.sae_id: missing"),

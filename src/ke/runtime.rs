@@ -1,14 +1,16 @@
 //! What every key exchange of one plugin configuration shares: the settings, one KME client
-//! per distinct KME (so TLS connections are reused across exchanges), and counters.
+//! per distinct KME (so TLS connections are reused across exchanges), the per-peer key
+//! buffers (`prefetch`), and counters.
 
 use crate::config::{Config, PeerConfig};
-use crate::kme::{KeySource, KmeError, KmeSettings};
+use crate::kme::{KeySource, KmeError, KmeSettings, PrefetchPool};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub struct Runtime {
     pub config: Config,
-    /// Indexed like `config.peers`; peers sharing a KME share one client.
+    /// Indexed like `config.peers`; peers sharing a KME share one client (each behind its
+    /// own key buffer when `prefetch` is set).
     sources: Vec<Arc<dyn KeySource>>,
     pub counters: Counters,
 }
@@ -43,7 +45,10 @@ impl Runtime {
                     source
                 }
             };
-            sources.push(source);
+            sources.push(match config.prefetch {
+                0 => source,
+                n => Arc::new(PrefetchPool::new(source, peer.sae_id.clone(), config.key_size, n)),
+            });
         }
         Ok(Runtime { config, sources, counters: Counters::default() })
     }

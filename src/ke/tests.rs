@@ -302,3 +302,20 @@ fn call_order_violations_fail_cleanly() {
     let mut r = b.exchange("sae-a", 2);
     assert!(r.set_public_key(&[1, 1, 0xff]).is_err());
 }
+
+#[test]
+fn prefetched_keys_serve_the_initiator_while_the_kme_is_dry() {
+    let (link, a, b) = pair(&[("prefetch", "2")], &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while link.store.lock().unwrap().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "buffer did not fill");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    link.enc_503s.store(1_000_000, Ordering::SeqCst);
+    for seed in 0..2 {
+        let (si, sr) = run(&mut a.exchange("sae-b", seed), &mut b.exchange("sae-a", seed + 10)).unwrap();
+        assert_eq!(si, sr);
+    }
+    let err = run(&mut a.exchange("sae-b", 5), &mut b.exchange("sae-a", 6)).unwrap_err().to_string();
+    assert!(err.contains("has no key available"), "{err}");
+}

@@ -4,7 +4,9 @@
 //! client ([`Etsi014Client`]) is the production implementation, tests use fakes.
 
 mod etsi014;
+mod pool;
 
+pub use pool::PrefetchPool;
 pub use etsi014::{Etsi014Client, KmeTlsConfig, Status};
 
 use std::fmt;
