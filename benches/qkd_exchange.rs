@@ -17,6 +17,7 @@ struct Gateway<'a> {
     peer: &'static str,
     url: String,
     key_size: u32,
+    prefetch: usize,
 }
 
 impl SettingsSource for Gateway<'_> {
@@ -26,6 +27,7 @@ impl SettingsSource for Gateway<'_> {
             (None, "sae_id") => Some(self.me.into()),
             (None, "dh_group") => Some("none".into()),
             (None, "key_size") => Some(self.key_size.to_string()),
+            (None, "prefetch") => Some(self.prefetch.to_string()),
             (None, "kme.url") => Some(self.url.clone()),
             (None, "kme.ca") => Some(path(self.link.ca_pem())),
             (None, "kme.cert") => Some(path(self.link.sae_cert(self.me))),
@@ -46,6 +48,45 @@ fn runtime(gw: &Gateway) -> Arc<Runtime> {
     Arc::new(rt.expect("KME client"))
 }
 
+fn gateways(link: &TestLink, key_size: u32, prefetch: usize) -> (Arc<Runtime>, Arc<Runtime>) {
+    let (a, b) = (TestLink::SAE_A, TestLink::SAE_B);
+    let gw_a = Gateway { link, me: a, peer: b, url: link.kme_a_url.clone(), key_size, prefetch };
+    let gw_b = Gateway { link, me: b, peer: a, url: link.kme_b_url.clone(), key_size, prefetch: 0 };
+    (runtime(&gw_a), runtime(&gw_b))
+}
+
+fn ctx(name: &str) -> ExchangeContext {
+    ExchangeContext { connection: Some(name.into()), remote: None }
+}
+
+/// How long an initiator waits for its KE data (the enc_keys round trip) when the KME is
+/// 20 ms away, with and without a key buffer; exchanges 100 ms apart, as a busy gateway's.
+fn initiator_wait_with_slow_kme() {
+    for prefetch in [0, 4] {
+        let link = TestLink::start(SimOptions::default());
+        link.admin(qkd_kme_sim::AdminCommand::Latency { ms: 20 });
+        let (rt_a, rt_b) = gateways(&link, 256, prefetch);
+        std::thread::sleep(Duration::from_millis(500));
+        let mut waits = Vec::new();
+        for _ in 0..50 {
+            let mut i = QkdKeyExchange::new(rt_a.clone(), ctx(TestLink::SAE_B), None);
+            let mut r = QkdKeyExchange::new(rt_b.clone(), ctx(TestLink::SAE_A), None);
+            let t = Instant::now();
+            let request = i.get_public_key().expect("initiator");
+            waits.push(t.elapsed());
+            r.set_public_key(&request).expect("responder");
+            i.set_public_key(&r.get_public_key().expect("response")).expect("confirmation");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        waits.sort();
+        println!(
+            "KME latency 20 ms, prefetch={prefetch}: initiator waits p50={:?} p99={:?} for its KE data",
+            percentile(&waits, 0.50),
+            percentile(&waits, 0.99)
+        );
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -54,10 +95,7 @@ fn main() {
     let exchanges: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2000);
     for key_size in [256u32, 1024] {
         let link = TestLink::start(SimOptions { max_key_count: 100_000, key_rate: 1_000_000_000, ..SimOptions::default() });
-        let gw_a = Gateway { link: &link, me: TestLink::SAE_A, peer: TestLink::SAE_B, url: link.kme_a_url.clone(), key_size };
-        let gw_b = Gateway { link: &link, me: TestLink::SAE_B, peer: TestLink::SAE_A, url: link.kme_b_url.clone(), key_size };
-        let (rt_a, rt_b) = (runtime(&gw_a), runtime(&gw_b));
-        let ctx = |name: &str| ExchangeContext { connection: Some(name.into()), remote: None };
+        let (rt_a, rt_b) = gateways(&link, key_size, 0);
 
         let mut latencies = Vec::with_capacity(exchanges);
         let started = Instant::now();
@@ -81,4 +119,5 @@ fn main() {
             latencies[latencies.len() - 1],
         );
     }
+    initiator_wait_with_slow_kme();
 }
