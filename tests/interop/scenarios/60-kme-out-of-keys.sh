@@ -26,6 +26,7 @@ for n in 1 2 3; do
     rid=$(last_key_id gw-a master)
     [ -n "$rid" ] && [ "$rid" != "${prev:-}" ] || fail "rekey $n: no fresh key ID on gw-a"
     prev=$rid
+    expect_log gw-b "qkd: key IDs $rid confirmed"
     step "rekey $n got key ID $rid"
 done
 retries=$(log_grep gw-a "has no key available .*retrying" | wc -l)
