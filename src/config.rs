@@ -187,7 +187,7 @@ fn parse_method_id(v: &str) -> Result<u16, String> {
 
 fn parse_key_size(v: &str) -> Result<u32, String> {
     let bits: u32 = v.parse().map_err(|_| format!("'{v}' is not a number of bits"))?;
-    if !(128..=8192).contains(&bits) || bits % 8 != 0 {
+    if !(128..=8192).contains(&bits) || !bits.is_multiple_of(8) {
         return Err(format!("{bits} bits: use a multiple of 8 between 128 and 8192"));
     }
     Ok(bits)
