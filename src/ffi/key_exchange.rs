@@ -3,7 +3,7 @@
 use super::abi::{chunk_t, key_exchange_method_t, key_exchange_t};
 use super::ecdh::CharonEcdh;
 use super::{boundary, chunk, plugin, symbols};
-use crate::ke::{Ecdh, ExchangeContext, QkdKeyExchange};
+use crate::ke::{Ecdh, ExchangeContext, KeError, QkdKeyExchange};
 use std::ffi::CStr;
 use std::net::IpAddr;
 
@@ -86,18 +86,23 @@ unsafe fn exchange<'a>(this: *mut key_exchange_t) -> Option<&'a mut QkdKeyExchan
     (this as *mut QkdKe).as_mut().map(|ke| &mut ke.exchange)
 }
 
+/// Copies a result into a malloc'ed chunk for charon, or logs why there is none.
+fn hand_out<T: AsRef<[u8]>>(result: Result<T, KeError>, out: &mut chunk_t) -> bool {
+    match result {
+        Ok(data) => chunk::malloc_copy(data.as_ref()).map(|c| *out = c).is_some(),
+        Err(e) => {
+            log::error!("qkd: {e}");
+            false
+        }
+    }
+}
+
 unsafe extern "C" fn get_public_key(this: *mut key_exchange_t, value: *mut chunk_t) -> bool {
     boundary("get_public_key", false, || {
         let (Some(ex), false) = (exchange(this), value.is_null()) else {
             return false;
         };
-        match ex.get_public_key() {
-            Ok(data) => chunk::malloc_copy(&data).map(|c| *value = c).is_some(),
-            Err(e) => {
-                log::error!("qkd: {e}");
-                false
-            }
-        }
+        hand_out(ex.get_public_key(), &mut *value)
     })
 }
 
@@ -115,13 +120,7 @@ unsafe extern "C" fn get_shared_secret(this: *mut key_exchange_t, secret: *mut c
         let (Some(ex), false) = (exchange(this), secret.is_null()) else {
             return false;
         };
-        match ex.shared_secret() {
-            Ok(s) => chunk::malloc_copy(&s).map(|c| *secret = c).is_some(),
-            Err(e) => {
-                log::error!("qkd: {e}");
-                false
-            }
-        }
+        hand_out(ex.shared_secret(), &mut *secret)
     })
 }
 

@@ -103,6 +103,16 @@ impl QkdMaterial {
     fn ids(&self) -> String {
         format_ids(&self.key_ids)
     }
+
+    /// The line operators (and the interop tests) match key IDs across gateways with.
+    fn log_obtained(&self, role: &str, peer_sae: &SaeId, peer: &PeerConfig, kme_url: &str) {
+        log::info!(
+            "qkd: {role} for SAE '{peer_sae}' (connection '{}'): got {} bits from KME {kme_url} under key IDs {}",
+            peer.name,
+            self.key.len() * 8,
+            self.ids()
+        );
+    }
 }
 
 fn format_ids(ids: &[KeyId]) -> String {
@@ -182,14 +192,7 @@ impl QkdKeyExchange {
         let qkd = match wait_for_keys(cfg.wait_timeout, || source.enc_keys(&peer.sae_id, cfg.key_size)) {
             Ok(keys) => {
                 let qkd = QkdMaterial::from_keys(keys);
-                log::info!(
-                    "qkd: master for SAE '{}' (connection '{}'): got {} bits from KME {} under key IDs {}",
-                    peer.sae_id,
-                    peer.name,
-                    qkd.key.len() * 8,
-                    source.url(),
-                    qkd.ids()
-                );
+                qkd.log_obtained("master", &peer.sae_id, peer, source.url());
                 Some(qkd)
             }
             Err(error) => {
@@ -265,14 +268,7 @@ impl QkdKeyExchange {
                             cfg.key_size
                         )));
                     }
-                    log::info!(
-                        "qkd: slave for SAE '{}' (connection '{}'): got {} bits from KME {} under key IDs {}",
-                        request.sender,
-                        peer.name,
-                        qkd.key.len() * 8,
-                        source.url(),
-                        qkd.ids()
-                    );
+                    qkd.log_obtained("slave", &request.sender, peer, source.url());
                     Some(qkd)
                 }
                 Err(error) => {
