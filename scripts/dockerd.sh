@@ -81,15 +81,29 @@ start() {
 
 stop() {
     local pid i
-    pid=$(private_pid) || { log "dockerd: private engine not running"; return 0; }
+    pid=$(private_pid) || { log "dockerd: private engine not running"; unmount_leftovers; return 0; }
     log "dockerd: stopping pid $pid"
     kill -TERM "$pid"
     for i in $(seq 1 60); do
-        kill -0 "$pid" 2>/dev/null || { rm -f "$PIDFILE"; return 0; }
+        kill -0 "$pid" 2>/dev/null || break
         sleep 0.5
     done
-    log "dockerd: pid $pid ignored SIGTERM for 30 s, killing it"
-    kill -KILL "$pid" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then
+        log "dockerd: pid $pid ignored SIGTERM for 30 s, killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+        sleep 1
+    fi
+    rm -f "$PIDFILE"
+    unmount_leftovers
+}
+
+# dockerd leaves its default network namespace bind-mounted under exec-root; that mount
+# would make `rm -rf .cache` fail with "Device or resource busy".
+unmount_leftovers() {
+    local m
+    for m in $(awk -v r="$EXEC_ROOT/" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r); do
+        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+    done
 }
 
 case "${1:-}" in
