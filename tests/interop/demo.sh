@@ -13,3 +13,9 @@ list_sas gw-a | sed 's/^/  /'
 echo; echo "  \$ docker exec gw-a ping -c 3 -I 198.51.100.1 203.0.113.1"
 in_node gw-a ping -n -c 3 -I 198.51.100.1 203.0.113.1 | sed 's/^/  /'
 ping_through gw-a
+if have_plugin && have_kme_sim; then
+    echo; echo "  QKD keys the gateways used (charon logs):"
+    for gw in gw-a gw-b; do
+        { log_grep "$gw" 'qkd: .*key IDs' || true; } | sed -E "s/^/  $gw: /"
+    done
+fi
