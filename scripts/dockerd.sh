@@ -66,8 +66,8 @@ start() {
         --storage-driver=vfs --iptables=false --ip6tables=false --bridge=none \
         --host="$PRIVATE_HOST" --data-root="$DDIR/data" --exec-root="$EXEC_ROOT" \
         --pidfile="$PIDFILE" >"$DDIR/dockerd.log" 2>&1 </dev/null &
-    local i
-    for i in $(seq 1 120); do
+
+    for _ in $(seq 1 120); do
         if engine_ok "$PRIVATE_HOST"; then
             log "dockerd: up (pid $(cat "$PIDFILE"))"
             echo "DOCKER_HOST=$PRIVATE_HOST"; echo "DOCKERD_STARTED=1"; return
@@ -80,11 +80,11 @@ start() {
 }
 
 stop() {
-    local pid i
+    local pid
     pid=$(private_pid) || { log "dockerd: private engine not running"; unmount_leftovers; return 0; }
     log "dockerd: stopping pid $pid"
     kill -TERM "$pid"
-    for i in $(seq 1 60); do
+    for _ in $(seq 1 60); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.5
     done

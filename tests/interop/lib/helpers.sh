@@ -187,6 +187,7 @@ _replaced() { # GW KIND OLD_IDS...
     for id in "$@"; do grep -qx "$id" <<<"$now" && return 1; done
     return 0
 }
+words() { tr '\n' ' ' <<<"$1" | sed 's/ *$//'; }  # id list on one line
 _rekey() { # KIND GW SWANCTL_ARGS...
     local kind=$1 gw=$2 peer old_a old_b; shift 2
     peer=$(peer_of "$gw")
@@ -195,11 +196,11 @@ _rekey() { # KIND GW SWANCTL_ARGS...
     swanctl_in "$gw" --rekey "$@" >/dev/null || fail "swanctl --rekey $* on $gw failed"
     # shellcheck disable=SC2086 # id lists are words
     wait_until "${QKD_REKEY_TIMEOUT:-30}" _replaced "$gw" "$kind" $old_a \
-        || fail "$kind rekey from $gw: $gw still shows the old SA(s) $(echo $old_a) or no new one"
+        || fail "$kind rekey from $gw: $gw still shows the old SA(s) $(words "$old_a") or no new one"
     # shellcheck disable=SC2086
     wait_until 10 _replaced "$peer" "$kind" $old_b \
-        || fail "$kind rekey from $gw: $peer still shows the old SA(s) $(echo $old_b) or no new one"
-    step "$kind rekey from $gw: $(echo $old_a) -> $(echo $("${kind}_ids" "$gw")) (peer $(echo $old_b) -> $(echo $("${kind}_ids" "$peer")))"
+        || fail "$kind rekey from $gw: $peer still shows the old SA(s) $(words "$old_b") or no new one"
+    step "$kind rekey from $gw: $(words "$old_a") -> $(words "$("${kind}_ids" "$gw")") (peer $(words "$old_b") -> $(words "$("${kind}_ids" "$peer")"))"
 }
 rekey_child() { _rekey child "${1:-gw-a}" --child "$CHILD_NAME"; }
 rekey_ike()   { _rekey ike "${1:-gw-a}" --ike "$CONN_NAME"; }
