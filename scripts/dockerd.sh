@@ -66,7 +66,6 @@ start() {
         --storage-driver=vfs --iptables=false --ip6tables=false --bridge=none \
         --host="$PRIVATE_HOST" --data-root="$DDIR/data" --exec-root="$EXEC_ROOT" \
         --pidfile="$PIDFILE" >"$DDIR/dockerd.log" 2>&1 </dev/null &
-
     for _ in $(seq 1 120); do
         if engine_ok "$PRIVATE_HOST"; then
             log "dockerd: up (pid $(cat "$PIDFILE"))"
