@@ -94,7 +94,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn main() {
     let exchanges: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2000);
     for key_size in [256u32, 1024] {
-        let link = TestLink::start(SimOptions { max_key_count: 100_000, key_rate: 1_000_000_000, ..SimOptions::default() });
+        let link = TestLink::start(SimOptions { max_key_count: 4096, key_rate: 1_000_000_000, ..SimOptions::default() });
         let (rt_a, rt_b) = gateways(&link, key_size, 0);
 
         let mut latencies = Vec::with_capacity(exchanges);
@@ -110,6 +110,8 @@ fn main() {
             latencies.push(t.elapsed());
         }
         let total = started.elapsed();
+        let stats = link.admin(qkd_kme_sim::AdminCommand::Stats);
+        println!("simulator stats after the run: {stats}");
         latencies.sort();
         println!(
             "key_size={key_size:>4} bits  exchanges={exchanges}  {:>7.0} exchanges/s  p50={:?}  p99={:?}  max={:?}",
