@@ -3,7 +3,7 @@
 //! (ETSI GS QKD 014 KME), hybridised with an ephemeral ECDH secret.
 //!
 //! Layout: `wire` (KE data codec), `ke` (the exchange state machine), `kme` (key sources,
-//! the ETSI 014 client), `config` (settings). All `unsafe` code, the charon ABI and the
+//! the ETSI 014 client), `config` (settings). All raw-pointer code, the charon ABI and the
 //! exported symbols live in `ffi`.
 
 pub mod config;
