@@ -364,6 +364,36 @@ pub(crate) mod tests {
         }
     }
 
+    /// Every key `Config::load` reads is documented in the shipped qkd.conf and qkd.opt.
+    #[test]
+    fn every_setting_is_documented() {
+        struct Recording(MapSettings, std::cell::RefCell<Vec<String>>);
+        impl SettingsSource for Recording {
+            fn get(&self, peer: Option<&str>, key: &str) -> Option<String> {
+                self.1.borrow_mut().push(match peer {
+                    Some(_) => format!("peers.<conn>.{key}"),
+                    None => key.to_owned(),
+                });
+                self.0.get(peer, key)
+            }
+            fn peers(&self) -> Vec<String> {
+                self.0.peers()
+            }
+        }
+        let src = Recording(MapSettings::new(MINIMAL), Default::default());
+        Config::load(&src).unwrap();
+        let conf = include_str!("../strongswan-conf/strongswan.d/charon/qkd.conf");
+        let opt = include_str!("../strongswan-conf/qkd.opt");
+        for key in src.1.borrow().iter() {
+            // The per-peer kme section is documented as a whole (same keys as kme.*).
+            let documented = key.strip_prefix("peers.<conn>.kme.").map_or(key.clone(), |_| "peers.<conn>.kme".into());
+            assert!(opt.contains(&format!("charon.plugins.qkd.{documented} ")), "{key} missing in qkd.opt");
+            let leaf = key.rsplit('.').next().unwrap();
+            assert!(conf.contains(&format!("# {leaf} =")) || conf.contains(&format!("{leaf} =")), "{key} missing in qkd.conf");
+        }
+        assert!(src.1.borrow().len() >= 14, "read {:?}", src.1.borrow());
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
