@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Build (or reuse) the Debian rootfs tarball used as the base image of the interop tests.
+# Build (or reuse) a Debian rootfs tarball used as a base image of the interop tests.
+#   build-rootfs.sh [SUITE]   SUITE defaults to $QKD_ROOTFS_SUITE (trixie); e.g. forky
 # Prints the tarball path on stdout. Needs root (debootstrap).
-#   QKD_ROOTFS_TARBALL  use this tarball instead of the cached one (built if missing)
+#   QKD_ROOTFS_TARBALL  use this tarball for the default suite instead of the cached one
+#                       (built if missing)
 #   QKD_DEBIAN_MIRROR   override the mirror taken from the machine's apt sources
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-key=$(cache_key "$QKD_ROOTFS_SUITE" "$QKD_ROOTFS_PACKAGES" minbase v1)
-tarball="${QKD_ROOTFS_TARBALL:-$QKD_CACHE_DIR/rootfs/$QKD_ROOTFS_SUITE-strongswan-$key.tar}"
+suite=${1:-$QKD_ROOTFS_SUITE}
+key=$(cache_key "$suite" "$QKD_ROOTFS_PACKAGES" minbase v1)
+override=""
+[ "$suite" = "$QKD_ROOTFS_SUITE" ] && override=${QKD_ROOTFS_TARBALL:-}
+tarball="${override:-$QKD_CACHE_DIR/rootfs/$suite-strongswan-$key.tar}"
 
 if [ -s "$tarball" ]; then
     log "rootfs: reusing $tarball"
@@ -23,9 +28,11 @@ work=$(mktemp -d "$(dirname "$tarball")/build.XXXXXX")
 # A failed or interrupted build leaves no half tarball behind.
 trap 'rm -rf "$work" "$tarball.tmp"' EXIT
 
-log "rootfs: debootstrap $QKD_ROOTFS_SUITE from $mirror (takes a minute or two)"
+script=$(debootstrap_script "$suite")
+log "rootfs: debootstrap $suite from $mirror${script:+ (script $(basename "$script"))} (takes a minute or two)"
+# shellcheck disable=SC2086 # $script is empty or one path
 debootstrap --variant=minbase --include="$QKD_ROOTFS_PACKAGES" \
-    "$QKD_ROOTFS_SUITE" "$work/root" "$mirror" >"$work/debootstrap.log" 2>&1 || {
+    "$suite" "$work/root" "$mirror" $script >"$work/debootstrap.log" 2>&1 || {
     tail -n 30 "$work/debootstrap.log" >&2
     [ -f "$work/root/debootstrap/debootstrap.log" ] && tail -n 30 "$work/root/debootstrap/debootstrap.log" >&2
     die "debootstrap failed"
@@ -35,8 +42,8 @@ rm -rf "$work/root/var/cache/apt/archives/"*.deb "$work/root/var/lib/apt/lists/"
 tar --numeric-owner --xattrs -C "$work/root" -cf "$tarball.tmp" .
 mv "$tarball.tmp" "$tarball"
 # Tarballs of an older package set are dead weight (~200 MB each).
-if [ -z "${QKD_ROOTFS_TARBALL:-}" ]; then
-    find "$(dirname "$tarball")" -maxdepth 1 -name "$QKD_ROOTFS_SUITE-strongswan-*.tar" \
+if [ -z "$override" ]; then
+    find "$(dirname "$tarball")" -maxdepth 1 -name "$suite-strongswan-*.tar" \
         ! -name "$(basename "$tarball")" -delete
 fi
 log "rootfs: built $tarball ($(du -h "$tarball" | cut -f1))"

@@ -5,12 +5,15 @@
 QKD_REPO_ROOT="${QKD_REPO_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 QKD_CACHE_DIR="${QKD_CACHE_DIR:-$QKD_REPO_ROOT/.cache}"
 
-# Suite and package set of the test rootfs; the cache key of the rootfs tarball is derived
-# from these, so changing them rebuilds it. charon-systemd is left out on purpose: in trixie
-# it conflicts with strongswan-charon, which ships the foreground /usr/lib/ipsec/charon the
-# tests run; libstrongswan-standard-plugins (gcm, agent, ...) is only a Recommends, which
-# debootstrap does not follow, yet swanctl's built-in plugin list expects it. curl lets
-# tests and humans talk ETSI 014 to the KMEs from a gateway container.
+# Suites and package set of the test rootfs; the cache key of a rootfs tarball is derived
+# from its suite and the package list, so changing them rebuilds it. The main suite (trixie,
+# strongSwan 6.0.1) runs every node; scenarios may put a gateway on another suite (forky,
+# strongSwan 6.1.0), whose rootfs is built the same way with the same packages.
+# charon-systemd is left out on purpose: in trixie and forky it conflicts with
+# strongswan-charon, which ships the foreground /usr/lib/ipsec/charon the tests run;
+# libstrongswan-standard-plugins (gcm, agent, ...) is only a Recommends, which debootstrap
+# does not follow, yet swanctl's built-in plugin list expects it. curl lets tests and humans
+# talk ETSI 014 to the KMEs from a gateway container.
 QKD_ROOTFS_SUITE="${QKD_ROOTFS_SUITE:-trixie}"
 QKD_ROOTFS_PACKAGES="${QKD_ROOTFS_PACKAGES:-strongswan-swanctl,strongswan-charon,libcharon-extra-plugins,libstrongswan-standard-plugins,libstrongswan-extra-plugins,iproute2,iputils-ping,curl}"
 
@@ -59,6 +62,16 @@ export_apt_proxy() {
     local p
     p=$(apt-config dump 2>/dev/null | sed -n 's/^Acquire::http::Proxy "\(.*\)";$/\1/p' | head -n1)
     if [ -n "$p" ] && [ "$p" != "DIRECT" ] && [ -z "${http_proxy:-}" ]; then export http_proxy="$p"; fi
+}
+
+# debootstrap script for SUITE: empty when debootstrap knows the suite, else the sid script
+# (an older host's debootstrap has no script for newer Debian suites such as forky, which
+# are bootstrapped exactly like sid).
+debootstrap_script() {
+    local dir="${DEBOOTSTRAP_DIR:-/usr/share/debootstrap}/scripts"
+    if [ -e "$dir/$1" ]; then return 0; fi
+    [ -e "$dir/sid" ] || die "debootstrap has no script for $1 (nor sid)"
+    echo "$dir/sid"
 }
 
 # Short stable hash of its arguments (cache keys).

@@ -14,7 +14,9 @@
 #   --no-setup    skip the host package check
 #   --strict      count skipped scenarios as failures (CI)
 #   --base-image IMAGE   build the node image FROM IMAGE (e.g. debian:trixie, needs a registry)
-#                        instead of the debootstrapped rootfs
+#                        instead of the debootstrapped rootfs; an image for another suite
+#                        (see "# suites:" in scenarios) is then built FROM IMAGE's
+#                        repository tagged with the suite (debian:forky)
 # Environment: QKD_CACHE_DIR (default <repo>/.cache: rootfs tarball, docker data, run logs),
 # QKD_ROOTFS_TARBALL, QKD_DEBIAN_MIRROR, QKD_PRIVATE_DOCKERD=1, CARGO_TARGET_DIR,
 # QKD_SCENARIO_TIMEOUT (seconds per scenario, default 600).
@@ -50,20 +52,47 @@ export QKD_INTEROP_DIR="$INTEROP_DIR"
 export QKD_INTEROP_PROJECT=qkd-interop
 export QKD_INTEROP_PREFIX="${QKD_INTEROP_PREFIX:-}"
 export QKD_INTEROP_IMAGE=qkd-interop/node:latest
+# Per-gateway images (gateways_up sets them from GW_SUITE); compose needs them set even for
+# a teardown.
+export QKD_INTEROP_GW_A_IMAGE=$QKD_INTEROP_IMAGE QKD_INTEROP_GW_B_IMAGE=$QKD_INTEROP_IMAGE
 export QKD_INTEROP_STRICT=$STRICT
 export QKD_KME_EXTRA_ARGS=""
 INTEROP_CACHE="$QKD_CACHE_DIR/interop"
 
 # ---------------------------------------------------------------- scenarios -------------
-# scenarios/NN-name.sh -> "name"; run in file order. The first "# " comment line after the
-# shebang-less header is the description.
+# scenarios/NN-name.sh -> "name"; run in file order. The "# desc: " line is the description;
+# a "# suites: forky" line asks for node images of further Debian suites (built only when
+# such a scenario is selected).
 scenario_files() { ls "$INTEROP_DIR"/scenarios/*.sh 2>/dev/null | sort; }
 scenario_name() { local b; b=$(basename "$1" .sh); echo "${b#[0-9]*-}"; }
 scenario_desc() { sed -n 's/^# desc: //p' "$1" | head -n 1; }
+scenario_suites() { sed -n 's/^# suites: //p' "$@" | { grep -oE '[[:alnum:]._-]+' || true; } | sort -u; }
 
 if [ "$MODE" = list ]; then
-    for f in $(scenario_files); do printf '%-28s %s\n' "$(scenario_name "$f")" "$(scenario_desc "$f")"; done
+    for f in $(scenario_files); do
+        printf '%-28s %s%s\n' "$(scenario_name "$f")" "$(scenario_desc "$f")" \
+            "$(scenario_suites "$f" | tr '\n' ' ' | sed 's/ $//; s/^./ [&/; s/.$/&]/')"
+    done
     exit 0
+fi
+
+# The scenario files to run (demo: demo.sh), chosen before any setup so that images only
+# some scenarios need are built only when they run.
+FILES=()
+if [ "$MODE" = demo ]; then
+    FILES=("$INTEROP_DIR/demo.sh")
+elif [ "$MODE" = run ]; then
+    # A path to a scenario file runs that file (ad-hoc scenarios outside scenarios/).
+    for s in "${SELECTED[@]}"; do [ -f "$s" ] && FILES+=("$(cd "$(dirname "$s")" && pwd)/$(basename "$s")"); done
+    for f in $(scenario_files); do
+        n=$(scenario_name "$f")
+        if [ ${#SELECTED[@]} -eq 0 ]; then FILES+=("$f"); continue; fi
+        for s in "${SELECTED[@]}"; do
+            # shellcheck disable=SC2053 # globs are wanted
+            if [[ $n == $s ]]; then FILES+=("$f"); break; fi
+        done
+    done
+    [ ${#FILES[@]} -gt 0 ] || die "no scenario matches: ${SELECTED[*]} (see --list)"
 fi
 
 # ---------------------------------------------------------------- compose ---------------
@@ -151,20 +180,32 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
 PLUGIN_SO="$TARGET_DIR/libstrongswan_qkd.so"
 SIM_BIN="$TARGET_DIR/qkd-kme-sim"
 
-# Base image: the debootstrapped rootfs, imported once per rootfs (keyed by its file name).
-if [ -n "$BASE_IMAGE_ARG" ]; then
-    BASE_IMAGE=$BASE_IMAGE_ARG
-else
-    tarball=$("$SCRIPTS/build-rootfs.sh")
-    BASE_IMAGE="qkd-interop/trixie-base:$(basename "$tarball" .tar)"
-    if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-        log "images: importing $tarball"
-        docker import "$tarball" "$BASE_IMAGE" >/dev/null
+# Base image of a suite: the debootstrapped rootfs, imported once per rootfs (keyed by its
+# file name) as qkd-interop/SUITE-base; or, with --base-image, a registry image.
+base_image() { # SUITE -> prints the image
+    local suite=$1 tarball repo="qkd-interop/$1-base" img
+    if [ -n "$BASE_IMAGE_ARG" ]; then
+        if [ "$suite" = "$QKD_ROOTFS_SUITE" ]; then echo "$BASE_IMAGE_ARG"
+        elif [[ ${BASE_IMAGE_ARG##*/} == *:* ]]; then echo "${BASE_IMAGE_ARG%:*}:$suite"
+        else echo "$BASE_IMAGE_ARG:$suite"; fi
+        return
     fi
-    docker tag "$BASE_IMAGE" qkd-interop/trixie-base:latest
-fi
+    # Called as $(base_image ...), where errexit is off: every failure returns.
+    tarball=$("$SCRIPTS/build-rootfs.sh" "$suite") || return 1
+    img="$repo:$(basename "$tarball" .tar)"
+    if ! docker image inspect "$img" >/dev/null 2>&1; then
+        log "images: importing $tarball"
+        docker import "$tarball" "$img" >/dev/null || return 1
+    fi
+    docker tag "$img" "$repo:latest" || return 1
+    echo "$img"
+}
+# Node image of a suite: the main suite's is $QKD_INTEROP_IMAGE, others qkd-interop/node-SUITE.
+node_image_of() { if [ "$1" = "$QKD_ROOTFS_SUITE" ]; then echo "$QKD_INTEROP_IMAGE"; else echo "qkd-interop/node-$1:latest"; fi; }
 
-# Node image: staged context = Dockerfile + rootfs overlay with our binaries.
+# Node images: staged context = Dockerfile + rootfs overlay with our binaries, built FROM
+# each suite's base: the main suite (every node) plus the suites the selected scenarios ask
+# for. Scenarios find them in QKD_INTEROP_IMAGES ("suite=image ...").
 ctx="$INTEROP_CACHE/context"
 rm -rf "$ctx"; mkdir -p "$ctx/rootfs/usr/local/sbin" "$ctx/rootfs/usr/local/bin" "$ctx/rootfs/usr/lib/ipsec/plugins"
 cp "$INTEROP_DIR/image/Dockerfile" "$ctx/Dockerfile"
@@ -177,18 +218,38 @@ else
     log "images: $PLUGIN_SO not built: gateways run without the QKD plugin"
 fi
 [ -x "$SIM_BIN" ] && cp "$SIM_BIN" "$ctx/rootfs/usr/local/bin/qkd-kme-sim"
-log "images: building $QKD_INTEROP_IMAGE FROM $BASE_IMAGE"
 # --network host: RUN steps (only used with a registry base) need a network even when the
 # engine has no default bridge. The legacy builder is used where buildx is missing.
 if ! docker buildx version >/dev/null 2>&1; then export DOCKER_BUILDKIT=0; fi
-docker build -q --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$QKD_INTEROP_IMAGE" "$ctx" >"$INTEROP_CACHE/build.log" 2>&1 \
-    || { cat "$INTEROP_CACHE/build.log" >&2; die "docker build failed"; }
+SUITES=("$QKD_ROOTFS_SUITE")
+if [ ${#FILES[@]} -gt 0 ]; then
+    for suite in $(scenario_suites "${FILES[@]}"); do
+        [ "$suite" = "$QKD_ROOTFS_SUITE" ] || SUITES+=("$suite")
+    done
+fi
+QKD_INTEROP_IMAGES=""
+BASES=()
+for suite in "${SUITES[@]}"; do
+    t_img=$SECONDS
+    base=$(base_image "$suite") || die "no base image for $suite"
+    BASES+=("$base")
+    node=$(node_image_of "$suite")
+    log "images: building $node FROM $base"
+    docker build -q --network host --build-arg "BASE_IMAGE=$base" -t "$node" "$ctx" >"$INTEROP_CACHE/build-$suite.log" 2>&1 \
+        || { cat "$INTEROP_CACHE/build-$suite.log" >&2; die "docker build of the $suite image failed"; }
+    [ "$suite" = "$QKD_ROOTFS_SUITE" ] || log "images: $suite ready in $((SECONDS - t_img)) s"
+    QKD_INTEROP_IMAGES+="${QKD_INTEROP_IMAGES:+ }$suite=$node"
+done
+export QKD_INTEROP_IMAGES
 # vfs stores every layer as a full copy: drop what the rebuild superseded, including base
 # images of an older rootfs.
 docker image prune -f >/dev/null 2>&1 || true
 if [ -z "$BASE_IMAGE_ARG" ]; then
-    docker images --format '{{.Repository}}:{{.Tag}}' qkd-interop/trixie-base \
-        | grep -vxF -e "$BASE_IMAGE" -e qkd-interop/trixie-base:latest | xargs -r docker rmi >/dev/null 2>&1 || true
+    for suite in "${SUITES[@]}"; do
+        docker images --format '{{.Repository}}:{{.Tag}}' "qkd-interop/$suite-base" \
+            | grep -vxF -f <(printf '%s\n' "${BASES[@]}" "qkd-interop/$suite-base:latest") \
+            | xargs -r docker rmi >/dev/null 2>&1 || true
+    done
 fi
 
 # Per-run directory: certificates, rendered configs and logs of every scenario.
@@ -272,19 +333,7 @@ container_of() { printf '%s%s' "$QKD_INTEROP_PREFIX" "$1"; }
 if [ "$MODE" = demo ]; then
     run_scenario demo "$INTEROP_DIR/demo.sh"
 else
-    files=()
-    # A path to a scenario file runs that file (ad-hoc scenarios outside scenarios/).
-    for s in "${SELECTED[@]}"; do [ -f "$s" ] && files+=("$(cd "$(dirname "$s")" && pwd)/$(basename "$s")"); done
-    for f in $(scenario_files); do
-        n=$(scenario_name "$f")
-        if [ ${#SELECTED[@]} -eq 0 ]; then files+=("$f"); continue; fi
-        for s in "${SELECTED[@]}"; do
-            # shellcheck disable=SC2053 # globs are wanted
-            if [[ $n == $s ]]; then files+=("$f"); break; fi
-        done
-    done
-    [ ${#files[@]} -gt 0 ] || die "no scenario matches: ${SELECTED[*]} (see --list)"
-    for f in "${files[@]}"; do
+    for f in "${FILES[@]}"; do
         run_scenario "$(scenario_name "$f")" "$f"
         # With --keep only the last scenario's containers stay.
     done

@@ -6,6 +6,7 @@
 #
 # Gateways are named gw-a and gw-b, the simulator kme. Environment from run.sh:
 #   QKD_INTEROP_DIR, QKD_INTEROP_RUN_DIR, QKD_INTEROP_SCEN_DIR, QKD_INTEROP_IMAGE,
+#   QKD_INTEROP_IMAGES ("suite=image ..." of the node images built for this run),
 #   QKD_INTEROP_PROJECT, QKD_INTEROP_PREFIX, QKD_COMPOSE, QKD_INTEROP_HAVE_PLUGIN,
 #   QKD_INTEROP_HAVE_SIM, QKD_INTEROP_STRICT, PSK, DOCKER_HOST.
 
@@ -70,6 +71,17 @@ render() {
 # ---------------------------------------------------------------- gateways --------------
 log_file() { printf '%s/%s/log/charon.log' "$QKD_INTEROP_SCEN_DIR" "$1"; }
 
+# gw_image GW: the node image of GW's GW_SUITE (empty: the main image).
+gw_image() {
+    local suite entry
+    suite=$(gw_var "$(side_of "$1")" GW_SUITE) || exit 1
+    if [ -z "$suite" ]; then printf '%s' "$QKD_INTEROP_IMAGE"; return; fi
+    for entry in ${QKD_INTEROP_IMAGES:-}; do
+        if [ "${entry%%=*}" = "$suite" ]; then printf '%s' "${entry#*=}"; return; fi
+    done
+    fail "$1: no node image for suite '$suite' in this run (the scenario needs a '# suites: $suite' line)"
+}
+
 # gateways_up: (re)create gw-a and gw-b from the current variables: render strongswan.conf,
 # qkd.conf and swanctl.conf, start charon, wait for vici, `swanctl --load-all`. Earlier logs
 # of the scenario are kept as charon.log.1, .2, ...
@@ -87,6 +99,9 @@ gateways_up() {
         render "$side" "$QKD_INTEROP_DIR/conf/qkd.conf.tmpl" >"$d/qkd.conf"
         render "$side" "$QKD_INTEROP_DIR/conf/swanctl.conf.tmpl" >"$d/swanctl.conf"
     done
+    QKD_INTEROP_GW_A_IMAGE=$(gw_image gw-a) || exit 1
+    QKD_INTEROP_GW_B_IMAGE=$(gw_image gw-b) || exit 1
+    export QKD_INTEROP_GW_A_IMAGE QKD_INTEROP_GW_B_IMAGE
     compose up -d --no-deps --force-recreate gw-a gw-b >>"$QKD_INTEROP_SCEN_DIR/compose.log" 2>&1 \
         || { tail -n 20 "$QKD_INTEROP_SCEN_DIR/compose.log" >&2; fail "could not start the gateways"; }
     record_ids
@@ -247,10 +262,19 @@ kme_up() {
 }
 kme_stop()  { compose stop -t 2 kme >>"$QKD_INTEROP_SCEN_DIR/compose.log" 2>&1 || fail "could not stop kme"; step "kme stopped"; }
 kme_start() {
+    local gw
     compose start kme >>"$QKD_INTEROP_SCEN_DIR/compose.log" 2>&1 || fail "could not start kme"
     wait_until 30 kme_ready || fail "the KME simulator did not come back"
+    # A gateway that tried its KME while it was down may still be resolving its address (ARP
+    # gives up ~3 s after the first try, failing what is queued with "No route to host"):
+    # wait until each running gateway reaches its KME again.
+    for gw in gw-a gw-b; do
+        node_running "$gw" || continue
+        wait_until 15 kme_reachable_from "$gw" || fail "$gw does not reach its KME after the restart"
+    done
     step "kme started"
 }
+kme_reachable_from() { etsi_in "$1" "$(gw_var "$(side_of "$1")" QKD_PEER_SAE_ID)/status" >/dev/null 2>&1; }
 
 # etsi_in GW PATH [JSON_BODY]: ETSI GS QKD 014 request from a gateway to its own KME with the
 # gateway's SAE certificate (mutual TLS), as the plugin would make it; prints the answer and
