@@ -11,6 +11,8 @@ initiate gw-a
 expect_tunnel_up
 expect_sa_uses_qkd gw-a
 expect_sa_uses_qkd gw-b
+swanctl_in gw-a --list-algs | grep -q 'QKD\[qkd\]' || fail "swanctl --list-algs does not list QKD[qkd]"
+step "swanctl --list-algs: $(swanctl_in gw-a --list-algs | grep -o 'QKD\[qkd\]')"
 id=$(expect_qkd_round gw-a)
 step "initial IKE SA: key ID $id (gw-a master, gw-b slave)"
 expect_secret_prefix "$id" "key exchange secret"
