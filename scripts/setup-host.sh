@@ -7,8 +7,9 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 # docker-init (tini) backs `init: true`; cgroupfs-mount mounts cgroups on hosts without an
-# init system that does; libclang-dev is for bindgen in the plugin's build script.
-PACKAGES=(docker.io debootstrap tini cgroupfs-mount libclang-dev ca-certificates)
+# init system that does; libclang-dev is for bindgen in the plugin's build script; dpkg-dev,
+# gcc and make for the ABI check (apt-get source + configure of strongSwan 6.1.0).
+PACKAGES=(docker.io debootstrap tini cgroupfs-mount libclang-dev ca-certificates dpkg-dev gcc make)
 
 packages() {
     local missing=() p
