@@ -14,6 +14,10 @@ echo; echo "  \$ docker exec gw-a ping -c 3 -I 198.51.100.1 203.0.113.1"
 in_node gw-a ping -n -c 3 -I 198.51.100.1 203.0.113.1 | sed 's/^/  /'
 ping_through gw-a
 if have_plugin && have_kme_sim; then
+    # The first CHILD SA is keyed in IKE_AUTH without a KE; a PFS rekey fetches its own QKD key.
+    rekey_child gw-a
+    echo; echo "  \$ docker exec gw-a swanctl --list-sas   (after a PFS CHILD rekey)"
+    list_sas gw-a | grep -E 'KE1_QKD' | sed 's/^/  /'
     echo; echo "  QKD keys the gateways used (charon logs):"
     for gw in gw-a gw-b; do
         { log_grep "$gw" 'qkd: .*key IDs' || true; } | sed -E "s/^/  $gw: /"
