@@ -253,13 +253,18 @@ fn a_kme_certificate_from_another_ca_is_a_tls_error_pointing_at_kme_ca() {
         Duration::from_secs(5),
     );
     s.ca = other.ca_pem().to_str().unwrap().to_owned();
-    match Etsi014Client::new(&s)
+    expect_tls_error_naming(&s, "kme.ca");
+}
+
+/// enc_keys fails as Unreachable with a TLS reason that points at `setting`.
+fn expect_tls_error_naming(s: &KmeSettings, setting: &str) {
+    match Etsi014Client::new(s)
         .unwrap()
         .enc_keys(&sae(TestLink::SAE_B), 256)
     {
         Err(e @ KmeError::Unreachable { .. }) => {
             let text = e.to_string();
-            assert!(text.contains("TLS") && text.contains("kme.ca"), "{text}");
+            assert!(text.contains("TLS") && text.contains(setting), "{text}");
         }
         other => panic!("{other:?}"),
     }
@@ -277,16 +282,7 @@ fn a_client_certificate_the_kme_does_not_trust_is_a_tls_error_pointing_at_kme_ce
     );
     s.cert = other.sae_cert(TestLink::SAE_A).to_str().unwrap().to_owned();
     s.key = other.sae_key(TestLink::SAE_A).to_str().unwrap().to_owned();
-    match Etsi014Client::new(&s)
-        .unwrap()
-        .enc_keys(&sae(TestLink::SAE_B), 256)
-    {
-        Err(e @ KmeError::Unreachable { .. }) => {
-            let text = e.to_string();
-            assert!(text.contains("TLS") && text.contains("kme.cert"), "{text}");
-        }
-        other => panic!("{other:?}"),
-    }
+    expect_tls_error_naming(&s, "kme.cert");
 }
 
 #[test]
