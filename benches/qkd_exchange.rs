@@ -44,19 +44,38 @@ impl SettingsSource for Gateway<'_> {
 
 fn runtime(gw: &Gateway) -> Arc<Runtime> {
     let config = Config::load(gw).expect("bench settings");
-    let rt = Runtime::new(config, |kme| Ok(Arc::new(Etsi014Client::new(kme)?) as Arc<dyn KeySource>));
+    let rt = Runtime::new(config, |kme| {
+        Ok(Arc::new(Etsi014Client::new(kme)?) as Arc<dyn KeySource>)
+    });
     Arc::new(rt.expect("KME client"))
 }
 
 fn gateways(link: &TestLink, key_size: u32, prefetch: usize) -> (Arc<Runtime>, Arc<Runtime>) {
     let (a, b) = (TestLink::SAE_A, TestLink::SAE_B);
-    let gw_a = Gateway { link, me: a, peer: b, url: link.kme_a_url.clone(), key_size, prefetch };
-    let gw_b = Gateway { link, me: b, peer: a, url: link.kme_b_url.clone(), key_size, prefetch: 0 };
+    let gw_a = Gateway {
+        link,
+        me: a,
+        peer: b,
+        url: link.kme_a_url.clone(),
+        key_size,
+        prefetch,
+    };
+    let gw_b = Gateway {
+        link,
+        me: b,
+        peer: a,
+        url: link.kme_b_url.clone(),
+        key_size,
+        prefetch: 0,
+    };
     (runtime(&gw_a), runtime(&gw_b))
 }
 
 fn ctx(name: &str) -> ExchangeContext {
-    ExchangeContext { connection: Some(name.into()), remote: None }
+    ExchangeContext {
+        connection: Some(name.into()),
+        remote: None,
+    }
 }
 
 /// How long an initiator waits for its KE data (the enc_keys round trip) when the KME is
@@ -75,7 +94,8 @@ fn initiator_wait_with_slow_kme() {
             let request = i.get_public_key().expect("initiator");
             waits.push(t.elapsed());
             r.set_public_key(&request).expect("responder");
-            i.set_public_key(&r.get_public_key().expect("response")).expect("confirmation");
+            i.set_public_key(&r.get_public_key().expect("response"))
+                .expect("confirmation");
             std::thread::sleep(Duration::from_millis(100));
         }
         waits.sort();
@@ -92,9 +112,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let exchanges: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2000);
+    let exchanges: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(2000);
     for key_size in [256u32, 1024] {
-        let link = TestLink::start(SimOptions { max_key_count: 4096, key_rate: 1_000_000_000, ..SimOptions::default() });
+        let link = TestLink::start(SimOptions {
+            max_key_count: 4096,
+            key_rate: 1_000_000_000,
+            ..SimOptions::default()
+        });
         let (rt_a, rt_b) = gateways(&link, key_size, 0);
 
         let mut latencies = Vec::with_capacity(exchanges);
@@ -105,7 +132,8 @@ fn main() {
             let mut r = QkdKeyExchange::new(rt_b.clone(), ctx(TestLink::SAE_A), None);
             let request = i.get_public_key().expect("initiator");
             r.set_public_key(&request).expect("responder");
-            i.set_public_key(&r.get_public_key().expect("response")).expect("confirmation");
+            i.set_public_key(&r.get_public_key().expect("response"))
+                .expect("confirmation");
             assert_eq!(*i.shared_secret().unwrap(), *r.shared_secret().unwrap());
             latencies.push(t.elapsed());
         }

@@ -96,15 +96,27 @@ impl Scope<'_> {
     }
 
     fn error(&self, key: &str, problem: impl Into<String>) -> ConfigError {
-        ConfigError { key: self.path(key), problem: problem.into() }
+        ConfigError {
+            key: self.path(key),
+            problem: problem.into(),
+        }
     }
 
     fn str(&self, key: &str) -> Option<String> {
-        self.src.get(self.peer, key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+        self.src
+            .get(self.peer, key)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
     }
 
-    fn parse<T>(&self, key: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<Option<T>, ConfigError> {
-        self.str(key).map(|v| parse(&v).map_err(|e| self.error(key, e))).transpose()
+    fn parse<T>(
+        &self,
+        key: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        self.str(key)
+            .map(|v| parse(&v).map_err(|e| self.error(key, e)))
+            .transpose()
     }
 
     fn kme(&self) -> Result<Option<KmeSettings>, ConfigError> {
@@ -112,17 +124,23 @@ impl Scope<'_> {
             return Ok(None);
         };
         if !url.starts_with("https://") {
-            return Err(self.error("kme.url", format!("'{url}' must be an https:// URL (ETSI GS QKD 014 requires TLS)")));
+            return Err(self.error(
+                "kme.url",
+                format!("'{url}' must be an https:// URL (ETSI GS QKD 014 requires TLS)"),
+            ));
         }
         let file = |key: &str| {
-            self.str(key).ok_or_else(|| self.error(key, "required with kme.url (PEM file for mutual TLS)"))
+            self.str(key)
+                .ok_or_else(|| self.error(key, "required with kme.url (PEM file for mutual TLS)"))
         };
         Ok(Some(KmeSettings {
             url: url.trim_end_matches('/').to_owned(),
             ca: file("kme.ca")?,
             cert: file("kme.cert")?,
             key: file("kme.key")?,
-            timeout: self.parse("kme.timeout", parse_duration)?.unwrap_or(DEFAULT_KME_TIMEOUT),
+            timeout: self
+                .parse("kme.timeout", parse_duration)?
+                .unwrap_or(DEFAULT_KME_TIMEOUT),
         }))
     }
 }
@@ -130,34 +148,73 @@ impl Scope<'_> {
 impl Config {
     pub fn load(src: &dyn SettingsSource) -> Result<Config, ConfigError> {
         let global = Scope { src, peer: None };
-        let sae_id = global
-            .parse("sae_id", SaeId::new)?
-            .ok_or_else(|| global.error("sae_id", "missing: set this gateway's SAE ID as known to its KME"))?;
-        let method_id = global.parse("method_id", parse_method_id)?.unwrap_or(DEFAULT_METHOD_ID);
-        let key_size = global.parse("key_size", parse_key_size)?.unwrap_or(DEFAULT_KEY_SIZE);
-        let fallback = global.parse("fallback", parse_fallback)?.unwrap_or(Fallback::None);
-        let wait_timeout = global.parse("wait_timeout", parse_duration)?.unwrap_or(Duration::ZERO);
-        let dh_group = global.parse("dh_group", parse_dh_group)?.unwrap_or(Some(CURVE_25519));
+        let sae_id = global.parse("sae_id", SaeId::new)?.ok_or_else(|| {
+            global.error(
+                "sae_id",
+                "missing: set this gateway's SAE ID as known to its KME",
+            )
+        })?;
+        let method_id = global
+            .parse("method_id", parse_method_id)?
+            .unwrap_or(DEFAULT_METHOD_ID);
+        let key_size = global
+            .parse("key_size", parse_key_size)?
+            .unwrap_or(DEFAULT_KEY_SIZE);
+        let fallback = global
+            .parse("fallback", parse_fallback)?
+            .unwrap_or(Fallback::None);
+        let wait_timeout = global
+            .parse("wait_timeout", parse_duration)?
+            .unwrap_or(Duration::ZERO);
+        let dh_group = global
+            .parse("dh_group", parse_dh_group)?
+            .unwrap_or(Some(CURVE_25519));
         let prefetch = global.parse("prefetch", parse_prefetch)?.unwrap_or(0);
         let kme = global.kme()?;
 
         let mut peers = Vec::new();
         for name in src.peers() {
-            let scope = Scope { src, peer: Some(&name) };
+            let scope = Scope {
+                src,
+                peer: Some(&name),
+            };
             let sae_id = scope
                 .parse("sae_id", SaeId::new)?
                 .ok_or_else(|| scope.error("sae_id", "missing: the peer gateway's SAE ID"))?;
-            let remote = scope.parse("remote", |v| v.parse::<IpAddr>().map_err(|e| format!("'{v}': {e}")))?;
+            let remote = scope.parse("remote", |v| {
+                v.parse::<IpAddr>().map_err(|e| format!("'{v}': {e}"))
+            })?;
             let peer_kme = scope.kme()?;
             if peer_kme.is_none() && kme.is_none() {
-                return Err(scope.error("kme.url", "no KME configured: set kme.url globally or for this peer"));
+                return Err(scope.error(
+                    "kme.url",
+                    "no KME configured: set kme.url globally or for this peer",
+                ));
             }
-            peers.push(PeerConfig { name, sae_id, remote, kme: peer_kme });
+            peers.push(PeerConfig {
+                name,
+                sae_id,
+                remote,
+                kme: peer_kme,
+            });
         }
         if kme.is_none() && peers.is_empty() {
-            return Err(global.error("kme.url", "missing: the URL of this gateway's KME (https://host:port)"));
+            return Err(global.error(
+                "kme.url",
+                "missing: the URL of this gateway's KME (https://host:port)",
+            ));
         }
-        Ok(Config { sae_id, method_id, key_size, fallback, wait_timeout, dh_group, prefetch, kme, peers })
+        Ok(Config {
+            sae_id,
+            method_id,
+            key_size,
+            fallback,
+            wait_timeout,
+            dh_group,
+            prefetch,
+            kme,
+            peers,
+        })
     }
 
     pub fn peer_named(&self, name: &str) -> Option<&PeerConfig> {
@@ -170,7 +227,10 @@ impl Config {
 
     /// The KME this gateway uses for `peer`.
     pub fn kme_for<'a>(&'a self, peer: &'a PeerConfig) -> &'a KmeSettings {
-        peer.kme.as_ref().or(self.kme.as_ref()).expect("Config::load guarantees a KME per peer")
+        peer.kme
+            .as_ref()
+            .or(self.kme.as_ref())
+            .expect("Config::load guarantees a KME per peer")
     }
 }
 
@@ -186,9 +246,13 @@ fn parse_method_id(v: &str) -> Result<u16, String> {
 }
 
 fn parse_key_size(v: &str) -> Result<u32, String> {
-    let bits: u32 = v.parse().map_err(|_| format!("'{v}' is not a number of bits"))?;
+    let bits: u32 = v
+        .parse()
+        .map_err(|_| format!("'{v}' is not a number of bits"))?;
     if !(128..=8192).contains(&bits) || !bits.is_multiple_of(8) {
-        return Err(format!("{bits} bits: use a multiple of 8 between 128 and 8192"));
+        return Err(format!(
+            "{bits} bits: use a multiple of 8 between 128 and 8192"
+        ));
     }
     Ok(bits)
 }
@@ -210,7 +274,10 @@ fn parse_fallback(v: &str) -> Result<Fallback, String> {
 
 /// strongSwan time syntax: a number with an optional s/m/h/d suffix.
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    let (num, unit) = match v.char_indices().find(|(_, c)| !c.is_ascii_digit() && *c != '.') {
+    let (num, unit) = match v
+        .char_indices()
+        .find(|(_, c)| !c.is_ascii_digit() && *c != '.')
+    {
         Some((i, _)) => v.split_at(i),
         None => (v, "s"),
     };
@@ -221,7 +288,9 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
         "d" => 86400.0,
         _ => return Err(format!("'{v}': unknown time unit (use s, m, h or d)")),
     };
-    let n: f64 = num.parse().map_err(|_| format!("'{v}' is not a duration"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{v}' is not a duration"))?;
     Ok(Duration::from_secs_f64(n * factor))
 }
 
@@ -249,7 +318,12 @@ pub(crate) mod tests {
 
     impl MapSettings {
         pub fn new(pairs: &[(&str, &str)]) -> MapSettings {
-            MapSettings(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+            MapSettings(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
         }
     }
 
@@ -266,7 +340,12 @@ pub(crate) mod tests {
             let mut names: Vec<String> = self
                 .0
                 .keys()
-                .filter_map(|k| k.strip_prefix("peers.")?.split('.').next().map(str::to_owned))
+                .filter_map(|k| {
+                    k.strip_prefix("peers.")?
+                        .split('.')
+                        .next()
+                        .map(str::to_owned)
+                })
                 .collect();
             names.dedup();
             names
@@ -329,7 +408,10 @@ pub(crate) mod tests {
             ("peers.gw-b.kme.key", "k"),
         ])
         .unwrap();
-        assert_eq!((c.method_id, c.key_size, c.fallback), (2000, 512, Fallback::Dh));
+        assert_eq!(
+            (c.method_id, c.key_size, c.fallback),
+            (2000, 512, Fallback::Dh)
+        );
         assert_eq!(c.wait_timeout, Duration::from_secs(120));
         assert_eq!(c.dh_group, None);
         assert_eq!(c.prefetch, 4);
@@ -343,24 +425,69 @@ pub(crate) mod tests {
     fn errors_name_the_key() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("sae_id", "")], "charon.plugins.qkd.sae_id: missing"),
-            (&[("sae_id", "a/b")], "charon.plugins.qkd.sae_id: 'a/b' is not a valid SAE ID"),
-            (&[("method_id", "1024")], "charon.plugins.qkd.method_id: 1024 is outside"),
-            (&[("method_id", "65516")], "charon.plugins.qkd.method_id: 65516 is used by another"),
-            (&[("key_size", "100")], "charon.plugins.qkd.key_size: 100 bits"),
-            (&[("key_size", "257")], "charon.plugins.qkd.key_size: 257 bits"),
-            (&[("fallback", "yes")], "charon.plugins.qkd.fallback: 'yes' is not one of"),
-            (&[("wait_timeout", "5x")], "charon.plugins.qkd.wait_timeout: '5x': unknown time unit"),
-            (&[("dh_group", "modp1024")], "charon.plugins.qkd.dh_group: 'modp1024'"),
+            (
+                &[("sae_id", "a/b")],
+                "charon.plugins.qkd.sae_id: 'a/b' is not a valid SAE ID",
+            ),
+            (
+                &[("method_id", "1024")],
+                "charon.plugins.qkd.method_id: 1024 is outside",
+            ),
+            (
+                &[("method_id", "65516")],
+                "charon.plugins.qkd.method_id: 65516 is used by another",
+            ),
+            (
+                &[("key_size", "100")],
+                "charon.plugins.qkd.key_size: 100 bits",
+            ),
+            (
+                &[("key_size", "257")],
+                "charon.plugins.qkd.key_size: 257 bits",
+            ),
+            (
+                &[("fallback", "yes")],
+                "charon.plugins.qkd.fallback: 'yes' is not one of",
+            ),
+            (
+                &[("wait_timeout", "5x")],
+                "charon.plugins.qkd.wait_timeout: '5x': unknown time unit",
+            ),
+            (
+                &[("dh_group", "modp1024")],
+                "charon.plugins.qkd.dh_group: 'modp1024'",
+            ),
             (&[("prefetch", "65")], "charon.plugins.qkd.prefetch: '65'"),
-            (&[("kme.url", "http://kme:80")], "charon.plugins.qkd.kme.url: 'http://kme:80' must be an https://"),
-            (&[("kme.ca", "")], "charon.plugins.qkd.kme.ca: required with kme.url"),
-            (&[("peers.gw-b.sae_id", ""), ("peers.gw-b.remote", "192.0.2.20")], "charon.plugins.qkd.peers.gw-b.sae_id: missing"),
-            (&[("peers.gw-b.remote", "gw-b")], "charon.plugins.qkd.peers.gw-b.remote: 'gw-b'"),
-            (&[("kme.url", "")], "charon.plugins.qkd.peers.gw-b.kme.url: no KME configured"),
+            (
+                &[("kme.url", "http://kme:80")],
+                "charon.plugins.qkd.kme.url: 'http://kme:80' must be an https://",
+            ),
+            (
+                &[("kme.ca", "")],
+                "charon.plugins.qkd.kme.ca: required with kme.url",
+            ),
+            (
+                &[
+                    ("peers.gw-b.sae_id", ""),
+                    ("peers.gw-b.remote", "192.0.2.20"),
+                ],
+                "charon.plugins.qkd.peers.gw-b.sae_id: missing",
+            ),
+            (
+                &[("peers.gw-b.remote", "gw-b")],
+                "charon.plugins.qkd.peers.gw-b.remote: 'gw-b'",
+            ),
+            (
+                &[("kme.url", "")],
+                "charon.plugins.qkd.peers.gw-b.kme.url: no KME configured",
+            ),
         ];
         for (extra, expected) in cases {
             let err = load_with(extra).unwrap_err().to_string();
-            assert!(err.starts_with(expected), "{err:?} should start with {expected:?}");
+            assert!(
+                err.starts_with(expected),
+                "{err:?} should start with {expected:?}"
+            );
         }
     }
 
@@ -386,10 +513,18 @@ pub(crate) mod tests {
         let opt = include_str!("../strongswan-conf/qkd.opt");
         for key in src.1.borrow().iter() {
             // The per-peer kme section is documented as a whole (same keys as kme.*).
-            let documented = key.strip_prefix("peers.<conn>.kme.").map_or(key.clone(), |_| "peers.<conn>.kme".into());
-            assert!(opt.contains(&format!("charon.plugins.qkd.{documented} ")), "{key} missing in qkd.opt");
+            let documented = key
+                .strip_prefix("peers.<conn>.kme.")
+                .map_or(key.clone(), |_| "peers.<conn>.kme".into());
+            assert!(
+                opt.contains(&format!("charon.plugins.qkd.{documented} ")),
+                "{key} missing in qkd.opt"
+            );
             let leaf = key.rsplit('.').next().unwrap();
-            assert!(conf.contains(&format!("# {leaf} =")) || conf.contains(&format!("{leaf} =")), "{key} missing in qkd.conf");
+            assert!(
+                conf.contains(&format!("# {leaf} =")) || conf.contains(&format!("{leaf} =")),
+                "{key} missing in qkd.conf"
+            );
         }
         assert!(src.1.borrow().len() >= 14, "read {:?}", src.1.borrow());
     }

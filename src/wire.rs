@@ -75,7 +75,10 @@ fn bad(what: impl Into<String>) -> WireError {
 impl Request {
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
         if self.key_ids.len() > MAX_KEY_IDS {
-            return Err(bad(format!("{} key IDs exceed the maximum of {MAX_KEY_IDS}", self.key_ids.len())));
+            return Err(bad(format!(
+                "{} key IDs exceed the maximum of {MAX_KEY_IDS}",
+                self.key_ids.len()
+            )));
         }
         if self.key_ids.is_empty() && self.ecdh.is_none() {
             return Err(bad("request carries neither key IDs nor an ECDH share"));
@@ -121,7 +124,9 @@ impl Request {
         if flags & REQ_KEY_IDS != 0 {
             let count = r.u8()? as usize;
             if count == 0 || count > MAX_KEY_IDS {
-                return Err(bad(format!("key ID count {count} outside 1..={MAX_KEY_IDS}")));
+                return Err(bad(format!(
+                    "key ID count {count} outside 1..={MAX_KEY_IDS}"
+                )));
             }
             for _ in 0..count {
                 let mut id = [0u8; 16];
@@ -129,9 +134,18 @@ impl Request {
                 key_ids.push(KeyId(id));
             }
         }
-        let ecdh = if flags & REQ_ECDH != 0 { Some(r.share()?) } else { None };
+        let ecdh = if flags & REQ_ECDH != 0 {
+            Some(r.share()?)
+        } else {
+            None
+        };
         r.finish()?;
-        Ok(Request { sender, allows_dh_fallback: flags & REQ_DH_FALLBACK != 0, key_ids, ecdh })
+        Ok(Request {
+            sender,
+            allows_dh_fallback: flags & REQ_DH_FALLBACK != 0,
+            key_ids,
+            ecdh,
+        })
     }
 }
 
@@ -167,7 +181,11 @@ impl Response {
         } else {
             None
         };
-        let ecdh = if flags & RESP_ECDH != 0 { Some(r.share()?) } else { None };
+        let ecdh = if flags & RESP_ECDH != 0 {
+            Some(r.share()?)
+        } else {
+            None
+        };
         r.finish()?;
         Ok(Response { confirmation, ecdh })
     }
@@ -175,7 +193,10 @@ impl Response {
 
 fn encode_share(share: &EcdhShare, out: &mut Vec<u8>) -> Result<(), WireError> {
     if share.value.is_empty() || share.value.len() > MAX_SHARE_LEN {
-        return Err(bad(format!("ECDH share of {} bytes outside 1..={MAX_SHARE_LEN}", share.value.len())));
+        return Err(bad(format!(
+            "ECDH share of {} bytes outside 1..={MAX_SHARE_LEN}",
+            share.value.len()
+        )));
     }
     out.extend_from_slice(&share.group.to_be_bytes());
     out.extend_from_slice(&(share.value.len() as u16).to_be_bytes());
@@ -214,11 +235,15 @@ impl<'a> Reader<'a> {
     fn header(&mut self, expected_type: u8) -> Result<u8, WireError> {
         let version = self.u8()?;
         if version != VERSION {
-            return Err(bad(format!("unsupported version {version} (we speak {VERSION})")));
+            return Err(bad(format!(
+                "unsupported version {version} (we speak {VERSION})"
+            )));
         }
         let kind = self.u8()?;
         if kind != expected_type {
-            return Err(bad(format!("message type {kind}, expected {expected_type}")));
+            return Err(bad(format!(
+                "message type {kind}, expected {expected_type}"
+            )));
         }
         self.u8()
     }
@@ -227,9 +252,14 @@ impl<'a> Reader<'a> {
         let group = self.u16()?;
         let len = self.u16()? as usize;
         if len == 0 || len > MAX_SHARE_LEN {
-            return Err(bad(format!("ECDH share length {len} outside 1..={MAX_SHARE_LEN}")));
+            return Err(bad(format!(
+                "ECDH share length {len} outside 1..={MAX_SHARE_LEN}"
+            )));
         }
-        Ok(EcdhShare { group, value: self.bytes(len)?.to_vec() })
+        Ok(EcdhShare {
+            group,
+            value: self.bytes(len)?.to_vec(),
+        })
     }
 
     fn finish(self) -> Result<(), WireError> {
@@ -250,7 +280,10 @@ mod tests {
             sender: SaeId::new("sae-a").unwrap(),
             allows_dh_fallback: true,
             key_ids: vec![KeyId([1; 16]), KeyId([2; 16])],
-            ecdh: Some(EcdhShare { group: 31, value: vec![9; 32] }),
+            ecdh: Some(EcdhShare {
+                group: 31,
+                value: vec![9; 32],
+            }),
         }
     }
 
@@ -267,7 +300,10 @@ mod tests {
 
     #[test]
     fn request_without_keys_is_fallback_only() {
-        let req = Request { key_ids: vec![], ..request() };
+        let req = Request {
+            key_ids: vec![],
+            ..request()
+        };
         let bytes = req.encode().unwrap();
         assert_eq!(bytes[2], REQ_ECDH | REQ_DH_FALLBACK);
         assert_eq!(Request::decode(&bytes).unwrap(), req);
@@ -276,9 +312,24 @@ mod tests {
     #[test]
     fn response_round_trip() {
         for resp in [
-            Response { confirmation: Some([7; TAG_LEN]), ecdh: Some(EcdhShare { group: 19, value: vec![4; 65] }) },
-            Response { confirmation: Some([7; TAG_LEN]), ecdh: None },
-            Response { confirmation: None, ecdh: Some(EcdhShare { group: 31, value: vec![1; 32] }) },
+            Response {
+                confirmation: Some([7; TAG_LEN]),
+                ecdh: Some(EcdhShare {
+                    group: 19,
+                    value: vec![4; 65],
+                }),
+            },
+            Response {
+                confirmation: Some([7; TAG_LEN]),
+                ecdh: None,
+            },
+            Response {
+                confirmation: None,
+                ecdh: Some(EcdhShare {
+                    group: 31,
+                    value: vec![1; 32],
+                }),
+            },
         ] {
             assert_eq!(Response::decode(&resp.encode().unwrap()).unwrap(), resp);
         }
@@ -326,17 +377,36 @@ mod tests {
     #[test]
     fn rejects_malformed_responses() {
         assert!(Response::decode(&request().encode().unwrap()).is_err());
-        assert!(Response::decode(&[1, 2, RESP_QKD_KEY, 0, 0]).unwrap_err().to_string().contains("truncated"));
-        assert!(Response::decode(&[1, 2, 0x08]).unwrap_err().to_string().contains("flags"));
+        assert!(Response::decode(&[1, 2, RESP_QKD_KEY, 0, 0])
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
+        assert!(Response::decode(&[1, 2, 0x08])
+            .unwrap_err()
+            .to_string()
+            .contains("flags"));
     }
 
     #[test]
     fn refuses_to_encode_out_of_bounds() {
-        let too_many = Request { key_ids: vec![KeyId([0; 16]); MAX_KEY_IDS + 1], ..request() };
+        let too_many = Request {
+            key_ids: vec![KeyId([0; 16]); MAX_KEY_IDS + 1],
+            ..request()
+        };
         assert!(too_many.encode().is_err());
-        let empty = Request { key_ids: vec![], ecdh: None, ..request() };
+        let empty = Request {
+            key_ids: vec![],
+            ecdh: None,
+            ..request()
+        };
         assert!(empty.encode().is_err());
-        let huge = Response { confirmation: None, ecdh: Some(EcdhShare { group: 1, value: vec![0; MAX_SHARE_LEN + 1] }) };
+        let huge = Response {
+            confirmation: None,
+            ecdh: Some(EcdhShare {
+                group: 1,
+                value: vec![0; MAX_SHARE_LEN + 1],
+            }),
+        };
         assert!(huge.encode().is_err());
     }
 

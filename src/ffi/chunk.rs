@@ -13,7 +13,10 @@ pub(crate) fn malloc_copy(data: &[u8]) -> Option<chunk_t> {
             return None;
         }
         std::ptr::copy_nonoverlapping(data.as_ptr(), ptr, data.len());
-        Some(chunk_t { ptr, len: data.len() })
+        Some(chunk_t {
+            ptr,
+            len: data.len(),
+        })
     }
 }
 

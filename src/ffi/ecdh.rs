@@ -46,35 +46,62 @@ impl Ecdh for CharonEcdh {
     }
 
     fn public_value(&mut self) -> Result<Vec<u8>, String> {
-        let get = self.vtable().get_public_key.ok_or("get_public_key missing")?;
-        let mut out = chunk_t { ptr: std::ptr::null_mut(), len: 0 };
+        let get = self
+            .vtable()
+            .get_public_key
+            .ok_or("get_public_key missing")?;
+        let mut out = chunk_t {
+            ptr: std::ptr::null_mut(),
+            len: 0,
+        };
         // SAFETY: on success `out` holds a malloc'ed buffer that we now own.
         unsafe {
             if !get(self.ke, &mut out) {
-                return Err(format!("method {}: creating our public value failed", self.group));
+                return Err(format!(
+                    "method {}: creating our public value failed",
+                    self.group
+                ));
             }
             Ok(chunk::take(out, false).to_vec())
         }
     }
 
     fn set_peer_value(&mut self, value: &[u8]) -> Result<(), String> {
-        let set = self.vtable().set_public_key.ok_or("set_public_key missing")?;
-        let borrowed = chunk_t { ptr: value.as_ptr() as *mut u8, len: value.len() };
+        let set = self
+            .vtable()
+            .set_public_key
+            .ok_or("set_public_key missing")?;
+        let borrowed = chunk_t {
+            ptr: value.as_ptr() as *mut u8,
+            len: value.len(),
+        };
         // SAFETY: set_public_key only reads the borrowed chunk during the call.
         if unsafe { set(self.ke, borrowed) } {
             Ok(())
         } else {
-            Err(format!("method {}: the peer's public value was rejected", self.group))
+            Err(format!(
+                "method {}: the peer's public value was rejected",
+                self.group
+            ))
         }
     }
 
     fn shared_secret(&mut self) -> Result<Zeroizing<Vec<u8>>, String> {
-        let get = self.vtable().get_shared_secret.ok_or("get_shared_secret missing")?;
-        let mut out = chunk_t { ptr: std::ptr::null_mut(), len: 0 };
+        let get = self
+            .vtable()
+            .get_shared_secret
+            .ok_or("get_shared_secret missing")?;
+        let mut out = chunk_t {
+            ptr: std::ptr::null_mut(),
+            len: 0,
+        };
         // SAFETY: on success `out` holds a malloc'ed secret that we now own (wiped on free).
         unsafe {
             if !get(self.ke, &mut out) {
-                return Err(format!("method {}: computing the shared secret failed", self.group));
+                return Err(format!(
+                    "method {}: computing the shared secret failed",
+                    self.group
+                ));
             }
             Ok(chunk::take(out, true))
         }

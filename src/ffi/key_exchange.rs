@@ -29,7 +29,9 @@ pub(crate) unsafe extern "C" fn create(method: key_exchange_method_t) -> *mut ke
         let ecdh = match rt.config.dh_group.map(CharonEcdh::create).transpose() {
             Ok(ecdh) => ecdh.map(|e| Box::new(e) as Box<dyn Ecdh>),
             Err(e) => {
-                log::error!("qkd: {e}; check charon.plugins.qkd.dh_group and the loaded crypto plugins");
+                log::error!(
+                    "qkd: {e}; check charon.plugins.qkd.dh_group and the loaded crypto plugins"
+                );
                 return std::ptr::null_mut();
             }
         };
@@ -70,8 +72,12 @@ fn exchange_context() -> ExchangeContext {
         if let Some(host) = ike_sa.get_other_host.and_then(|f| f(ike_sa).as_mut()) {
             if let Some(addr) = host.get_address.map(|f| f(host)) {
                 ctx.remote = match chunk::borrow(&addr) {
-                    Some(b) if b.len() == 4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).expect("4 bytes"))),
-                    Some(b) if b.len() == 16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).expect("16 bytes"))),
+                    Some(b) if b.len() == 4 => {
+                        Some(IpAddr::from(<[u8; 4]>::try_from(b).expect("4 bytes")))
+                    }
+                    Some(b) if b.len() == 16 => {
+                        Some(IpAddr::from(<[u8; 16]>::try_from(b).expect("16 bytes")))
+                    }
                     _ => None,
                 };
             }
@@ -89,7 +95,9 @@ unsafe fn exchange<'a>(this: *mut key_exchange_t) -> Option<&'a mut QkdKeyExchan
 /// Copies a result into a malloc'ed chunk for charon, or logs why there is none.
 fn hand_out<T: AsRef<[u8]>>(result: Result<T, KeError>, out: &mut chunk_t) -> bool {
     match result {
-        Ok(data) => chunk::malloc_copy(data.as_ref()).map(|c| *out = c).is_some(),
+        Ok(data) => chunk::malloc_copy(data.as_ref())
+            .map(|c| *out = c)
+            .is_some(),
         Err(e) => {
             log::error!("qkd: {e}");
             false
@@ -111,7 +119,9 @@ unsafe extern "C" fn set_public_key(this: *mut key_exchange_t, value: chunk_t) -
         let (Some(ex), Some(data)) = (exchange(this), chunk::borrow(&value)) else {
             return false;
         };
-        ex.set_public_key(data).map_err(|e| log::error!("qkd: {e}")).is_ok()
+        ex.set_public_key(data)
+            .map_err(|e| log::error!("qkd: {e}"))
+            .is_ok()
     })
 }
 
@@ -125,12 +135,18 @@ unsafe extern "C" fn get_shared_secret(this: *mut key_exchange_t, secret: *mut c
 }
 
 /// Only strongSwan's crypto tester seeds key exchanges, and `qkd` has no test vectors.
-unsafe extern "C" fn set_seed(_: *mut key_exchange_t, _: chunk_t, _: *mut super::abi::drbg_t) -> bool {
+unsafe extern "C" fn set_seed(
+    _: *mut key_exchange_t,
+    _: chunk_t,
+    _: *mut super::abi::drbg_t,
+) -> bool {
     false
 }
 
 unsafe extern "C" fn get_method(this: *mut key_exchange_t) -> key_exchange_method_t {
-    boundary("get_method", 0, || exchange(this).map_or(0, |ex| ex.method() as key_exchange_method_t))
+    boundary("get_method", 0, || {
+        exchange(this).map_or(0, |ex| ex.method() as key_exchange_method_t)
+    })
 }
 
 unsafe extern "C" fn destroy(this: *mut key_exchange_t) {

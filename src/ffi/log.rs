@@ -22,14 +22,20 @@ impl Log for CharonLogger {
     /// Ours, plus warnings and errors of the crates below (reqwest, hyper, rustls): their
     /// debug chatter would flood charon's IKE group.
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.target().starts_with("strongswan_qkd") || metadata.target() == "cfg" || metadata.level() <= Level::Warn
+        metadata.target().starts_with("strongswan_qkd")
+            || metadata.target() == "cfg"
+            || metadata.level() <= Level::Warn
     }
 
     fn log(&self, record: &Record) {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let group = if record.target() == "cfg" { *DBG_CFG } else { DBG_IKE };
+        let group = if record.target() == "cfg" {
+            *DBG_CFG
+        } else {
+            DBG_IKE
+        };
         let level = match record.level() {
             Level::Error | Level::Warn | Level::Info => 1,
             Level::Debug => 2,

@@ -6,7 +6,13 @@
 //! with libc `free()` (see [`chunk`]). strongSwan's globals (`lib`, `charon`, `dbg`) are
 //! looked up at run time ([`symbols`]) so test binaries link without libstrongswan.
 
-#[allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code, clippy::all)]
+#[allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    dead_code,
+    clippy::all
+)]
 pub(crate) mod abi {
     include!(concat!(env!("OUT_DIR"), "/strongswan_abi.rs"));
 }

@@ -1,8 +1,8 @@
 //! `qkd_plugin_create`: the plugin object, its feature table and the global runtime.
 
 use super::abi::{
-    enum_name_t, key_exchange_method_t, plugin_feature_t, plugin_t, FEATURE_DEPENDS, FEATURE_KE, FEATURE_PROVIDE,
-    FEATURE_REGISTER, KEY_EXCHANGE_METHOD,
+    enum_name_t, key_exchange_method_t, plugin_feature_t, plugin_t, FEATURE_DEPENDS, FEATURE_KE,
+    FEATURE_PROVIDE, FEATURE_REGISTER, KEY_EXCHANGE_METHOD,
 };
 use super::settings::CharonSettings;
 use super::{boundary, key_exchange, log as charon_log, symbols};
@@ -39,10 +39,14 @@ struct QkdPlugin {
 fn load_runtime() -> Result<Runtime, String> {
     let lib = symbols::lib().ok_or("libstrongswan's `lib` not found")?;
     // SAFETY: lib->ns is a NUL-terminated string owned by the library.
-    let ns = unsafe { (!lib.ns.is_null()).then(|| CStr::from_ptr(lib.ns)) }.ok_or("lib->ns not set")?;
+    let ns =
+        unsafe { (!lib.ns.is_null()).then(|| CStr::from_ptr(lib.ns)) }.ok_or("lib->ns not set")?;
     let settings = CharonSettings::new(lib.settings, ns).ok_or("lib->settings not set")?;
     let config = Config::load(&settings).map_err(|e| e.to_string())?;
-    Runtime::new(config, |kme| Ok(Arc::new(Etsi014Client::new(kme)?) as Arc<dyn KeySource>)).map_err(|e| e.to_string())
+    Runtime::new(config, |kme| {
+        Ok(Arc::new(Etsi014Client::new(kme)?) as Arc<dyn KeySource>)
+    })
+    .map_err(|e| e.to_string())
 }
 
 fn feature(kind: u32, arg: impl FnOnce(&mut plugin_feature_t)) -> plugin_feature_t {
@@ -59,10 +63,14 @@ fn features(config: &Config) -> Vec<plugin_feature_t> {
     let constructor = key_exchange::create as *mut c_void;
     let mut features = vec![
         feature(FEATURE_REGISTER, |f| f.arg.reg.f = constructor),
-        feature(FEATURE_PROVIDE, |f| f.arg.ke = config.method_id as key_exchange_method_t),
+        feature(FEATURE_PROVIDE, |f| {
+            f.arg.ke = config.method_id as key_exchange_method_t
+        }),
     ];
     if let Some(group) = config.dh_group {
-        features.push(feature(FEATURE_DEPENDS, |f| f.arg.ke = group as key_exchange_method_t));
+        features.push(feature(FEATURE_DEPENDS, |f| {
+            f.arg.ke = group as key_exchange_method_t
+        }));
     }
     features
 }
@@ -87,7 +95,12 @@ fn register_names(method_id: u16) -> Option<Box<MethodName>> {
         names: [c"QKD".as_ptr()],
     });
     // SAFETY: `name` is heap-pinned until plugin destroy removes it again.
-    unsafe { (names.add)(names.key_exchange_methods, &mut *name as *mut MethodName as *mut enum_name_t) };
+    unsafe {
+        (names.add)(
+            names.key_exchange_methods,
+            &mut *name as *mut MethodName as *mut enum_name_t,
+        )
+    };
     Some(name)
 }
 
@@ -132,12 +145,14 @@ unsafe extern "C" fn get_name(_: *mut plugin_t) -> *mut c_char {
 }
 
 unsafe extern "C" fn get_features(this: *mut plugin_t, out: *mut *mut plugin_feature_t) -> c_int {
-    boundary("get_features", 0, || match ((this as *mut QkdPlugin).as_mut(), out.is_null()) {
-        (Some(plugin), false) => {
-            *out = plugin.features.as_mut_ptr();
-            plugin.features.len() as c_int
+    boundary("get_features", 0, || {
+        match ((this as *mut QkdPlugin).as_mut(), out.is_null()) {
+            (Some(plugin), false) => {
+                *out = plugin.features.as_mut_ptr();
+                plugin.features.len() as c_int
+            }
+            _ => 0,
         }
-        _ => 0,
     })
 }
 
@@ -154,7 +169,9 @@ unsafe extern "C" fn reload(_: *mut plugin_t) -> bool {
         };
         let mut current = RUNTIME.write().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = current.as_ref() {
-            if (old.config.method_id, old.config.dh_group) != (new.config.method_id, new.config.dh_group) {
+            if (old.config.method_id, old.config.dh_group)
+                != (new.config.method_id, new.config.dh_group)
+            {
                 log::error!(
                     target: "cfg",
                     "qkd: {PREFIX}.method_id and dh_group only change on restart; keeping the previous settings"
@@ -175,7 +192,10 @@ unsafe extern "C" fn destroy(this: *mut plugin_t) {
         }
         let plugin = Box::from_raw(this as *mut QkdPlugin);
         if let (Some(mut name), Some(names)) = (plugin.method_name, symbols::enum_names()) {
-            (names.remove)(names.key_exchange_methods, &mut *name as *mut MethodName as *mut enum_name_t);
+            (names.remove)(
+                names.key_exchange_methods,
+                &mut *name as *mut MethodName as *mut enum_name_t,
+            );
         }
         RUNTIME.write().unwrap_or_else(|e| e.into_inner()).take();
     })

@@ -13,12 +13,19 @@ pub(crate) struct CharonSettings {
 
 impl CharonSettings {
     pub(crate) fn new(settings: *mut settings_t, ns: &CStr) -> Option<CharonSettings> {
-        (!settings.is_null()).then(|| CharonSettings { settings, ns: ns.to_owned() })
+        (!settings.is_null()).then(|| CharonSettings {
+            settings,
+            ns: ns.to_owned(),
+        })
     }
 
     fn string(value: *const c_char) -> Option<String> {
         // SAFETY: get_str returns NULL or a NUL-terminated string owned by the settings.
-        (!value.is_null()).then(|| unsafe { CStr::from_ptr(value) }.to_string_lossy().into_owned())
+        (!value.is_null()).then(|| {
+            unsafe { CStr::from_ptr(value) }
+                .to_string_lossy()
+                .into_owned()
+        })
     }
 }
 
@@ -34,7 +41,12 @@ impl SettingsSource for CharonSettings {
             match peer {
                 None => {
                     let fmt = CString::new(format!("%s.plugins.qkd.{key}")).ok()?;
-                    Self::string(get_str(self.settings, fmt.as_ptr() as *mut _, ptr::null_mut(), self.ns.as_ptr()))
+                    Self::string(get_str(
+                        self.settings,
+                        fmt.as_ptr() as *mut _,
+                        ptr::null_mut(),
+                        self.ns.as_ptr(),
+                    ))
                 }
                 Some(peer) => {
                     let fmt = CString::new(format!("%s.plugins.qkd.peers.%s.{key}")).ok()?;
@@ -59,7 +71,11 @@ impl SettingsSource for CharonSettings {
             let Some(create) = (*self.settings).create_section_enumerator else {
                 return names;
             };
-            let e = create(self.settings, c"%s.plugins.qkd.peers".as_ptr() as *mut _, self.ns.as_ptr());
+            let e = create(
+                self.settings,
+                c"%s.plugins.qkd.peers".as_ptr() as *mut _,
+                self.ns.as_ptr(),
+            );
             if e.is_null() {
                 return names;
             }

@@ -38,7 +38,13 @@ pub fn tag(qkd_key: &[u8], master: &SaeId, slave: &SaeId, key_ids: &[KeyId]) -> 
 }
 
 /// Constant-time check of a received tag.
-pub fn verify(received: &[u8; TAG_LEN], qkd_key: &[u8], master: &SaeId, slave: &SaeId, key_ids: &[KeyId]) -> bool {
+pub fn verify(
+    received: &[u8; TAG_LEN],
+    qkd_key: &[u8],
+    master: &SaeId,
+    slave: &SaeId,
+    key_ids: &[KeyId],
+) -> bool {
     let expected = tag(qkd_key, master, slave, key_ids);
     expected.ct_eq(received).into()
 }
@@ -58,8 +64,17 @@ mod tests {
         assert!(verify(&t, b"0123456789abcdef", &sae("a"), &sae("b"), &ids));
         assert!(!verify(&t, b"0123456789abcdeX", &sae("a"), &sae("b"), &ids));
         assert!(!verify(&t, b"0123456789abcdef", &sae("b"), &sae("a"), &ids));
-        assert!(!verify(&t, b"0123456789abcdef", &sae("a"), &sae("b"), &[KeyId([2; 16])]));
+        assert!(!verify(
+            &t,
+            b"0123456789abcdef",
+            &sae("a"),
+            &sae("b"),
+            &[KeyId([2; 16])]
+        ));
         // Length prefixes keep ("ab","c") and ("a","bc") apart.
-        assert_ne!(tag(b"k", &sae("ab"), &sae("c"), &ids), tag(b"k", &sae("a"), &sae("bc"), &ids));
+        assert_ne!(
+            tag(b"k", &sae("ab"), &sae("c"), &ids),
+            tag(b"k", &sae("a"), &sae("bc"), &ids)
+        );
     }
 }

@@ -43,12 +43,17 @@ pub enum KeError {
     /// We cannot tell which peer (and so which SAE ID) this exchange is for.
     UnknownPeer(String),
     /// The KME did not deliver (after waiting, if `wait_timeout` is set).
-    Kme { peer: SaeId, error: KmeError },
+    Kme {
+        peer: SaeId,
+        error: KmeError,
+    },
     /// The peer's KE data is malformed or does not fit what we sent.
     Peer(String),
     Wire(WireError),
     /// Both KMEs delivered keys for the same IDs, but not the same keys.
-    KeyMismatch { key_ids: String },
+    KeyMismatch {
+        key_ids: String,
+    },
     /// QKD failed on one side and fallback = dh is not allowed on both sides.
     NoFallback(String),
     Ecdh(String),
@@ -116,11 +121,17 @@ impl QkdMaterial {
 }
 
 fn format_ids(ids: &[KeyId]) -> String {
-    ids.iter().map(KeyId::to_string).collect::<Vec<_>>().join(",")
+    ids.iter()
+        .map(KeyId::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 enum Role {
-    Initiator { peer_sae: SaeId, qkd: Option<QkdMaterial> },
+    Initiator {
+        peer_sae: SaeId,
+        qkd: Option<QkdMaterial>,
+    },
     /// The initiator has processed the response (successfully or not).
     InitiatorDone,
     Responder,
@@ -137,8 +148,19 @@ pub struct QkdKeyExchange {
 }
 
 impl QkdKeyExchange {
-    pub fn new(rt: Arc<Runtime>, ctx: ExchangeContext, ecdh: Option<Box<dyn Ecdh>>) -> QkdKeyExchange {
-        QkdKeyExchange { rt, ctx, ecdh, role: None, own_data: None, secret: None }
+    pub fn new(
+        rt: Arc<Runtime>,
+        ctx: ExchangeContext,
+        ecdh: Option<Box<dyn Ecdh>>,
+    ) -> QkdKeyExchange {
+        QkdKeyExchange {
+            rt,
+            ctx,
+            ecdh,
+            role: None,
+            own_data: None,
+            secret: None,
+        }
     }
 
     /// Initiator: fetch keys and build the request. Responder: the prepared response.
@@ -170,7 +192,9 @@ impl QkdKeyExchange {
     }
 
     pub fn shared_secret(&self) -> Result<Zeroizing<Vec<u8>>, KeError> {
-        self.secret.clone().ok_or(KeError::State("get_shared_secret before the exchange completed"))
+        self.secret.clone().ok_or(KeError::State(
+            "get_shared_secret before the exchange completed",
+        ))
     }
 
     pub fn method(&self) -> u16 {
@@ -189,14 +213,19 @@ impl QkdKeyExchange {
         let cfg = &rt.config;
         let peer = initiator_peer(cfg, &self.ctx)?;
         let source = rt.source_for(peer);
-        let qkd = match wait_for_keys(cfg.wait_timeout, || source.enc_keys(&peer.sae_id, cfg.key_size)) {
+        let qkd = match wait_for_keys(cfg.wait_timeout, || {
+            source.enc_keys(&peer.sae_id, cfg.key_size)
+        }) {
             Ok(keys) => {
                 let qkd = QkdMaterial::from_keys(keys);
                 qkd.log_obtained("master", &peer.sae_id, peer, source.url());
                 Some(qkd)
             }
             Err(error) => {
-                let error = KeError::Kme { peer: peer.sae_id.clone(), error };
+                let error = KeError::Kme {
+                    peer: peer.sae_id.clone(),
+                    error,
+                };
                 if cfg.fallback != Fallback::Dh || self.ecdh.is_none() {
                     return Err(self.no_fallback(error));
                 }
@@ -212,29 +241,50 @@ impl QkdKeyExchange {
             ecdh,
         };
         let data = request.encode()?;
-        self.role = Some(Role::Initiator { peer_sae: peer.sae_id.clone(), qkd });
+        self.role = Some(Role::Initiator {
+            peer_sae: peer.sae_id.clone(),
+            qkd,
+        });
         self.own_data = Some(data.clone());
         Ok(data)
     }
 
-    fn complete(&mut self, data: &[u8], peer_sae: SaeId, qkd: Option<QkdMaterial>) -> Result<(), KeError> {
+    fn complete(
+        &mut self,
+        data: &[u8],
+        peer_sae: SaeId,
+        qkd: Option<QkdMaterial>,
+    ) -> Result<(), KeError> {
         let response = Response::decode(data)?;
         let qkd = match (qkd, response.confirmation) {
             (Some(qkd), Some(tag)) => {
-                if !confirm::verify(&tag, &qkd.key, &self.rt.config.sae_id, &peer_sae, &qkd.key_ids) {
+                if !confirm::verify(
+                    &tag,
+                    &qkd.key,
+                    &self.rt.config.sae_id,
+                    &peer_sae,
+                    &qkd.key_ids,
+                ) {
                     return Err(KeError::KeyMismatch { key_ids: qkd.ids() });
                 }
                 Some(qkd)
             }
             (Some(qkd), None) => {
-                let why = format!("SAE '{peer_sae}' could not obtain QKD key IDs {} from its KME", qkd.ids());
+                let why = format!(
+                    "SAE '{peer_sae}' could not obtain QKD key IDs {} from its KME",
+                    qkd.ids()
+                );
                 if self.rt.config.fallback != Fallback::Dh {
                     return Err(self.no_fallback(KeError::NoFallback(why)));
                 }
                 log::warn!("qkd: {why}; both peers allow fallback = dh");
                 None
             }
-            (None, Some(_)) => return Err(KeError::Peer("peer confirmed QKD keys although we sent no key IDs".into())),
+            (None, Some(_)) => {
+                return Err(KeError::Peer(
+                    "peer confirmed QKD keys although we sent no key IDs".into(),
+                ))
+            }
             (None, None) => None,
         };
         let ecdh = self.peer_share(response.ecdh)?;
@@ -247,9 +297,13 @@ impl QkdKeyExchange {
         let cfg = &rt.config;
         let request = Request::decode(data)?;
         let peer = authorize(cfg, &self.ctx, &request.sender)?;
-        let both_allow_dh = cfg.fallback == Fallback::Dh && request.allows_dh_fallback && self.ecdh.is_some();
+        let both_allow_dh =
+            cfg.fallback == Fallback::Dh && request.allows_dh_fallback && self.ecdh.is_some();
         let qkd = if request.key_ids.is_empty() {
-            let why = format!("SAE '{}' offered no QKD key (its KME failed)", request.sender);
+            let why = format!(
+                "SAE '{}' offered no QKD key (its KME failed)",
+                request.sender
+            );
             if !both_allow_dh {
                 return Err(self.no_fallback(KeError::NoFallback(why)));
             }
@@ -257,7 +311,9 @@ impl QkdKeyExchange {
             None
         } else {
             let source = rt.source_for(peer);
-            match wait_for_keys(cfg.wait_timeout, || source.dec_keys(&request.sender, &request.key_ids)) {
+            match wait_for_keys(cfg.wait_timeout, || {
+                source.dec_keys(&request.sender, &request.key_ids)
+            }) {
                 Ok(keys) => {
                     let qkd = QkdMaterial::from_keys(keys);
                     if qkd.key.len() * 8 < cfg.key_size as usize {
@@ -272,7 +328,10 @@ impl QkdKeyExchange {
                     Some(qkd)
                 }
                 Err(error) => {
-                    let error = KeError::Kme { peer: request.sender.clone(), error };
+                    let error = KeError::Kme {
+                        peer: request.sender.clone(),
+                        error,
+                    };
                     if !both_allow_dh {
                         return Err(self.no_fallback(error));
                     }
@@ -292,7 +351,11 @@ impl QkdKeyExchange {
         self.finish(qkd, ecdh_secret)
     }
 
-    fn finish(&mut self, qkd: Option<QkdMaterial>, ecdh: Option<Zeroizing<Vec<u8>>>) -> Result<(), KeError> {
+    fn finish(
+        &mut self,
+        qkd: Option<QkdMaterial>,
+        ecdh: Option<Zeroizing<Vec<u8>>>,
+    ) -> Result<(), KeError> {
         let counters = &self.rt.counters;
         let mut secret = Zeroizing::new(Vec::new());
         match &qkd {
@@ -308,7 +371,9 @@ impl QkdKeyExchange {
             }
             None => {
                 let n = Counters::bump(&counters.dh_fallbacks);
-                log::warn!("qkd: WARNING: shared secret is ECDH only, without QKD key (DH fallback #{n})");
+                log::warn!(
+                    "qkd: WARNING: shared secret is ECDH only, without QKD key (DH fallback #{n})"
+                );
             }
         }
         if let Some(e) = &ecdh {
@@ -330,11 +395,19 @@ impl QkdKeyExchange {
     fn own_share(&mut self) -> Result<Option<EcdhShare>, KeError> {
         self.ecdh
             .as_mut()
-            .map(|e| Ok(EcdhShare { group: e.group(), value: e.public_value().map_err(KeError::Ecdh)? }))
+            .map(|e| {
+                Ok(EcdhShare {
+                    group: e.group(),
+                    value: e.public_value().map_err(KeError::Ecdh)?,
+                })
+            })
             .transpose()
     }
 
-    fn peer_share(&mut self, share: Option<EcdhShare>) -> Result<Option<Zeroizing<Vec<u8>>>, KeError> {
+    fn peer_share(
+        &mut self,
+        share: Option<EcdhShare>,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, KeError> {
         match (self.ecdh.as_mut(), share) {
             (None, None) => Ok(None),
             (Some(ecdh), Some(share)) if share.group == ecdh.group() => {
@@ -356,7 +429,10 @@ impl QkdKeyExchange {
 /// the remote address.
 fn initiator_peer<'a>(cfg: &'a Config, ctx: &ExchangeContext) -> Result<&'a PeerConfig, KeError> {
     let by_name = ctx.connection.as_deref().and_then(|n| cfg.peer_named(n));
-    let by_remote = || ctx.remote.and_then(|r| cfg.peers.iter().find(|p| p.remote == Some(r)));
+    let by_remote = || {
+        ctx.remote
+            .and_then(|r| cfg.peers.iter().find(|p| p.remote == Some(r)))
+    };
     by_name.or_else(by_remote).ok_or_else(|| {
         KeError::UnknownPeer(format!(
             "no peer SAE ID for connection '{}' (remote {}): add charon.plugins.qkd.peers.{}.sae_id",
@@ -369,7 +445,11 @@ fn initiator_peer<'a>(cfg: &'a Config, ctx: &ExchangeContext) -> Result<&'a Peer
 
 /// A responder accepts only SAE IDs of configured peers, bound to the connection and the
 /// remote address where those are known.
-fn authorize<'a>(cfg: &'a Config, ctx: &ExchangeContext, sender: &'a SaeId) -> Result<&'a PeerConfig, KeError> {
+fn authorize<'a>(
+    cfg: &'a Config,
+    ctx: &ExchangeContext,
+    sender: &'a SaeId,
+) -> Result<&'a PeerConfig, KeError> {
     if let Some(expected) = ctx.connection.as_deref().and_then(|n| cfg.peer_named(n)) {
         if &expected.sae_id != sender {
             return Err(KeError::Peer(format!(

@@ -47,10 +47,19 @@ impl Runtime {
             };
             sources.push(match config.prefetch {
                 0 => source,
-                n => Arc::new(PrefetchPool::new(source, peer.sae_id.clone(), config.key_size, n)),
+                n => Arc::new(PrefetchPool::new(
+                    source,
+                    peer.sae_id.clone(),
+                    config.key_size,
+                    n,
+                )),
             });
         }
-        Ok(Runtime { config, sources, counters: Counters::default() })
+        Ok(Runtime {
+            config,
+            sources,
+            counters: Counters::default(),
+        })
     }
 
     pub fn source_for(&self, peer: &PeerConfig) -> &Arc<dyn KeySource> {

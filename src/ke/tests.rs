@@ -29,18 +29,33 @@ impl KeySource for FakeKme {
     fn enc_keys(&self, slave: &SaeId, size_bits: u32) -> Result<Vec<QkdKey>, KmeError> {
         if self.link.enc_503s.load(Ordering::SeqCst) > 0 {
             self.link.enc_503s.fetch_sub(1, Ordering::SeqCst);
-            return Err(KmeError::NoKeyAvailable { url: self.url().into(), message: "no key".into() });
+            return Err(KmeError::NoKeyAvailable {
+                url: self.url().into(),
+                message: "no key".into(),
+            });
         }
         let n = self.link.counter.fetch_add(1, Ordering::SeqCst);
         let id = KeyId([n as u8; 16]);
-        let material: Vec<u8> = (0..size_bits / 8).map(|i| (i as u8) ^ (n as u8).wrapping_mul(31)).collect();
-        self.link.store.lock().unwrap().insert(id, (slave.to_string(), material.clone()));
-        Ok(vec![QkdKey { id, material: Zeroizing::new(material) }])
+        let material: Vec<u8> = (0..size_bits / 8)
+            .map(|i| (i as u8) ^ (n as u8).wrapping_mul(31))
+            .collect();
+        self.link
+            .store
+            .lock()
+            .unwrap()
+            .insert(id, (slave.to_string(), material.clone()));
+        Ok(vec![QkdKey {
+            id,
+            material: Zeroizing::new(material),
+        }])
     }
 
     fn dec_keys(&self, _master: &SaeId, ids: &[KeyId]) -> Result<Vec<QkdKey>, KmeError> {
         if *self.link.dec_down.lock().unwrap() {
-            return Err(KmeError::Unreachable { url: self.url().into(), reason: "connection refused".into() });
+            return Err(KmeError::Unreachable {
+                url: self.url().into(),
+                reason: "connection refused".into(),
+            });
         }
         let store = self.link.store.lock().unwrap();
         ids.iter()
@@ -51,13 +66,20 @@ impl KeySource for FakeKme {
                     message: "one or more keys specified are not found on KME".into(),
                 })?;
                 if slave != self.me {
-                    return Err(KmeError::Rejected { url: self.url().into(), status: 401, message: "not yours".into() });
+                    return Err(KmeError::Rejected {
+                        url: self.url().into(),
+                        status: 401,
+                        message: "not yours".into(),
+                    });
                 }
                 let mut material = material.clone();
                 if *self.link.corrupt_dec.lock().unwrap() {
                     material[0] ^= 1;
                 }
-                Ok(QkdKey { id: *id, material: Zeroizing::new(material) })
+                Ok(QkdKey {
+                    id: *id,
+                    material: Zeroizing::new(material),
+                })
             })
             .collect()
     }
@@ -87,13 +109,27 @@ impl Ecdh for FakeEcdh {
     }
     fn shared_secret(&mut self) -> Result<Zeroizing<Vec<u8>>, String> {
         let peer = self.peer.as_ref().ok_or("no peer value")?;
-        let (a, b) = if &self.public < peer { (&self.public, peer) } else { (peer, &self.public) };
-        Ok(Zeroizing::new(Sha256::new().chain_update(a).chain_update(b).finalize().to_vec()))
+        let (a, b) = if &self.public < peer {
+            (&self.public, peer)
+        } else {
+            (peer, &self.public)
+        };
+        Ok(Zeroizing::new(
+            Sha256::new()
+                .chain_update(a)
+                .chain_update(b)
+                .finalize()
+                .to_vec(),
+        ))
     }
 }
 
 fn ecdh(seed: u8, group: u16) -> Option<Box<dyn Ecdh>> {
-    Some(Box::new(FakeEcdh { group, public: vec![seed; 32], peer: None }))
+    Some(Box::new(FakeEcdh {
+        group,
+        public: vec![seed; 32],
+        peer: None,
+    }))
 }
 
 struct Gateway {
@@ -101,7 +137,12 @@ struct Gateway {
 }
 
 impl Gateway {
-    fn new(link: &Arc<FakeLink>, me: &'static str, peer: &'static str, extra: &[(&str, &str)]) -> Gateway {
+    fn new(
+        link: &Arc<FakeLink>,
+        me: &'static str,
+        peer: &'static str,
+        extra: &[(&str, &str)],
+    ) -> Gateway {
         let peer_key = format!("peers.{peer}.sae_id");
         let mut settings = MapSettings::new(&[
             ("sae_id", me),
@@ -116,16 +157,28 @@ impl Gateway {
         }
         let config = Config::load(&settings).unwrap();
         let link = link.clone();
-        let rt = Runtime::new(config, |_: &KmeSettings| Ok(Arc::new(FakeKme { link: link.clone(), me }) as Arc<dyn KeySource>))
-            .unwrap();
+        let rt = Runtime::new(config, |_: &KmeSettings| {
+            Ok(Arc::new(FakeKme {
+                link: link.clone(),
+                me,
+            }) as Arc<dyn KeySource>)
+        })
+        .unwrap();
         Gateway { rt: Arc::new(rt) }
     }
 
     /// An exchange for the connection named after the peer's SAE ID.
     fn exchange(&self, peer: &str, seed: u8) -> QkdKeyExchange {
-        let group = if self.rt.config.dh_group.is_some() { 31 } else { 0 };
+        let group = if self.rt.config.dh_group.is_some() {
+            31
+        } else {
+            0
+        };
         let ecdh = if group == 0 { None } else { ecdh(seed, group) };
-        let ctx = ExchangeContext { connection: Some(peer.into()), remote: None };
+        let ctx = ExchangeContext {
+            connection: Some(peer.into()),
+            remote: None,
+        };
         QkdKeyExchange::new(self.rt.clone(), ctx, ecdh)
     }
 }
@@ -152,9 +205,21 @@ fn hybrid_secret_is_qkd_key_then_ecdh() {
     let (mut i, mut r) = (a.exchange("sae-b", 1), b.exchange("sae-a", 2));
     let (si, sr) = run(&mut i, &mut r).unwrap();
     assert_eq!(si, sr);
-    let key = link.store.lock().unwrap().values().next().unwrap().1.clone();
+    let key = link
+        .store
+        .lock()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .1
+        .clone();
     assert_eq!(key.len(), 32);
-    assert_eq!(&si[..32], &key[..], "secret starts with the KME's key bytes");
+    assert_eq!(
+        &si[..32],
+        &key[..],
+        "secret starts with the KME's key bytes"
+    );
     assert_eq!(si.len(), 32 + 32);
     assert_eq!(a.rt.counters.qkd_secrets.load(Ordering::Relaxed), 1);
     // Idempotent getters, as charon may call them again (COOKIE retry, listeners).
@@ -172,12 +237,19 @@ fn roles_follow_the_exchange_initiator() {
     let (mut i, mut r) = (b.exchange("sae-a", 3), a.exchange("sae-b", 4));
     let (si, sr) = run(&mut i, &mut r).unwrap();
     assert_eq!(si, sr);
-    assert_eq!(link.store.lock().unwrap().values().next().unwrap().0, "sae-a", "slave is gw-a");
+    assert_eq!(
+        link.store.lock().unwrap().values().next().unwrap().0,
+        "sae-a",
+        "slave is gw-a"
+    );
 }
 
 #[test]
 fn qkd_only_secret_is_exactly_the_key() {
-    let (link, a, b) = pair(&[("dh_group", "none"), ("key_size", "512")], &[("dh_group", "none"), ("key_size", "512")]);
+    let (link, a, b) = pair(
+        &[("dh_group", "none"), ("key_size", "512")],
+        &[("dh_group", "none"), ("key_size", "512")],
+    );
     let (si, sr) = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-a", 2)).unwrap();
     assert_eq!(si, sr);
     assert_eq!(si, link.store.lock().unwrap().values().next().unwrap().1);
@@ -189,14 +261,18 @@ fn key_mismatch_is_reported_as_such() {
     *link.corrupt_dec.lock().unwrap() = true;
     let err = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-a", 2)).unwrap_err();
     assert!(matches!(err, KeError::KeyMismatch { .. }), "{err}");
-    assert!(err.to_string().contains("key confirmation failed for key IDs 00000000-0000-0000-0000-000000000000"));
+    assert!(err
+        .to_string()
+        .contains("key confirmation failed for key IDs 00000000-0000-0000-0000-000000000000"));
 }
 
 #[test]
 fn kme_outage_without_fallback_fails_with_reason() {
     let (link, a, b) = pair(&[], &[]);
     *link.dec_down.lock().unwrap() = true;
-    let err = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-a", 2)).unwrap_err().to_string();
+    let err = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-a", 2))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("KME https://kme.test unreachable"), "{err}");
     assert!(err.contains("fallback = none: QKD is mandatory"), "{err}");
     assert_eq!(b.rt.counters.failures.load(Ordering::Relaxed), 1);
@@ -223,7 +299,9 @@ fn dh_fallback_needs_both_sides() {
     for (ea, eb, failing_responder) in [(dh, &[][..], true), (&[][..], dh, false)] {
         let (link, a, b) = pair(ea, eb);
         link.enc_503s.store(1, Ordering::SeqCst);
-        let err = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-a", 2)).unwrap_err().to_string();
+        let err = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-a", 2))
+            .unwrap_err()
+            .to_string();
         if failing_responder {
             assert!(err.contains("offered no QKD key"), "{err}");
         } else {
@@ -247,20 +325,37 @@ fn responder_refuses_unknown_or_misbound_sae_ids() {
     let link = Arc::new(FakeLink::default());
     let a = Gateway::new(&link, "sae-a", "sae-b", &[]);
     let b = Gateway::new(&link, "sae-b", "sae-x", &[]);
-    let err = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-x", 2)).unwrap_err().to_string();
+    let err = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-x", 2))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("connection 'sae-x' expects 'sae-x'"), "{err}");
     let mut r = b.exchange("sae-x", 2);
     r.ctx.connection = None;
-    let err = run(&mut a.exchange("sae-b", 1), &mut r).unwrap_err().to_string();
+    let err = run(&mut a.exchange("sae-b", 1), &mut r)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("'sae-a', which is not configured"), "{err}");
 
-    let b = Gateway::new(&link, "sae-b", "sae-a", &[("peers.sae-a.remote", "192.0.2.10")]);
+    let b = Gateway::new(
+        &link,
+        "sae-b",
+        "sae-a",
+        &[("peers.sae-a.remote", "192.0.2.10")],
+    );
     let mut r = b.exchange("sae-a", 2);
-    r.ctx = ExchangeContext { connection: None, remote: Some("192.0.2.99".parse().unwrap()) };
-    let err = run(&mut a.exchange("sae-b", 1), &mut r).unwrap_err().to_string();
+    r.ctx = ExchangeContext {
+        connection: None,
+        remote: Some("192.0.2.99".parse().unwrap()),
+    };
+    let err = run(&mut a.exchange("sae-b", 1), &mut r)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("bound to another address"), "{err}");
     let mut r = b.exchange("sae-a", 2);
-    r.ctx = ExchangeContext { connection: None, remote: Some("192.0.2.10".parse().unwrap()) };
+    r.ctx = ExchangeContext {
+        connection: None,
+        remote: Some("192.0.2.10".parse().unwrap()),
+    };
     assert!(run(&mut a.exchange("sae-b", 1), &mut r).is_ok());
 }
 
@@ -269,7 +364,10 @@ fn initiator_finds_peer_by_name_or_remote() {
     let (_link, a, _b) = pair(&[("peers.sae-b.remote", "192.0.2.20")], &[]);
     let mut i = a.exchange("other-conn", 1);
     let err = i.get_public_key().unwrap_err().to_string();
-    assert!(err.contains("add charon.plugins.qkd.peers.other-conn.sae_id"), "{err}");
+    assert!(
+        err.contains("add charon.plugins.qkd.peers.other-conn.sae_id"),
+        "{err}"
+    );
     let mut i = a.exchange("other-conn", 1);
     i.ctx.remote = Some("192.0.2.20".parse().unwrap());
     assert!(i.get_public_key().is_ok());
@@ -278,13 +376,20 @@ fn initiator_finds_peer_by_name_or_remote() {
 #[test]
 fn mismatched_hybrid_groups_are_refused() {
     let (_link, a, b) = pair(&[], &[("dh_group", "none")]);
-    let err = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-a", 2)).unwrap_err().to_string();
+    let err = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-a", 2))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("dh_group = none here"), "{err}");
     let (_link, a, b) = pair(&[], &[]);
     let mut r = b.exchange("sae-a", 2);
     r.ecdh = ecdh(2, 19);
-    let err = run(&mut a.exchange("sae-b", 1), &mut r).unwrap_err().to_string();
-    assert!(err.contains("uses method 31 but dh_group here is method 19"), "{err}");
+    let err = run(&mut a.exchange("sae-b", 1), &mut r)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("uses method 31 but dh_group here is method 19"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -313,9 +418,15 @@ fn prefetched_keys_serve_the_initiator_while_the_kme_is_dry() {
     }
     link.enc_503s.store(1_000_000, Ordering::SeqCst);
     for seed in 0..2 {
-        let (si, sr) = run(&mut a.exchange("sae-b", seed), &mut b.exchange("sae-a", seed + 10)).unwrap();
+        let (si, sr) = run(
+            &mut a.exchange("sae-b", seed),
+            &mut b.exchange("sae-a", seed + 10),
+        )
+        .unwrap();
         assert_eq!(si, sr);
     }
-    let err = run(&mut a.exchange("sae-b", 5), &mut b.exchange("sae-a", 6)).unwrap_err().to_string();
+    let err = run(&mut a.exchange("sae-b", 5), &mut b.exchange("sae-a", 6))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("has no key available"), "{err}");
 }

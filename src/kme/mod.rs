@@ -6,8 +6,8 @@
 mod etsi014;
 mod pool;
 
-pub use pool::PrefetchPool;
 pub use etsi014::{Etsi014Client, KmeTlsConfig, Status};
+pub use pool::PrefetchPool;
 
 use std::fmt;
 use std::time::Duration;
@@ -98,7 +98,11 @@ pub enum KmeError {
     /// HTTP 503: the KME has no key (yet). Retrying may help (`wait_timeout`).
     NoKeyAvailable { url: String, message: String },
     /// Any other non-200 answer (400 unknown key ID, 401 wrong SAE, ...).
-    Rejected { url: String, status: u16, message: String },
+    Rejected {
+        url: String,
+        status: u16,
+        message: String,
+    },
     /// A 200 answer we cannot use (bad JSON, wrong key count or size, bad base64, ...).
     Protocol(String),
     /// Local setup problem (unreadable PEM file, ...).
@@ -108,7 +112,10 @@ pub enum KmeError {
 impl KmeError {
     /// True when waiting and asking again may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, KmeError::NoKeyAvailable { .. } | KmeError::Unreachable { .. })
+        matches!(
+            self,
+            KmeError::NoKeyAvailable { .. } | KmeError::Unreachable { .. }
+        )
     }
 }
 
@@ -119,7 +126,11 @@ impl fmt::Display for KmeError {
             KmeError::NoKeyAvailable { url, message } => {
                 write!(f, "KME {url} has no key available (503: {message})")
             }
-            KmeError::Rejected { url, status, message } => {
+            KmeError::Rejected {
+                url,
+                status,
+                message,
+            } => {
                 write!(f, "KME {url} refused the request ({status}: {message})")
             }
             KmeError::Protocol(m) | KmeError::Config(m) => f.write_str(m),

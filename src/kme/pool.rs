@@ -31,7 +31,12 @@ struct Shared {
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl PrefetchPool {
-    pub fn new(source: Arc<dyn KeySource>, slave: SaeId, size_bits: u32, target: usize) -> PrefetchPool {
+    pub fn new(
+        source: Arc<dyn KeySource>,
+        slave: SaeId,
+        size_bits: u32,
+        target: usize,
+    ) -> PrefetchPool {
         let shared = Arc::new(Shared {
             source,
             slave,
@@ -43,7 +48,9 @@ impl PrefetchPool {
         let weak = Arc::downgrade(&shared);
         let name = format!("qkd-prefetch-{}", shared.slave);
         // If the thread cannot start, the pool stays empty and every request goes to the KME.
-        let _ = thread::Builder::new().name(name).spawn(move || refill(weak));
+        let _ = thread::Builder::new()
+            .name(name)
+            .spawn(move || refill(weak));
         PrefetchPool { shared }
     }
 
@@ -88,7 +95,10 @@ fn refill(weak: Weak<Shared>) {
                 );
             }
             Err(e) => {
-                log::debug!("qkd: prefetch for SAE '{}': {e}; retrying in {backoff:?}", shared.slave);
+                log::debug!(
+                    "qkd: prefetch for SAE '{}': {e}; retrying in {backoff:?}",
+                    shared.slave
+                );
                 let ready = shared.ready.lock().unwrap_or_else(|e| e.into_inner());
                 let _ = shared.wake.wait_timeout(ready, backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -101,7 +111,11 @@ impl KeySource for PrefetchPool {
     fn enc_keys(&self, slave: &SaeId, size_bits: u32) -> Result<Vec<QkdKey>, KmeError> {
         let s = &self.shared;
         if slave == &s.slave && size_bits == s.size_bits {
-            let taken = s.ready.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            let taken = s
+                .ready
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
             if let Some(keys) = taken {
                 s.wake.notify_all();
                 return Ok(keys);
@@ -136,10 +150,16 @@ mod tests {
     impl KeySource for CountingKme {
         fn enc_keys(&self, _: &SaeId, size_bits: u32) -> Result<Vec<QkdKey>, KmeError> {
             if *self.down.lock().unwrap() {
-                return Err(KmeError::NoKeyAvailable { url: "k".into(), message: "empty".into() });
+                return Err(KmeError::NoKeyAvailable {
+                    url: "k".into(),
+                    message: "empty".into(),
+                });
             }
             let n = self.issued.fetch_add(1, Ordering::SeqCst);
-            Ok(vec![QkdKey { id: KeyId([n as u8; 16]), material: Zeroizing::new(vec![n as u8; size_bits as usize / 8]) }])
+            Ok(vec![QkdKey {
+                id: KeyId([n as u8; 16]),
+                material: Zeroizing::new(vec![n as u8; size_bits as usize / 8]),
+            }])
         }
         fn dec_keys(&self, _: &SaeId, _: &[KeyId]) -> Result<Vec<QkdKey>, KmeError> {
             Err(KmeError::Protocol("not used".into()))
@@ -179,8 +199,14 @@ mod tests {
         let kme = Arc::new(CountingKme::default());
         let pool = PrefetchPool::new(kme.clone(), sae("sae-b"), 256, 1);
         wait_for(|| pool.ready() == 1);
-        assert_eq!(pool.enc_keys(&sae("sae-c"), 256).unwrap()[0].id, KeyId([1; 16]));
-        assert_eq!(pool.enc_keys(&sae("sae-b"), 512).unwrap()[0].material.len(), 64);
+        assert_eq!(
+            pool.enc_keys(&sae("sae-c"), 256).unwrap()[0].id,
+            KeyId([1; 16])
+        );
+        assert_eq!(
+            pool.enc_keys(&sae("sae-b"), 512).unwrap()[0].material.len(),
+            64
+        );
         assert_eq!(pool.ready(), 1);
     }
 
@@ -191,7 +217,10 @@ mod tests {
         let pool = PrefetchPool::new(kme.clone(), sae("sae-b"), 256, 2);
         thread::sleep(Duration::from_millis(50));
         assert_eq!(pool.ready(), 0);
-        assert!(matches!(pool.enc_keys(&sae("sae-b"), 256), Err(KmeError::NoKeyAvailable { .. })));
+        assert!(matches!(
+            pool.enc_keys(&sae("sae-b"), 256),
+            Err(KmeError::NoKeyAvailable { .. })
+        ));
         *kme.down.lock().unwrap() = false;
         wait_for(|| pool.ready() == 2);
     }
