@@ -8,7 +8,7 @@ build:
 	cargo build --release -p strongswan-qkd
 
 install: build
-	install -D -m 0644 target/release/libstrongswan_qkd.so $(DESTDIR)$(PLUGINDIR)/libstrongswan-qkd.so
+	install -D -s -m 0644 target/release/libstrongswan_qkd.so $(DESTDIR)$(PLUGINDIR)/libstrongswan-qkd.so
 	test -e $(DESTDIR)$(CONFDIR)/qkd.conf || \
 		install -D -m 0644 strongswan-conf/strongswan.d/charon/qkd.conf $(DESTDIR)$(CONFDIR)/qkd.conf
 
