@@ -236,7 +236,8 @@ impl QkdKeyExchange {
         let ecdh = self.own_share()?;
         let request = Request {
             sender: cfg.sae_id.clone(),
-            allows_dh_fallback: cfg.fallback == Fallback::Dh,
+            // Falling back means an ECDH-only secret: only offer it if we have an ECDH half.
+            allows_dh_fallback: cfg.fallback == Fallback::Dh && self.ecdh.is_some(),
             key_ids: qkd.as_ref().map(|q| q.key_ids.clone()).unwrap_or_default(),
             ecdh,
         };
@@ -356,6 +357,11 @@ impl QkdKeyExchange {
         qkd: Option<QkdMaterial>,
         ecdh: Option<Zeroizing<Vec<u8>>>,
     ) -> Result<(), KeError> {
+        if qkd.is_none() && ecdh.is_none() {
+            return Err(KeError::NoFallback(
+                "neither a QKD key nor an ECDH secret: refusing an empty shared secret".into(),
+            ));
+        }
         let counters = &self.rt.counters;
         let mut secret = Zeroizing::new(Vec::new());
         match &qkd {

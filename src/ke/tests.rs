@@ -430,3 +430,25 @@ fn prefetched_keys_serve_the_initiator_while_the_kme_is_dry() {
         .to_string();
     assert!(err.contains("has no key available"), "{err}");
 }
+
+#[test]
+fn never_an_empty_secret() {
+    // An initiator without ECDH that allows dh gets a response claiming neither QKD key nor
+    // ECDH share (a broken or hostile peer): refused, not an empty secret.
+    let (_link, a, _b) = pair(&[("dh_group", "none"), ("fallback", "dh")], &[]);
+    let mut i = a.exchange("sae-b", 1);
+    let request = crate::wire::Request::decode(&i.get_public_key().unwrap()).unwrap();
+    assert!(
+        !request.allows_dh_fallback,
+        "no ECDH half: nothing to fall back to"
+    );
+    let empty = crate::wire::Response {
+        confirmation: None,
+        ecdh: None,
+    }
+    .encode()
+    .unwrap();
+    let err = i.set_public_key(&empty).unwrap_err().to_string();
+    assert!(err.contains("refusing an empty shared secret"), "{err}");
+    assert!(i.shared_secret().is_err());
+}
