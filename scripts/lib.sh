@@ -22,38 +22,63 @@ die()  { log "ERROR: $*"; exit 1; }
 
 need_root() { [ "$(id -u)" -eq 0 ] || die "$1 needs root"; }
 
-# Mirror for debootstrap: an override, else the main Debian archive the machine's own apt
-# uses (deb822 .sources files first, then sources.list). The repo never names a mirror
-# host, so the scripts work wherever apt works.
-debian_mirror() {
-    if [ -n "${QKD_DEBIAN_MIRROR:-}" ]; then echo "$QKD_DEBIAN_MIRROR"; return; fi
-    local f uri
+# The Debian archive the machine's own apt uses, for debootstrap and apt-get source: an
+# override (QKD_DEBIAN_MIRROR), else the first main-archive URI of its sources (deb822
+# .sources files first, then sources.list). The repo never names a mirror host, so the
+# scripts work wherever apt works.
+# A "main Debian archive" entry: a deb/deb-src source whose suites are Debian codenames or
+# suite names (optionally -updates/-backports/-proposed-updates, never -security) and whose
+# components include main.
+debian_suite_re='^(buzz|rex|bo|hamm|slink|potato|woody|sarge|etch|lenny|squeeze|wheezy|jessie|stretch|buster|bullseye|bookworm|trixie|forky|duke|sid|oldoldstable|oldstable|stable|testing|unstable|experimental)(-updates|-backports|-backports-sloppy|-proposed-updates)?$'
+
+debian_archive_uris() {
+    local f
+    shopt -s nullglob
+    # deb822 *.sources
     for f in /etc/apt/sources.list.d/*.sources; do
-        [ -r "$f" ] || continue
-        # URIs of stanzas that are binary ("deb") and not the security archive.
-        uri=$(awk '
-            BEGIN { RS=""; FS="\n" }
+        awk -v re="$debian_suite_re" '
+            function flush() {
+                if (types ~ /(^| )deb(-src)?( |$)/ && enabled != "no" && comps ~ /(^| )main( |$)/) {
+                    n = split(suites, s, " "); ok = 0
+                    for (i = 1; i <= n; i++) if (s[i] ~ re) ok = 1
+                    if (ok) { m = split(uris, u, " "); for (i = 1; i <= m; i++) print u[i] }
+                }
+                types = uris = suites = comps = enabled = ""
+            }
+            /^[ \t]*#/ { next }
+            /^[ \t]*$/ { flush(); next }
             {
-                types=""; uris=""
-                for (i = 1; i <= NF; i++) {
-                    if ($i ~ /^Types:/)  { types=$i }
-                    if ($i ~ /^URIs:/)   { uris=$i }
-                }
-                if (types ~ /(^|[ \t:])deb([ \t]|$)/ && uris != "") {
-                    sub(/^URIs:[ \t]*/, "", uris); n = split(uris, u, /[ \t]+/)
-                    for (j = 1; j <= n; j++) if (u[j] ~ /^(https?|file):/ && u[j] !~ /security/) { print u[j]; exit }
-                }
-            }' "$f")
-        if [ -n "$uri" ]; then echo "${uri%/}"; return; fi
+                line = $0; key = tolower(line); sub(/:.*/, "", key); sub(/^[^:]*:[ \t]*/, "", line)
+                gsub(/[ \t]+/, " ", line)
+                if (key == "types") types = line
+                else if (key == "uris") uris = line
+                else if (key == "suites") suites = line
+                else if (key == "components") comps = line
+                else if (key == "enabled") enabled = tolower(line)
+            }
+            END { flush() }' "$f"
     done
+    # one-line format
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [ -r "$f" ] || continue
-        uri=$(awk '$1 == "deb" {
-                   for (i = 2; i <= NF; i++) if ($i !~ /^\[/ && $i !~ /=/ && $i !~ /\]$/) {
-                       if ($i ~ /^(https?|file):/ && $i !~ /security/) { print $i; exit } else break } }' "$f")
-        if [ -n "$uri" ]; then echo "${uri%/}"; return; fi
+        [[ -f $f ]] || continue
+        awk -v re="$debian_suite_re" '
+            /^[ \t]*(deb|deb-src)[ \t]/ {
+                sub(/[ \t]*#.*/, "")
+                line = $0; gsub(/\[[^]]*\]/, "", line)   # drop [options]
+                n = split(line, w, /[ \t]+/)
+                if (n < 4) next
+                okc = 0; for (i = 4; i <= n; i++) if (w[i] == "main") okc = 1
+                if (w[3] ~ re && okc) print w[2]
+            }' "$f"
     done
-    return 1
+}
+
+debian_mirror() {
+    if [ -n "${QKD_DEBIAN_MIRROR:-}" ]; then echo "${QKD_DEBIAN_MIRROR%/}"; return; fi
+    local uri
+    uri=$(debian_archive_uris | grep -E '^(https?|file|mirror\+[a-z]+):' | head -n1 || true)
+    [ -n "$uri" ] || return 1
+    echo "${uri%/}"
 }
 
 # debootstrap fetches with wget, which does not read apt's configuration: hand it apt's

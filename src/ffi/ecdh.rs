@@ -34,6 +34,28 @@ impl CharonEcdh {
         Ok(CharonEcdh { ke, group })
     }
 
+    /// Calls one of the two KE getters that hand us a malloc'ed chunk, and takes it over
+    /// (wiped on free when it is a secret).
+    fn owned_chunk(
+        &self,
+        getter: Option<unsafe extern "C" fn(*mut key_exchange_t, *mut chunk_t) -> bool>,
+        secret: bool,
+        what: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, String> {
+        let get = getter.ok_or_else(|| format!("method {}: {what}: no such method", self.group))?;
+        let mut out = chunk_t {
+            ptr: std::ptr::null_mut(),
+            len: 0,
+        };
+        // SAFETY: on success `out` holds a malloc'ed buffer that we now own.
+        unsafe {
+            if !get(self.ke, &mut out) {
+                return Err(format!("method {}: {what} failed", self.group));
+            }
+            Ok(chunk::take(out, secret))
+        }
+    }
+
     fn vtable(&self) -> &key_exchange_t {
         // SAFETY: `ke` is non-NULL and owned by us until drop.
         unsafe { &*self.ke }
@@ -46,24 +68,10 @@ impl Ecdh for CharonEcdh {
     }
 
     fn public_value(&mut self) -> Result<Vec<u8>, String> {
-        let get = self
-            .vtable()
-            .get_public_key
-            .ok_or("get_public_key missing")?;
-        let mut out = chunk_t {
-            ptr: std::ptr::null_mut(),
-            len: 0,
-        };
-        // SAFETY: on success `out` holds a malloc'ed buffer that we now own.
-        unsafe {
-            if !get(self.ke, &mut out) {
-                return Err(format!(
-                    "method {}: creating our public value failed",
-                    self.group
-                ));
-            }
-            Ok(chunk::take(out, false).to_vec())
-        }
+        let get = self.vtable().get_public_key;
+        Ok(self
+            .owned_chunk(get, false, "creating our public value")?
+            .to_vec())
     }
 
     fn set_peer_value(&mut self, value: &[u8]) -> Result<(), String> {
@@ -87,24 +95,8 @@ impl Ecdh for CharonEcdh {
     }
 
     fn shared_secret(&mut self) -> Result<Zeroizing<Vec<u8>>, String> {
-        let get = self
-            .vtable()
-            .get_shared_secret
-            .ok_or("get_shared_secret missing")?;
-        let mut out = chunk_t {
-            ptr: std::ptr::null_mut(),
-            len: 0,
-        };
-        // SAFETY: on success `out` holds a malloc'ed secret that we now own (wiped on free).
-        unsafe {
-            if !get(self.ke, &mut out) {
-                return Err(format!(
-                    "method {}: computing the shared secret failed",
-                    self.group
-                ));
-            }
-            Ok(chunk::take(out, true))
-        }
+        let get = self.vtable().get_shared_secret;
+        self.owned_chunk(get, true, "computing the shared secret")
     }
 }
 

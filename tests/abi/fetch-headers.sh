@@ -49,6 +49,8 @@ for arg in "$@"; do
 	esac
 done
 
+# shellcheck source=../../scripts/lib.sh
+. "$root/scripts/lib.sh"
 log() { echo "fetch-headers: $*" >&2; }
 die() { echo "fetch-headers: ERROR: $*" >&2; exit 1; }
 
@@ -79,61 +81,8 @@ if ((${#need_pkgs[@]})); then
 	fi
 fi
 
-# --- Debian archive URI, derived from the machine's apt sources ---------------------------
-# A "main Debian archive" entry: a deb/deb-src source whose suites are Debian codenames or
-# suite names (optionally -updates/-backports/-proposed-updates, never -security) and whose
-# components include main.
-debian_suite_re='^(buzz|rex|bo|hamm|slink|potato|woody|sarge|etch|lenny|squeeze|wheezy|jessie|stretch|buster|bullseye|bookworm|trixie|forky|duke|sid|oldoldstable|oldstable|stable|testing|unstable|experimental)(-updates|-backports|-backports-sloppy|-proposed-updates)?$'
-
-candidate_uris() {
-	local f
-	shopt -s nullglob
-	# deb822 *.sources
-	for f in /etc/apt/sources.list.d/*.sources; do
-		awk -v re="$debian_suite_re" '
-			function flush() {
-				if (types ~ /(^| )deb(-src)?( |$)/ && enabled != "no" && comps ~ /(^| )main( |$)/) {
-					n = split(suites, s, " "); ok = 0
-					for (i = 1; i <= n; i++) if (s[i] ~ re) ok = 1
-					if (ok) { m = split(uris, u, " "); for (i = 1; i <= m; i++) print u[i] }
-				}
-				types = uris = suites = comps = enabled = ""
-			}
-			/^[ \t]*#/ { next }
-			/^[ \t]*$/ { flush(); next }
-			{
-				line = $0; key = tolower(line); sub(/:.*/, "", key); sub(/^[^:]*:[ \t]*/, "", line)
-				gsub(/[ \t]+/, " ", line)
-				if (key == "types") types = line
-				else if (key == "uris") uris = line
-				else if (key == "suites") suites = line
-				else if (key == "components") comps = line
-				else if (key == "enabled") enabled = tolower(line)
-			}
-			END { flush() }' "$f"
-	done
-	# one-line format
-	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-		[[ -f $f ]] || continue
-		awk -v re="$debian_suite_re" '
-			/^[ \t]*(deb|deb-src)[ \t]/ {
-				sub(/[ \t]*#.*/, "")
-				line = $0; gsub(/\[[^]]*\]/, "", line)   # drop [options]
-				n = split(line, w, /[ \t]+/)
-				if (n < 4) next
-				okc = 0; for (i = 4; i <= n; i++) if (w[i] == "main") okc = 1
-				if (w[3] ~ re && okc) print w[2]
-			}' "$f"
-	done
-}
-
-if [[ -n ${QKD_DEBIAN_MIRROR:-} ]]; then
-	uri=$QKD_DEBIAN_MIRROR
-else
-	uri=$(candidate_uris | grep -E '^(https?|file|mirror\+[a-z]+):' | head -n1 || true)
-	[[ -n $uri ]] || die "no Debian archive URI found in /etc/apt/sources.list{,.d/} (set QKD_DEBIAN_MIRROR=<archive uri>)"
-fi
-uri=${uri%/}
+# --- Debian archive URI, derived from the machine's apt sources (scripts/lib.sh) ---------
+uri=$(debian_mirror) || die "no Debian archive URI found in /etc/apt/sources.list{,.d/} (set QKD_DEBIAN_MIRROR=<archive uri>)"
 log "Debian archive (from the machine's apt sources): $uri"
 
 # --- private apt setup ----------------------------------------------------------------------
