@@ -58,3 +58,22 @@ expect_journal_master() {
 expect_sa_uses_qkd() {
     list_sas "$1" | grep -q 'QKD' || { list_sas "$1" >&2; fail "$1: --list-sas does not show QKD"; }
 }
+
+# qkd_rekey child|ike GW LABEL: rekey from GW and check its QKD round. GW is the ETSI master
+# of a key ID not used before in this scenario (the KME journal agrees on the master), and
+# the key's bytes begin the secret both gateways logged under LABEL (needs LOG_IKE/CHD=4).
+# Sets QKD_KEY_ID; every key ID of the scenario accumulates in QKD_KEY_IDS.
+QKD_KEY_IDS=()
+qkd_rekey() {
+    local kind=$1 gw=$2 label=$3 seen
+    log_mark
+    "rekey_$kind" "$gw"
+    QKD_KEY_ID=$(expect_qkd_round "$gw")
+    for seen in "${QKD_KEY_IDS[@]}"; do
+        [ "$seen" != "$QKD_KEY_ID" ] || fail "the $kind rekey from $gw reused key ID $seen"
+    done
+    QKD_KEY_IDS+=("$QKD_KEY_ID")
+    step "$kind rekey from $gw (ETSI master): fresh key ID $QKD_KEY_ID"
+    expect_journal_master "$QKD_KEY_ID" "$(gw_var "$(side_of "$gw")" QKD_SAE_ID)"
+    expect_secret_prefix "$QKD_KEY_ID" "$label"
+}

@@ -14,41 +14,23 @@ expect_sa_uses_qkd gw-b
 swanctl_in gw-a --list-algs | grep -q 'QKD\[qkd\]' || fail "swanctl --list-algs does not list QKD[qkd]"
 step "swanctl --list-algs: $(swanctl_in gw-a --list-algs | grep -o 'QKD\[qkd\]')"
 id=$(expect_qkd_round gw-a)
+QKD_KEY_IDS=("$id")
 step "initial IKE SA: key ID $id (gw-a master, gw-b slave)"
 expect_secret_prefix "$id" "key exchange secret"
 expect_same_secrets "Sk_d secret"
 ping_through gw-a
 ping_through gw-b
 
-log_mark
-rekey_child gw-a
-child_id=$(expect_qkd_round gw-a)
-[ "$child_id" != "$id" ] || fail "the CHILD rekey reused key ID $id"
-step "PFS CHILD rekey: fresh key ID $child_id"
-expect_secret_prefix "$child_id" "additional key exchange secret"
+qkd_rekey child gw-a "additional key exchange secret"
 ping_through gw-a
-
-log_mark
-rekey_ike gw-a
-ike_id=$(expect_qkd_round gw-a)
-step "IKE rekey: fresh key ID $ike_id"
-expect_secret_prefix "$ike_id" "additional key exchange secret"
+qkd_rekey ike gw-a "additional key exchange secret"
 expect_same_secrets "Sk_d secret"
 ping_through gw-a
-
 # Roles are per exchange: the gateway that starts a rekey is the ETSI master for its key.
-log_mark
-rekey_child gw-b
-b_child_id=$(expect_qkd_round gw-b)
-expect_journal_master "$b_child_id" sae-b
-expect_secret_prefix "$b_child_id" "additional key exchange secret"
-log_mark
-rekey_ike gw-b
-b_ike_id=$(expect_qkd_round gw-b)
-expect_journal_master "$b_ike_id" sae-b
-expect_secret_prefix "$b_ike_id" "additional key exchange secret"
+qkd_rekey child gw-b "additional key exchange secret"
+qkd_rekey ike gw-b "additional key exchange secret"
 ping_through gw-b
-step "key IDs used: $id $child_id $ike_id $b_child_id $b_ike_id"
+step "key IDs used: ${QKD_KEY_IDS[*]}"
 expect_no_log gw-a 'qkd: .*(failed|WARNING)'
 expect_no_log gw-b 'qkd: .*(failed|WARNING)'
 expect_charon_alive gw-a
