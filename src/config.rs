@@ -3,10 +3,25 @@
 //! Values are read as strings through [`SettingsSource`] (strongSwan's `lib->settings` in
 //! charon, a map in tests) and parsed here, so every refusal names the exact key.
 
-use crate::kme::{KmeSettings, SaeId};
+use crate::ids::SaeId;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
+
+/// Settings for talking to one KME.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmeSettings {
+    /// Base URL up to and excluding `/api/v1/...`, e.g. `https://kme-a.example:8443`.
+    pub url: String,
+    /// PEM file with the CA certificate(s) that sign the KME's server certificate.
+    pub ca: String,
+    /// PEM file with our SAE client certificate (chain).
+    pub cert: String,
+    /// PEM file with the private key of `cert`.
+    pub key: String,
+    /// Upper bound for one HTTP request including connect and TLS handshake.
+    pub timeout: Duration,
+}
 
 /// Prefix shown in messages; the real lookup goes through `lib->ns` (charon, charon-systemd).
 pub const PREFIX: &str = "charon.plugins.qkd";

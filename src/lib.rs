@@ -2,11 +2,12 @@
 //! key exchange method whose shared secret is a key from a Quantum Key Distribution network
 //! (ETSI GS QKD 014 KME), hybridised with an ephemeral ECDH secret.
 //!
-//! Layout: `wire` (KE data codec), `ke` (the exchange state machine), `kme` (key sources,
-//! the ETSI 014 client), `config` (settings). All raw-pointer code, the charon ABI and the
-//! exported symbols live in `ffi`.
+//! Layers, lowest first: `ids` (key and SAE IDs); `wire` (KE data codec) and `config`
+//! (settings); `kme` (key sources, the ETSI 014 client); `ke` (the exchange state machine).
+//! All raw-pointer code, the charon ABI and the exported symbols live in `ffi`.
 
 pub mod config;
+pub mod ids;
 pub mod ke;
 pub mod kme;
 pub mod version;

@@ -14,7 +14,7 @@
 //! All integers are big-endian. Parsing is strict: unknown versions, types or flag bits,
 //! out-of-range lengths and trailing bytes are rejected, since this is untrusted peer input.
 
-use crate::kme::{KeyId, SaeId};
+use crate::ids::{KeyId, SaeId};
 use std::fmt;
 
 pub const VERSION: u8 = 1;

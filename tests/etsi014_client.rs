@@ -7,7 +7,9 @@ use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use strongswan_qkd::kme::{Etsi014Client, KeyId, KeySource, KmeError, KmeSettings, QkdKey, SaeId};
+use strongswan_qkd::config::KmeSettings;
+use strongswan_qkd::ids::{KeyId, SaeId};
+use strongswan_qkd::kme::{Etsi014Client, KeySource, KmeError, QkdKey};
 
 fn sae(id: &str) -> SaeId {
     SaeId::new(id).unwrap()

@@ -5,7 +5,7 @@
 //! The tag key is derived from the QKD key under its own label, so the key itself is only
 //! ever used as input to IKE's key derivation and to this one derivation.
 
-use crate::kme::{KeyId, SaeId};
+use crate::ids::{KeyId, SaeId};
 use crate::wire::TAG_LEN;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

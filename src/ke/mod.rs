@@ -12,7 +12,8 @@ mod runtime;
 pub use runtime::{Counters, Runtime};
 
 use crate::config::{Config, Fallback, PeerConfig};
-use crate::kme::{KeyId, KmeError, QkdKey, SaeId};
+use crate::ids::{KeyId, SaeId};
+use crate::kme::{KmeError, QkdKey};
 use crate::wire::{EcdhShare, Request, Response, WireError};
 use std::fmt;
 use std::net::IpAddr;

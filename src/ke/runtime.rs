@@ -2,8 +2,9 @@
 //! per distinct KME (so TLS connections are reused across exchanges), the per-peer key
 //! buffers (`prefetch`), and counters.
 
+use crate::config::KmeSettings;
 use crate::config::{Config, PeerConfig};
-use crate::kme::{KeySource, KmeError, KmeSettings, PrefetchPool};
+use crate::kme::{KeySource, KmeError, PrefetchPool};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 

@@ -3,7 +3,8 @@
 use super::*;
 use crate::config::tests::MapSettings;
 use crate::config::Config;
-use crate::kme::{KeySource, KmeSettings};
+use crate::config::KmeSettings;
+use crate::kme::KeySource;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -562,8 +562,12 @@ fn parse_keys(body: &[u8], url: &Url) -> Result<Vec<QkdKey>, KmeError> {
         .keys
         .iter()
         .map(|k| {
-            let id = KeyId::parse(&k.key_id)
-                .map_err(|e| KmeError::Protocol(format!("{e} (from {url})")))?;
+            let id = KeyId::parse(&k.key_id).ok_or_else(|| {
+                KmeError::Protocol(format!(
+                    "KME returned a malformed key_ID '{}' (from {url})",
+                    printable(&k.key_id)
+                ))
+            })?;
             Ok(QkdKey {
                 id,
                 material: decode_key(&k.key.0, id, url)?,

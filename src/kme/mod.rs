@@ -9,73 +9,11 @@ mod pool;
 pub use etsi014::{Etsi014Client, KmeTlsConfig, Status};
 pub use pool::PrefetchPool;
 
+use crate::config::KmeSettings;
+use crate::ids::{KeyId, SaeId};
+
 use std::fmt;
-use std::time::Duration;
 use zeroize::Zeroizing;
-
-/// An ETSI key ID: a UUID (any version; real KMEs differ), carried as 16 binary bytes on
-/// the wire and formatted by us as 8-4-4-4-12 lower-case hex towards the KME.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KeyId(pub [u8; 16]);
-
-impl KeyId {
-    /// Parses any 8-4-4-4-12 hex UUID as a KME hands it out.
-    pub fn parse(text: &str) -> Result<KeyId, KmeError> {
-        uuid::Uuid::try_parse(text)
-            .ok()
-            .filter(|_| text.len() == 36)
-            .map(|u| KeyId(*u.as_bytes()))
-            .ok_or_else(|| KmeError::Protocol(format!("KME returned a malformed key_ID '{text}'")))
-    }
-}
-
-impl fmt::Display for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        uuid::Uuid::from_bytes(self.0).hyphenated().fmt(f)
-    }
-}
-
-impl fmt::Debug for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// An SAE ID: opaque to us (KMEs use names, numbers, URNs), restricted to a safe charset
-/// because it is sent in the KE payload and pasted into KME URL paths.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SaeId(String);
-
-impl SaeId {
-    pub const MAX_LEN: usize = 64;
-
-    pub fn new(id: &str) -> Result<SaeId, String> {
-        let ok_char = |c: char| c.is_ascii_alphanumeric() || "._-:@".contains(c);
-        if id.is_empty() || id.len() > Self::MAX_LEN || !id.chars().all(ok_char) {
-            return Err(format!(
-                "'{id}' is not a valid SAE ID (1-{} characters of A-Z a-z 0-9 . _ - : @)",
-                Self::MAX_LEN
-            ));
-        }
-        Ok(SaeId(id.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for SaeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for SaeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SaeId({})", self.0)
-    }
-}
 
 /// One key as delivered by a KME. The material is wiped when dropped.
 pub struct QkdKey {
@@ -152,19 +90,4 @@ pub trait KeySource: Send + Sync {
 
     /// Human-readable location for log lines (the KME base URL).
     fn url(&self) -> &str;
-}
-
-/// Settings for talking to one KME.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KmeSettings {
-    /// Base URL up to and excluding `/api/v1/...`, e.g. `https://kme-a.example:8443`.
-    pub url: String,
-    /// PEM file with the CA certificate(s) that sign the KME's server certificate.
-    pub ca: String,
-    /// PEM file with our SAE client certificate (chain).
-    pub cert: String,
-    /// PEM file with the private key of `cert`.
-    pub key: String,
-    /// Upper bound for one HTTP request including connect and TLS handshake.
-    pub timeout: Duration,
 }
