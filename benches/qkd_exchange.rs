@@ -17,7 +17,7 @@ struct Gateway<'a> {
     peer: &'static str,
     url: String,
     key_size: u32,
-    prefetch: usize,
+    buffer: usize,
 }
 
 impl SettingsSource for Gateway<'_> {
@@ -27,7 +27,7 @@ impl SettingsSource for Gateway<'_> {
             (None, "sae_id") => Some(self.me.into()),
             (None, "dh_group") => Some("none".into()),
             (None, "key_size") => Some(self.key_size.to_string()),
-            (None, "prefetch") => Some(self.prefetch.to_string()),
+            (None, "buffer") => Some(self.buffer.to_string()),
             (None, "kme.url") => Some(self.url.clone()),
             (None, "kme.ca") => Some(path(self.link.ca_pem())),
             (None, "kme.cert") => Some(path(self.link.sae_cert(self.me))),
@@ -50,7 +50,7 @@ fn runtime(gw: &Gateway) -> Arc<Runtime> {
     Arc::new(rt.expect("KME client"))
 }
 
-fn gateways(link: &TestLink, key_size: u32, prefetch: usize) -> (Arc<Runtime>, Arc<Runtime>) {
+fn gateways(link: &TestLink, key_size: u32, buffer: usize) -> (Arc<Runtime>, Arc<Runtime>) {
     let (a, b) = (TestLink::SAE_A, TestLink::SAE_B);
     let gw_a = Gateway {
         link,
@@ -58,7 +58,7 @@ fn gateways(link: &TestLink, key_size: u32, prefetch: usize) -> (Arc<Runtime>, A
         peer: b,
         url: link.kme_a_url.clone(),
         key_size,
-        prefetch,
+        buffer,
     };
     let gw_b = Gateway {
         link,
@@ -66,43 +66,55 @@ fn gateways(link: &TestLink, key_size: u32, prefetch: usize) -> (Arc<Runtime>, A
         peer: a,
         url: link.kme_b_url.clone(),
         key_size,
-        prefetch: 0,
+        buffer,
     };
     (runtime(&gw_a), runtime(&gw_b))
 }
 
+/// A rekey inside an established IKE SA (where announcements flow).
 fn ctx(name: &str) -> ExchangeContext {
     ExchangeContext {
         connection: Some(name.into()),
         remote: None,
+        established: true,
     }
 }
 
-/// How long an initiator waits for its KE data (the enc_keys round trip) when the KME is
-/// 20 ms away, with and without a key buffer; exchanges 100 ms apart, as a busy gateway's.
-fn initiator_wait_with_slow_kme() {
-    for prefetch in [0, 4] {
+/// How long both sides of a rekey wait for the KME (initiator: its KE data; responder:
+/// processing the request) when the KME is 20 ms away, with and without key buffers;
+/// exchanges 100 ms apart, as a busy gateway's.
+fn exchange_wait_with_slow_kme() {
+    for buffer in [0, 4] {
         let link = TestLink::start(SimOptions::default());
         link.admin(qkd_kme_sim::AdminCommand::Latency { ms: 20 });
-        let (rt_a, rt_b) = gateways(&link, 256, prefetch);
-        std::thread::sleep(Duration::from_millis(500));
-        let mut waits = Vec::new();
-        for _ in 0..50 {
+        let (rt_a, rt_b) = gateways(&link, 256, buffer);
+        let (mut initiator_waits, mut responder_waits) = (Vec::new(), Vec::new());
+        for n in 0..60 {
             let mut i = QkdKeyExchange::new(rt_a.clone(), ctx(TestLink::SAE_B), None);
             let mut r = QkdKeyExchange::new(rt_b.clone(), ctx(TestLink::SAE_A), None);
             let t = Instant::now();
             let request = i.get_public_key().expect("initiator");
-            waits.push(t.elapsed());
+            let initiator = t.elapsed();
+            let t = Instant::now();
             r.set_public_key(&request).expect("responder");
+            let responder = t.elapsed();
             i.set_public_key(&r.get_public_key().expect("response"))
                 .expect("confirmation");
+            // The first exchanges start the supply and carry the first announcements.
+            if n >= 10 {
+                initiator_waits.push(initiator);
+                responder_waits.push(responder);
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
-        waits.sort();
+        initiator_waits.sort();
+        responder_waits.sort();
         println!(
-            "KME latency 20 ms, prefetch={prefetch}: initiator waits p50={:?} p99={:?} for its KE data",
-            percentile(&waits, 0.50),
-            percentile(&waits, 0.99)
+            "KME latency 20 ms, buffer={buffer}: initiator waits p50={:?} p99={:?}, responder p50={:?} p99={:?}",
+            percentile(&initiator_waits, 0.50),
+            percentile(&initiator_waits, 0.99),
+            percentile(&responder_waits, 0.50),
+            percentile(&responder_waits, 0.99)
         );
     }
 }
@@ -149,5 +161,5 @@ fn main() {
             latencies[latencies.len() - 1],
         );
     }
-    initiator_wait_with_slow_kme();
+    exchange_wait_with_slow_kme();
 }

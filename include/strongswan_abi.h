@@ -236,11 +236,18 @@ struct host_t {
 
 typedef struct ike_sa_t ike_sa_t;
 
+/* ike_sa_state_t (sa/ike_sa.h): the values we test. */
+typedef enum {
+	IKE_ESTABLISHED = 2,
+	IKE_REKEYING = 4,
+	IKE_REKEYED = 5,
+} ike_sa_state_t;
+
 struct ike_sa_t {
 	void *get_id;
 	void *get_version;
 	uint32_t (*get_unique_id)(ike_sa_t *this);
-	void *get_state;
+	ike_sa_state_t (*get_state)(ike_sa_t *this);
 	void *set_state;
 	char *(*get_name)(ike_sa_t *this);
 	void *get_statistic;

@@ -72,8 +72,15 @@ pub struct Config {
     pub wait_timeout: Duration,
     /// strongSwan key exchange method for the in-method ECDH share; None = QKD only.
     pub dh_group: Option<u16>,
-    /// Key sets kept ready per peer for the initiator (master) role; 0 = fetch on demand.
-    pub prefetch: usize,
+    /// Key sets kept ready per peer and direction: the outbound queue (our keys as master,
+    /// announced to the peer) and the inbound cache (the peer's announced keys, fetched
+    /// ahead). 0 = fetch on demand in the exchange.
+    pub buffer: usize,
+    /// Buffered keys older than this are wiped unused (and counted as wasted).
+    pub key_ttl: Duration,
+    /// KME requests charon's worker threads may have in flight at once; beyond it an
+    /// exchange fails fast instead of tying up another thread.
+    pub max_kme_requests: usize,
     pub kme: Option<KmeSettings>,
     pub peers: Vec<PeerConfig>,
 }
@@ -81,6 +88,10 @@ pub struct Config {
 pub const DEFAULT_METHOD_ID: u16 = 1042;
 pub const DEFAULT_KEY_SIZE: u32 = 256;
 const DEFAULT_KME_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_BUFFER: usize = 4;
+const DEFAULT_KEY_TTL: Duration = Duration::from_secs(3600);
+/// Well below charon's 16 worker threads, so DPD, rekeys and vici keep threads.
+const DEFAULT_MAX_KME_REQUESTS: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -184,7 +195,18 @@ impl Config {
         let dh_group = global
             .parse("dh_group", parse_dh_group)?
             .unwrap_or(Some(CURVE_25519));
-        let prefetch = global.parse("prefetch", parse_prefetch)?.unwrap_or(0);
+        let buffer = global
+            .parse("buffer", |v| parse_count(v, 0, 64, "key sets"))?
+            .unwrap_or(DEFAULT_BUFFER);
+        let key_ttl = global
+            .parse("key_ttl", parse_duration)?
+            .unwrap_or(DEFAULT_KEY_TTL);
+        if key_ttl.is_zero() {
+            return Err(global.error("key_ttl", "must be longer than 0s"));
+        }
+        let max_kme_requests = global
+            .parse("max_kme_requests", |v| parse_count(v, 1, 64, "requests"))?
+            .unwrap_or(DEFAULT_MAX_KME_REQUESTS);
         let kme = global.kme()?;
 
         let mut peers = Vec::new();
@@ -226,7 +248,9 @@ impl Config {
             fallback,
             wait_timeout,
             dh_group,
-            prefetch,
+            buffer,
+            key_ttl,
+            max_kme_requests,
             kme,
             peers,
         })
@@ -272,10 +296,12 @@ fn parse_key_size(v: &str) -> Result<u32, String> {
     Ok(bits)
 }
 
-fn parse_prefetch(v: &str) -> Result<usize, String> {
+fn parse_count(v: &str, min: usize, max: usize, what: &str) -> Result<usize, String> {
     match v.parse::<usize>() {
-        Ok(n) if n <= 64 => Ok(n),
-        _ => Err(format!("'{v}': use a number of key sets between 0 and 64")),
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{v}': use a number of {what} between {min} and {max}"
+        )),
     }
 }
 
@@ -397,7 +423,9 @@ pub(crate) mod tests {
         assert_eq!(c.fallback, Fallback::None);
         assert_eq!(c.wait_timeout, Duration::ZERO);
         assert_eq!(c.dh_group, Some(CURVE_25519));
-        assert_eq!(c.prefetch, 0);
+        assert_eq!(c.buffer, DEFAULT_BUFFER);
+        assert_eq!(c.key_ttl, Duration::from_secs(3600));
+        assert_eq!(c.max_kme_requests, 4);
         let kme = c.kme.as_ref().unwrap();
         assert_eq!(kme.url, "https://192.0.2.30:8443");
         assert_eq!(kme.timeout, Duration::from_secs(5));
@@ -414,7 +442,9 @@ pub(crate) mod tests {
             ("fallback", "dh"),
             ("wait_timeout", "2m"),
             ("dh_group", "none"),
-            ("prefetch", "4"),
+            ("buffer", "0"),
+            ("key_ttl", "10m"),
+            ("max_kme_requests", "1"),
             ("kme.timeout", "1.5"),
             ("peers.gw-b.remote", "192.0.2.20"),
             ("peers.gw-b.kme.url", "https://kme-x:1"),
@@ -429,7 +459,8 @@ pub(crate) mod tests {
         );
         assert_eq!(c.wait_timeout, Duration::from_secs(120));
         assert_eq!(c.dh_group, None);
-        assert_eq!(c.prefetch, 4);
+        assert_eq!((c.buffer, c.max_kme_requests), (0, 1));
+        assert_eq!(c.key_ttl, Duration::from_secs(600));
         assert_eq!(c.kme.as_ref().unwrap().timeout, Duration::from_millis(1500));
         let p = &c.peers[0];
         assert_eq!(p.remote, Some("192.0.2.20".parse().unwrap()));
@@ -472,7 +503,15 @@ pub(crate) mod tests {
                 &[("dh_group", "modp1024")],
                 "charon.plugins.qkd.dh_group: 'modp1024'",
             ),
-            (&[("prefetch", "65")], "charon.plugins.qkd.prefetch: '65'"),
+            (&[("buffer", "65")], "charon.plugins.qkd.buffer: '65'"),
+            (
+                &[("key_ttl", "0s")],
+                "charon.plugins.qkd.key_ttl: must be longer",
+            ),
+            (
+                &[("max_kme_requests", "0")],
+                "charon.plugins.qkd.max_kme_requests: '0': use a number of requests between 1",
+            ),
             (
                 &[("kme.url", "http://kme:80")],
                 "charon.plugins.qkd.kme.url: 'http://kme:80' must be an https://",
@@ -526,6 +565,7 @@ pub(crate) mod tests {
         Config::load(&src).unwrap();
         let conf = include_str!("../strongswan-conf/strongswan.d/charon/qkd.conf");
         let opt = include_str!("../strongswan-conf/qkd.opt");
+        let conf_keys = documented_keys(conf);
         for key in src.1.borrow().iter() {
             // The per-peer kme section is documented as a whole (same keys as kme.*).
             let documented = key
@@ -535,13 +575,47 @@ pub(crate) mod tests {
                 opt.contains(&format!("charon.plugins.qkd.{documented} ")),
                 "{key} missing in qkd.opt"
             );
-            let leaf = key.rsplit('.').next().unwrap();
             assert!(
-                conf.contains(&format!("# {leaf} =")) || conf.contains(&format!("{leaf} =")),
-                "{key} missing in qkd.conf"
+                conf_keys.contains(&format!("qkd.{key}")),
+                "{key} missing in qkd.conf (documented there: {conf_keys:?})"
             );
         }
         assert!(src.1.borrow().len() >= 14, "read {:?}", src.1.borrow());
+    }
+
+    /// Full paths of the settings qkd.conf shows, commented out or not, with the example
+    /// peer section named `<conn>`: `qkd.kme.url`, `qkd.peers.<conn>.sae_id`, ...
+    fn documented_keys(conf: &str) -> Vec<String> {
+        let mut sections: Vec<String> = Vec::new();
+        let mut keys = Vec::new();
+        for line in conf.lines() {
+            let line = line.trim_start().trim_start_matches('#').trim();
+            if let Some(name) = line.strip_suffix('{').map(str::trim) {
+                let in_peers = sections.last().is_some_and(|s| s == "peers");
+                sections.push(if in_peers {
+                    "<conn>".into()
+                } else {
+                    name.into()
+                });
+            } else if line == "}" {
+                sections.pop();
+            } else if let Some((key, _)) = line.split_once('=') {
+                let key = key.trim();
+                if !key.is_empty() && !key.contains(' ') && !sections.is_empty() {
+                    keys.push(format!("{}.{key}", sections.join(".")));
+                }
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn documented_keys_are_full_paths() {
+        let conf = "qkd {\n  # a = 1\n  kme {\n    # url = x\n  }\n  peers {\n    # gw {\n    #   a = 2\n    # }\n  }\n}\n";
+        assert_eq!(
+            documented_keys(conf),
+            ["qkd.a", "qkd.kme.url", "qkd.peers.<conn>.a"]
+        );
     }
 
     #[test]

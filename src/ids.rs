@@ -65,3 +65,11 @@ impl fmt::Debug for SaeId {
         write!(f, "SaeId({})", self.0)
     }
 }
+
+/// Key IDs as one comma-separated list, the form log lines and the interop tests use.
+pub fn format_ids(ids: &[KeyId]) -> String {
+    ids.iter()
+        .map(KeyId::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -10,6 +10,7 @@ pub mod config;
 pub mod ids;
 pub mod ke;
 pub mod kme;
+pub mod supply;
 pub mod version;
 pub mod wire;
 

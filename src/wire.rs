@@ -1,23 +1,33 @@
-//! KE data of the `qkd` method, wire version 1 (DESIGN §2).
+//! KE data of the `qkd` method, wire version 2 (DESIGN §2, §7).
 //!
 //! ```text
-//! request  (initiator -> responder):
-//!   u8 version=1 | u8 type=1 | u8 flags (KEY_IDS|ECDH|DH_FALLBACK)
-//!   u8 sae_len | sae_id (SaeId charset)
-//!   [KEY_IDS] u8 count (1..=16) | count x 16-byte binary UUID
-//!   [ECDH]    u16 group | u16 len (1..=512) | share
+//! request  (initiator = ETSI master -> responder = slave):
+//!   u8 version=2 | u8 type=1 | u8 flags (KEY_IDS|ECDH|DH_FALLBACK|NO_KEY|ANNOUNCE)
+//!   u8 sae_len (1..=64) | sae_id (SaeId charset)
+//!   [KEY_IDS]  u8 count (1..=16) | count x 16-byte binary UUID   the keys of this exchange
+//!   [NO_KEY]   u8 reason (NoKeyReason)                           exactly one of KEY_IDS/NO_KEY
+//!   [ANNOUNCE] u8 count (1..=16) | count x 16-byte binary UUID   the sender's next keys
+//!   [ECDH]     u16 group | u16 len (1..=512) | share
 //! response (responder -> initiator):
-//!   u8 version=1 | u8 type=2 | u8 flags (QKD_KEY|ECDH)
-//!   [QKD_KEY] 16-byte key confirmation tag
-//!   [ECDH]    u16 group | u16 len (1..=512) | share
+//!   u8 version=2 | u8 type=2 | u8 flags (QKD_KEY|ECDH|ANNOUNCE)
+//!   [QKD_KEY]  16-byte key confirmation tag
+//!   [ANNOUNCE] u8 count (1..=16) | count x 16-byte binary UUID   the responder's next keys
+//!   [ECDH]     u16 group | u16 len (1..=512) | share
 //! ```
-//! All integers are big-endian. Parsing is strict: unknown versions, types or flag bits,
-//! out-of-range lengths and trailing bytes are rejected, since this is untrusted peer input.
+//! All integers are big-endian. Parsing is strict: unknown versions, types, flag bits or
+//! reasons, out-of-range lengths and trailing bytes are rejected, since this is untrusted
+//! peer input.
+//!
+//! Version 2 (over 1) lets an initiator without QKD key say so in-band (NO_KEY): the
+//! responder then refuses inside the protocol, where strongSwan keeps the current SA and
+//! retries, instead of the initiator failing locally in the middle of an exchange. ANNOUNCE
+//! carries key IDs the sender obtained as master and will use next, so the peer can fetch
+//! them from its KME before they are needed; it is a hint, never a commitment.
 
 use crate::ids::{KeyId, SaeId};
 use std::fmt;
 
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const MAX_KEY_IDS: usize = 16;
 pub const MAX_SHARE_LEN: usize = 512;
 pub const TAG_LEN: usize = 16;
@@ -28,9 +38,12 @@ const TYPE_RESPONSE: u8 = 2;
 const REQ_KEY_IDS: u8 = 0x01;
 const REQ_ECDH: u8 = 0x02;
 const REQ_DH_FALLBACK: u8 = 0x04;
+const REQ_NO_KEY: u8 = 0x08;
+const REQ_ANNOUNCE: u8 = 0x10;
 
 const RESP_QKD_KEY: u8 = 0x01;
 const RESP_ECDH: u8 = 0x02;
+const RESP_ANNOUNCE: u8 = 0x04;
 
 /// An ECDH public value together with the strongSwan key exchange method that made it.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -39,14 +52,59 @@ pub struct EcdhShare {
     pub value: Vec<u8>,
 }
 
+/// Why an initiator has no QKD key for this exchange.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum NoKeyReason {
+    /// Its KME has no key left (503, or 404 / "try again" on some KMEs).
+    KmeEmpty = 1,
+    /// Its KME did not answer in time or could not be reached.
+    KmeUnreachable = 2,
+    /// Its KME refused the request or answered something unusable.
+    KmeRefused = 3,
+    /// A local limit or setting (too many KME requests in flight, no peer configured).
+    Local = 4,
+}
+
+impl NoKeyReason {
+    fn from_byte(b: u8) -> Option<NoKeyReason> {
+        [
+            NoKeyReason::KmeEmpty,
+            NoKeyReason::KmeUnreachable,
+            NoKeyReason::KmeRefused,
+            NoKeyReason::Local,
+        ]
+        .into_iter()
+        .find(|r| *r as u8 == b)
+    }
+}
+
+impl fmt::Display for NoKeyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NoKeyReason::KmeEmpty => "its KME has no key available",
+            NoKeyReason::KmeUnreachable => "its KME is unreachable",
+            NoKeyReason::KmeRefused => "its KME refused the request",
+            NoKeyReason::Local => "a local limit or setting",
+        })
+    }
+}
+
+/// The QKD part of a request: the keys of this exchange, or why there are none.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Keys {
+    Ids(Vec<KeyId>),
+    None(NoKeyReason),
+}
+
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Request {
     /// The initiator's (ETSI master's) SAE ID, needed by the responder for dec_keys.
     pub sender: SaeId,
     /// The sender accepts an ECDH-only secret if QKD keys cannot be obtained.
     pub allows_dh_fallback: bool,
-    /// Empty when the initiator fell back to ECDH alone.
-    pub key_ids: Vec<KeyId>,
+    pub keys: Keys,
+    /// Key IDs the sender will use next as master (empty: none announced).
+    pub announce: Vec<KeyId>,
     pub ecdh: Option<EcdhShare>,
 }
 
@@ -54,6 +112,8 @@ pub struct Request {
 pub struct Response {
     /// Present iff the responder obtained the QKD keys.
     pub confirmation: Option<[u8; TAG_LEN]>,
+    /// Key IDs the responder will use next as master.
+    pub announce: Vec<KeyId>,
     pub ecdh: Option<EcdhShare>,
 }
 
@@ -74,18 +134,13 @@ fn bad(what: impl Into<String>) -> WireError {
 
 impl Request {
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
-        if self.key_ids.len() > MAX_KEY_IDS {
-            return Err(bad(format!(
-                "{} key IDs exceed the maximum of {MAX_KEY_IDS}",
-                self.key_ids.len()
-            )));
-        }
-        if self.key_ids.is_empty() && self.ecdh.is_none() {
-            return Err(bad("request carries neither key IDs nor an ECDH share"));
-        }
         let mut flags = 0;
-        if !self.key_ids.is_empty() {
-            flags |= REQ_KEY_IDS;
+        match &self.keys {
+            Keys::Ids(_) => flags |= REQ_KEY_IDS,
+            Keys::None(_) => flags |= REQ_NO_KEY,
+        }
+        if !self.announce.is_empty() {
+            flags |= REQ_ANNOUNCE;
         }
         if self.ecdh.is_some() {
             flags |= REQ_ECDH;
@@ -96,11 +151,12 @@ impl Request {
         let sae = self.sender.as_str().as_bytes();
         let mut out = vec![VERSION, TYPE_REQUEST, flags, sae.len() as u8];
         out.extend_from_slice(sae);
-        if !self.key_ids.is_empty() {
-            out.push(self.key_ids.len() as u8);
-            for id in &self.key_ids {
-                out.extend_from_slice(&id.0);
-            }
+        match &self.keys {
+            Keys::Ids(ids) => encode_ids(ids, "key IDs", &mut out)?,
+            Keys::None(reason) => out.push(*reason as u8),
+        }
+        if !self.announce.is_empty() {
+            encode_ids(&self.announce, "announced key IDs", &mut out)?;
         }
         if let Some(share) = &self.ecdh {
             encode_share(share, &mut out)?;
@@ -111,29 +167,30 @@ impl Request {
     pub fn decode(data: &[u8]) -> Result<Request, WireError> {
         let mut r = Reader::new(data);
         let flags = r.header(TYPE_REQUEST)?;
-        if flags & !(REQ_KEY_IDS | REQ_ECDH | REQ_DH_FALLBACK) != 0 {
+        let known = REQ_KEY_IDS | REQ_ECDH | REQ_DH_FALLBACK | REQ_NO_KEY | REQ_ANNOUNCE;
+        if flags & !known != 0 {
             return Err(bad(format!("unknown request flags {flags:#04x}")));
         }
-        if flags & (REQ_KEY_IDS | REQ_ECDH) == 0 {
-            return Err(bad("request carries neither key IDs nor an ECDH share"));
+        if (flags & REQ_KEY_IDS != 0) == (flags & REQ_NO_KEY != 0) {
+            return Err(bad("request must carry either key IDs or a no-key reason"));
         }
         let sae_len = r.u8()? as usize;
         let sae = std::str::from_utf8(r.bytes(sae_len)?).map_err(|_| bad("SAE ID is not UTF-8"))?;
         let sender = SaeId::new(sae).map_err(bad)?;
-        let mut key_ids = Vec::new();
-        if flags & REQ_KEY_IDS != 0 {
-            let count = r.u8()? as usize;
-            if count == 0 || count > MAX_KEY_IDS {
-                return Err(bad(format!(
-                    "key ID count {count} outside 1..={MAX_KEY_IDS}"
-                )));
-            }
-            for _ in 0..count {
-                let mut id = [0u8; 16];
-                id.copy_from_slice(r.bytes(16)?);
-                key_ids.push(KeyId(id));
-            }
-        }
+        let keys = if flags & REQ_KEY_IDS != 0 {
+            Keys::Ids(r.ids("key ID")?)
+        } else {
+            let b = r.u8()?;
+            Keys::None(
+                NoKeyReason::from_byte(b)
+                    .ok_or_else(|| bad(format!("unknown no-key reason {b}")))?,
+            )
+        };
+        let announce = if flags & REQ_ANNOUNCE != 0 {
+            r.ids("announced key ID")?
+        } else {
+            Vec::new()
+        };
         let ecdh = if flags & REQ_ECDH != 0 {
             Some(r.share()?)
         } else {
@@ -143,7 +200,8 @@ impl Request {
         Ok(Request {
             sender,
             allows_dh_fallback: flags & REQ_DH_FALLBACK != 0,
-            key_ids,
+            keys,
+            announce,
             ecdh,
         })
     }
@@ -155,12 +213,18 @@ impl Response {
         if self.confirmation.is_some() {
             flags |= RESP_QKD_KEY;
         }
+        if !self.announce.is_empty() {
+            flags |= RESP_ANNOUNCE;
+        }
         if self.ecdh.is_some() {
             flags |= RESP_ECDH;
         }
         let mut out = vec![VERSION, TYPE_RESPONSE, flags];
         if let Some(tag) = &self.confirmation {
             out.extend_from_slice(tag);
+        }
+        if !self.announce.is_empty() {
+            encode_ids(&self.announce, "announced key IDs", &mut out)?;
         }
         if let Some(share) = &self.ecdh {
             encode_share(share, &mut out)?;
@@ -171,7 +235,7 @@ impl Response {
     pub fn decode(data: &[u8]) -> Result<Response, WireError> {
         let mut r = Reader::new(data);
         let flags = r.header(TYPE_RESPONSE)?;
-        if flags & !(RESP_QKD_KEY | RESP_ECDH) != 0 {
+        if flags & !(RESP_QKD_KEY | RESP_ECDH | RESP_ANNOUNCE) != 0 {
             return Err(bad(format!("unknown response flags {flags:#04x}")));
         }
         let confirmation = if flags & RESP_QKD_KEY != 0 {
@@ -181,20 +245,45 @@ impl Response {
         } else {
             None
         };
+        let announce = if flags & RESP_ANNOUNCE != 0 {
+            r.ids("announced key ID")?
+        } else {
+            Vec::new()
+        };
         let ecdh = if flags & RESP_ECDH != 0 {
             Some(r.share()?)
         } else {
             None
         };
         r.finish()?;
-        Ok(Response { confirmation, ecdh })
+        Ok(Response {
+            confirmation,
+            announce,
+            ecdh,
+        })
     }
+}
+
+/// Our own encoder refuses what the decoder would; the message says it is our limit, so a
+/// caller never blames the peer for it.
+fn encode_ids(ids: &[KeyId], what: &str, out: &mut Vec<u8>) -> Result<(), WireError> {
+    if ids.is_empty() || ids.len() > MAX_KEY_IDS {
+        return Err(bad(format!(
+            "cannot send {} {what}: the wire format carries 1..={MAX_KEY_IDS}",
+            ids.len()
+        )));
+    }
+    out.push(ids.len() as u8);
+    for id in ids {
+        out.extend_from_slice(&id.0);
+    }
+    Ok(())
 }
 
 fn encode_share(share: &EcdhShare, out: &mut Vec<u8>) -> Result<(), WireError> {
     if share.value.is_empty() || share.value.len() > MAX_SHARE_LEN {
         return Err(bad(format!(
-            "ECDH share of {} bytes outside 1..={MAX_SHARE_LEN}",
+            "cannot send an ECDH share of {} bytes: the wire format carries 1..={MAX_SHARE_LEN}",
             share.value.len()
         )));
     }
@@ -248,6 +337,23 @@ impl<'a> Reader<'a> {
         self.u8()
     }
 
+    /// A count-prefixed list of 1..=MAX_KEY_IDS binary UUIDs.
+    fn ids(&mut self, what: &str) -> Result<Vec<KeyId>, WireError> {
+        let count = self.u8()? as usize;
+        if count == 0 || count > MAX_KEY_IDS {
+            return Err(bad(format!(
+                "{what} count {count} outside 1..={MAX_KEY_IDS}"
+            )));
+        }
+        (0..count)
+            .map(|_| {
+                let mut id = [0u8; 16];
+                id.copy_from_slice(self.bytes(16)?);
+                Ok(KeyId(id))
+            })
+            .collect()
+    }
+
     fn share(&mut self) -> Result<EcdhShare, WireError> {
         let group = self.u16()?;
         let len = self.u16()? as usize;
@@ -275,15 +381,20 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
+    fn share(group: u16, len: usize) -> Option<EcdhShare> {
+        Some(EcdhShare {
+            group,
+            value: vec![9; len],
+        })
+    }
+
     fn request() -> Request {
         Request {
             sender: SaeId::new("sae-a").unwrap(),
             allows_dh_fallback: true,
-            key_ids: vec![KeyId([1; 16]), KeyId([2; 16])],
-            ecdh: Some(EcdhShare {
-                group: 31,
-                value: vec![9; 32],
-            }),
+            keys: Keys::Ids(vec![KeyId([1; 16]), KeyId([2; 16])]),
+            announce: vec![KeyId([3; 16])],
+            ecdh: share(31, 32),
         }
     }
 
@@ -291,22 +402,39 @@ mod tests {
     fn request_round_trip_and_layout() {
         let req = request();
         let bytes = req.encode().unwrap();
-        assert_eq!(&bytes[..4], &[1, 1, 0x07, 5]);
+        assert_eq!(&bytes[..4], &[2, 1, 0x17, 5]);
         assert_eq!(&bytes[4..9], b"sae-a");
         assert_eq!(bytes[9], 2);
-        assert_eq!(bytes.len(), 10 + 32 + 4 + 32);
+        assert_eq!(&bytes[10..26], &[1; 16]);
+        assert_eq!(bytes[42], 1, "announce count after the key IDs");
+        assert_eq!(&bytes[43..59], &[3; 16]);
+        assert_eq!(&bytes[59..63], &[0, 31, 0, 32]);
+        assert_eq!(bytes.len(), 63 + 32);
         assert_eq!(Request::decode(&bytes).unwrap(), req);
     }
 
     #[test]
-    fn request_without_keys_is_fallback_only() {
-        let req = Request {
-            key_ids: vec![],
-            ..request()
-        };
-        let bytes = req.encode().unwrap();
-        assert_eq!(bytes[2], REQ_ECDH | REQ_DH_FALLBACK);
-        assert_eq!(Request::decode(&bytes).unwrap(), req);
+    fn no_key_request_carries_the_reason_and_nothing_else_is_required() {
+        for reason in [
+            NoKeyReason::KmeEmpty,
+            NoKeyReason::KmeUnreachable,
+            NoKeyReason::KmeRefused,
+            NoKeyReason::Local,
+        ] {
+            let req = Request {
+                keys: Keys::None(reason),
+                announce: vec![],
+                ecdh: None,
+                allows_dh_fallback: false,
+                ..request()
+            };
+            let bytes = req.encode().unwrap();
+            assert_eq!(
+                bytes,
+                [&[2, 1, REQ_NO_KEY, 5][..], b"sae-a", &[reason as u8]].concat()
+            );
+            assert_eq!(Request::decode(&bytes).unwrap(), req);
+        }
     }
 
     #[test]
@@ -314,21 +442,18 @@ mod tests {
         for resp in [
             Response {
                 confirmation: Some([7; TAG_LEN]),
-                ecdh: Some(EcdhShare {
-                    group: 19,
-                    value: vec![4; 65],
-                }),
+                announce: vec![KeyId([5; 16]), KeyId([6; 16])],
+                ecdh: share(19, 65),
             },
             Response {
                 confirmation: Some([7; TAG_LEN]),
+                announce: vec![],
                 ecdh: None,
             },
             Response {
                 confirmation: None,
-                ecdh: Some(EcdhShare {
-                    group: 31,
-                    value: vec![1; 32],
-                }),
+                announce: vec![],
+                ecdh: share(31, 32),
             },
         ] {
             assert_eq!(Response::decode(&resp.encode().unwrap()).unwrap(), resp);
@@ -343,31 +468,29 @@ mod tests {
             (good[..good.len() - 1].to_vec(), "truncated"),
             ([good.clone(), vec![0]].concat(), "trailing"),
         ];
-        let mut v = good.clone();
-        v[0] = 2;
-        cases.push((v, "version"));
-        let mut v = good.clone();
-        v[1] = TYPE_RESPONSE;
-        cases.push((v, "message type"));
-        let mut v = good.clone();
-        v[2] |= 0x80;
-        cases.push((v, "flags"));
-        let mut v = good.clone();
-        v[2] &= !(REQ_KEY_IDS | REQ_ECDH);
-        cases.push((v, "neither"));
-        let mut v = good.clone();
-        v[5] = b'/';
-        cases.push((v, "SAE ID"));
-        let mut v = good.clone();
-        v[9] = 0;
-        cases.push((v, "count"));
-        let mut v = good.clone();
-        v[9] = 17;
-        cases.push((v, "count"));
-        let mut v = good.clone();
-        let share_len_at = 10 + 32 + 2;
-        v[share_len_at] = 0x10;
-        cases.push((v, "share length"));
+        let mut edit = |at: usize, f: &dyn Fn(u8) -> u8, why: &'static str| {
+            let mut v = good.clone();
+            v[at] = f(v[at]);
+            cases.push((v, why));
+        };
+        edit(0, &|_| 1, "version");
+        edit(1, &|_| TYPE_RESPONSE, "message type");
+        edit(2, &|f| f | 0x80, "flags");
+        edit(2, &|f| f | REQ_NO_KEY, "either key IDs or a no-key reason");
+        edit(
+            2,
+            &|f| f & !REQ_KEY_IDS,
+            "either key IDs or a no-key reason",
+        );
+        edit(5, &|_| b'/', "SAE ID");
+        edit(9, &|_| 0, "count 0");
+        edit(9, &|_| 17, "count 17");
+        edit(42, &|_| 0, "announced key ID count 0");
+        edit(61, &|_| 0x10, "share length");
+        let mut no_key = [&[2, 1, REQ_NO_KEY, 5][..], b"sae-a", &[9]].concat();
+        cases.push((no_key.clone(), "no-key reason 9"));
+        no_key[9] = 0;
+        cases.push((no_key, "no-key reason 0"));
         for (bytes, why) in cases {
             let err = Request::decode(&bytes).unwrap_err().to_string();
             assert!(err.contains(why), "{err:?} should mention {why:?}");
@@ -376,55 +499,80 @@ mod tests {
 
     #[test]
     fn rejects_malformed_responses() {
-        assert!(Response::decode(&request().encode().unwrap()).is_err());
-        assert!(Response::decode(&[1, 2, RESP_QKD_KEY, 0, 0])
-            .unwrap_err()
-            .to_string()
-            .contains("truncated"));
-        assert!(Response::decode(&[1, 2, 0x08])
-            .unwrap_err()
-            .to_string()
-            .contains("flags"));
+        let cases: [(&[u8], &str); 5] = [
+            (&[2, 1, 0], "message type"),
+            (&[1, 2, 0], "version"),
+            (&[2, 2, RESP_QKD_KEY, 0, 0], "truncated"),
+            (&[2, 2, 0x08], "flags"),
+            (&[2, 2, RESP_ANNOUNCE, 0], "count 0"),
+        ];
+        for (bytes, why) in cases {
+            let err = Response::decode(bytes).unwrap_err().to_string();
+            assert!(err.contains(why), "{err:?} should mention {why:?}");
+        }
     }
 
     #[test]
-    fn refuses_to_encode_out_of_bounds() {
+    fn refuses_to_encode_out_of_bounds_as_our_own_limit() {
         let too_many = Request {
-            key_ids: vec![KeyId([0; 16]); MAX_KEY_IDS + 1],
+            keys: Keys::Ids(vec![KeyId([0; 16]); MAX_KEY_IDS + 1]),
             ..request()
         };
-        assert!(too_many.encode().is_err());
-        let empty = Request {
-            key_ids: vec![],
-            ecdh: None,
+        let too_many_announced = Request {
+            announce: vec![KeyId([0; 16]); MAX_KEY_IDS + 1],
             ..request()
         };
-        assert!(empty.encode().is_err());
         let huge = Response {
             confirmation: None,
-            ecdh: Some(EcdhShare {
-                group: 1,
-                value: vec![0; MAX_SHARE_LEN + 1],
-            }),
+            announce: vec![],
+            ecdh: share(1, MAX_SHARE_LEN + 1),
         };
-        assert!(huge.encode().is_err());
+        for err in [
+            too_many.encode().unwrap_err(),
+            too_many_announced.encode().unwrap_err(),
+            huge.encode().unwrap_err(),
+        ] {
+            assert!(err.to_string().contains("cannot send"), "{err}");
+        }
     }
 
-    /// Decoding never panics on arbitrary input (cheap deterministic fuzz).
+    /// Every mutation of a valid message either decodes to a message that encodes back to
+    /// the same bytes (strict, canonical format) or is refused: a cheap deterministic fuzz
+    /// that can fail, unlike "does not panic".
     #[test]
-    fn decode_is_total() {
+    fn decode_is_strict_and_canonical() {
         let mut state = 0x1234_5678_u32;
-        let good = request().encode().unwrap();
+        let requests = [request().encode().unwrap()];
+        let responses = [Response {
+            confirmation: Some([7; TAG_LEN]),
+            announce: vec![KeyId([5; 16])],
+            ecdh: share(31, 32),
+        }
+        .encode()
+        .unwrap()];
+        let mut decoded = 0;
         for i in 0..20_000 {
             state ^= state << 13;
             state ^= state >> 17;
             state ^= state << 5;
-            let mut v = good.clone();
-            let pos = state as usize % v.len();
-            v[pos] = (state >> 8) as u8;
-            v.truncate(v.len() - (i % 3));
-            let _ = Request::decode(&v);
-            let _ = Response::decode(&v);
+            for good in requests.iter().chain(&responses) {
+                let mut v = good.clone();
+                let pos = state as usize % v.len();
+                v[pos] = (state >> 8) as u8;
+                v.truncate(v.len() - (i % 3));
+                if let Ok(r) = Request::decode(&v) {
+                    assert_eq!(r.encode().unwrap(), v);
+                    decoded += 1;
+                }
+                if let Ok(r) = Response::decode(&v) {
+                    assert_eq!(r.encode().unwrap(), v);
+                    decoded += 1;
+                }
+            }
         }
+        assert!(
+            decoded > 0,
+            "some mutations (e.g. of key ID bytes) stay valid"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! `key_exchange_t` for the `qkd` method: a vtable in front of [`QkdKeyExchange`].
 
-use super::abi::{chunk_t, key_exchange_method_t, key_exchange_t};
+use super::abi::{
+    chunk_t, key_exchange_method_t, key_exchange_t, IKE_ESTABLISHED, IKE_REKEYED, IKE_REKEYING,
+};
 use super::ecdh::CharonEcdh;
 use super::{boundary, chunk, plugin, symbols};
 use crate::ke::{Ecdh, ExchangeContext, KeError, QkdKeyExchange};
@@ -69,6 +71,13 @@ fn exchange_context() -> ExchangeContext {
                 ctx.connection = Some(name.into_owned());
             }
         }
+        // ESTABLISHED, or REKEYING/REKEYED while an IKE rekey runs on it: authenticated.
+        ctx.established = ike_sa.get_state.is_some_and(|get_state| {
+            matches!(
+                get_state(ike_sa),
+                IKE_ESTABLISHED | IKE_REKEYING | IKE_REKEYED
+            )
+        });
         if let Some(host) = ike_sa.get_other_host.and_then(|f| f(ike_sa).as_mut()) {
             if let Some(addr) = host.get_address.map(|f| f(host)) {
                 ctx.remote = match chunk::borrow(&addr) {
@@ -99,7 +108,7 @@ fn hand_out<T: AsRef<[u8]>>(result: Result<T, KeError>, out: &mut chunk_t) -> bo
             .map(|c| *out = c)
             .is_some(),
         Err(e) => {
-            log::error!("qkd: {e}");
+            log::log!(e.level(), "qkd: {e}");
             false
         }
     }
@@ -120,7 +129,7 @@ unsafe extern "C" fn set_public_key(this: *mut key_exchange_t, value: chunk_t) -
             return false;
         };
         ex.set_public_key(data)
-            .map_err(|e| log::error!("qkd: {e}"))
+            .map_err(|e| log::log!(e.level(), "qkd: {e}"))
             .is_ok()
     })
 }

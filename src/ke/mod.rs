@@ -11,10 +11,10 @@ mod runtime;
 
 pub use runtime::{Counters, Runtime};
 
-use crate::config::{Config, Fallback, PeerConfig};
-use crate::ids::{KeyId, SaeId};
+use crate::config::{Config, Fallback, PeerConfig, PREFIX};
+use crate::ids::{format_ids, KeyId, SaeId};
 use crate::kme::{KmeError, QkdKey};
-use crate::wire::{EcdhShare, Request, Response, WireError};
+use crate::wire::{EcdhShare, Keys, NoKeyReason, Request, Response, WireError};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -37,6 +37,9 @@ pub struct ExchangeContext {
     /// Connection (peer_cfg) name; None while a responder has not yet matched a config.
     pub connection: Option<String>,
     pub remote: Option<IpAddr>,
+    /// The IKE SA is established, i.e. the peer is authenticated and the exchange is
+    /// encrypted (a rekey). Announcements are sent and honoured only then.
+    pub established: bool,
 }
 
 #[derive(Debug)]
@@ -48,6 +51,8 @@ pub enum KeError {
         peer: SaeId,
         error: KmeError,
     },
+    /// Too many KME requests in flight already (`max_kme_requests`).
+    Busy(String),
     /// The peer's KE data is malformed or does not fit what we sent.
     Peer(String),
     Wire(WireError),
@@ -57,23 +62,48 @@ pub enum KeError {
     },
     /// QKD failed on one side and fallback = dh is not allowed on both sides.
     NoFallback(String),
+    /// The peer started the exchange without a QKD key: refused in-band, which strongSwan
+    /// answers by keeping the current SA and retrying. Normal while a QKD link is dry.
+    PeerHasNoKey(String),
+    /// Our own encoder refused what we built (a local limit, never the peer's fault).
+    Encode(WireError),
     Ecdh(String),
+    /// charon asked again about an exchange that already failed (and was logged).
+    AlreadyFailed,
     /// strongSwan called us out of order.
     State(&'static str),
+}
+
+impl KeError {
+    /// How loud the log line should be: a dry QKD link is normal operation, and charon
+    /// querying an exchange that already failed is not news.
+    pub fn level(&self) -> log::Level {
+        match self {
+            KeError::PeerHasNoKey(_) => log::Level::Warn,
+            KeError::AlreadyFailed => log::Level::Debug,
+            _ => log::Level::Error,
+        }
+    }
 }
 
 impl fmt::Display for KeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KeError::UnknownPeer(m) | KeError::Peer(m) | KeError::NoFallback(m) => f.write_str(m),
+            KeError::UnknownPeer(m)
+            | KeError::Peer(m)
+            | KeError::NoFallback(m)
+            | KeError::Busy(m)
+            | KeError::PeerHasNoKey(m) => f.write_str(m),
             KeError::Kme { peer, error } => write!(f, "no QKD key for SAE '{peer}': {error}"),
             KeError::Wire(e) => write!(f, "peer sent {e}"),
+            KeError::Encode(e) => write!(f, "building our KE data failed: {e}"),
             KeError::KeyMismatch { key_ids } => write!(
                 f,
                 "key confirmation failed for key IDs {key_ids}: the peer's KME delivered different key \
                  material than ours (QKD link or KME fault); refusing the key"
             ),
             KeError::Ecdh(m) => write!(f, "ECDH part of the hybrid key exchange failed: {m}"),
+            KeError::AlreadyFailed => f.write_str("this key exchange failed earlier (see above)"),
             KeError::State(m) => write!(f, "unexpected call order: {m}"),
         }
     }
@@ -95,7 +125,10 @@ struct QkdMaterial {
 
 impl QkdMaterial {
     fn from_keys(keys: Vec<QkdKey>) -> QkdMaterial {
-        let mut key = Zeroizing::new(Vec::new());
+        // Exact capacity first: growing a Vec would free unwiped copies of key bytes.
+        let mut key = Zeroizing::new(Vec::with_capacity(
+            keys.iter().map(|k| k.material.len()).sum(),
+        ));
         let key_ids = keys
             .into_iter()
             .map(|k| {
@@ -111,9 +144,9 @@ impl QkdMaterial {
     }
 
     /// The line operators (and the interop tests) match key IDs across gateways with.
-    fn log_obtained(&self, role: &str, peer_sae: &SaeId, peer: &PeerConfig, kme_url: &str) {
+    fn log_obtained(&self, role: &str, peer_sae: &SaeId, peer: &PeerConfig, from: &str) {
         log::info!(
-            "qkd: {role} for SAE '{peer_sae}' (connection '{}'): got {} bits from KME {kme_url} under key IDs {}",
+            "qkd: {role} for SAE '{peer_sae}' (connection '{}'): got {} bits {from} under key IDs {}",
             peer.name,
             self.key.len() * 8,
             self.ids()
@@ -121,16 +154,9 @@ impl QkdMaterial {
     }
 }
 
-fn format_ids(ids: &[KeyId]) -> String {
-    ids.iter()
-        .map(KeyId::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 enum Role {
     Initiator {
-        peer_sae: SaeId,
+        peer: usize,
         qkd: Option<QkdMaterial>,
     },
     /// The initiator has processed the response (successfully or not).
@@ -146,6 +172,7 @@ pub struct QkdKeyExchange {
     /// Our KE data (request or response), returned on every `get_public_key`.
     own_data: Option<Vec<u8>>,
     secret: Option<Zeroizing<Vec<u8>>>,
+    failed: bool,
 }
 
 impl QkdKeyExchange {
@@ -154,6 +181,7 @@ impl QkdKeyExchange {
         ctx: ExchangeContext,
         ecdh: Option<Box<dyn Ecdh>>,
     ) -> QkdKeyExchange {
+        rt.supply.start();
         QkdKeyExchange {
             rt,
             ctx,
@@ -161,38 +189,51 @@ impl QkdKeyExchange {
             role: None,
             own_data: None,
             secret: None,
+            failed: false,
         }
     }
 
-    /// Initiator: fetch keys and build the request. Responder: the prepared response.
+    /// Initiator: take or fetch keys and build the request — one that says "no key" when
+    /// there is none, so the responder refuses in-band. Responder: the prepared response.
     pub fn get_public_key(&mut self) -> Result<Vec<u8>, KeError> {
         if let Some(data) = &self.own_data {
             return Ok(data.clone());
         }
+        if self.failed {
+            return Err(KeError::AlreadyFailed);
+        }
         if self.role.is_some() {
-            return Err(KeError::State("get_public_key after a failed exchange"));
+            return Err(KeError::State(
+                "get_public_key before set_public_key on the responder",
+            ));
         }
         let result = self.initiate();
-        self.count_failure(result)
+        self.note_failure(result)
     }
 
     /// Initiator: verify the response and derive the secret. Responder: process the request.
     pub fn set_public_key(&mut self, data: &[u8]) -> Result<(), KeError> {
+        if self.failed {
+            return Err(KeError::AlreadyFailed);
+        }
         let result = match self.role.take() {
             None => self.respond(data),
-            Some(Role::Initiator { peer_sae, qkd }) => {
+            Some(Role::Initiator { peer, qkd }) => {
                 self.role = Some(Role::InitiatorDone);
-                self.complete(data, peer_sae, qkd)
+                self.complete(data, peer, qkd)
             }
             Some(done) => {
                 self.role = Some(done);
                 Err(KeError::State("set_public_key called twice"))
             }
         };
-        self.count_failure(result)
+        self.note_failure(result)
     }
 
     pub fn shared_secret(&self) -> Result<Zeroizing<Vec<u8>>, KeError> {
+        if self.failed {
+            return Err(KeError::AlreadyFailed);
+        }
         self.secret.clone().ok_or(KeError::State(
             "get_shared_secret before the exchange completed",
         ))
@@ -202,72 +243,138 @@ impl QkdKeyExchange {
         self.rt.config.method_id
     }
 
-    fn count_failure<T>(&self, result: Result<T, KeError>) -> Result<T, KeError> {
-        if result.is_err() {
-            Counters::bump(&self.rt.counters.failures);
+    fn note_failure<T>(&mut self, result: Result<T, KeError>) -> Result<T, KeError> {
+        if let Err(e) = &result {
+            if !matches!(e, KeError::State(_)) {
+                self.failed = true;
+                if !matches!(e, KeError::PeerHasNoKey(_)) {
+                    Counters::bump(&self.rt.counters.failures);
+                }
+            }
         }
         result
+    }
+
+    /// The hard deadline of this exchange's on-demand KME calls in charon's thread:
+    /// retries for `wait_timeout`, then one last request of at most `kme.timeout`.
+    fn deadline(&self, peer: usize) -> Instant {
+        let kme_timeout = self.rt.config.kme_for(&self.rt.config.peers[peer]).timeout;
+        Instant::now() + self.rt.config.wait_timeout + kme_timeout
     }
 
     fn initiate(&mut self) -> Result<Vec<u8>, KeError> {
         let rt = self.rt.clone();
         let cfg = &rt.config;
-        let peer = initiator_peer(cfg, &self.ctx)?;
-        let source = rt.source_for(peer);
-        let qkd = match wait_for_keys(cfg.wait_timeout, || {
-            source.enc_keys(&peer.sae_id, cfg.key_size)
-        }) {
-            Ok(keys) => {
-                let qkd = QkdMaterial::from_keys(keys);
-                qkd.log_obtained("master", &peer.sae_id, peer, source.url());
-                Some(qkd)
+        // Without a configured peer there is no SAE to ask for: a configuration error that
+        // fails here, loudly, rather than a key shortage.
+        let peer_cfg = initiator_peer(cfg, &self.ctx)?;
+        let peer = rt.peer_index(peer_cfg);
+        let keys = match rt.supply.take_outbound(peer) {
+            Some(set) => {
+                let qkd = QkdMaterial::from_keys(set.keys);
+                qkd.log_obtained(
+                    "master",
+                    &peer_cfg.sae_id,
+                    peer_cfg,
+                    "from the outbound queue",
+                );
+                Ok(qkd)
+            }
+            None => self.fetch_enc(peer),
+        };
+        let (qkd, request_keys) = match keys {
+            Ok(qkd) => {
+                let ids = Keys::Ids(qkd.key_ids.clone());
+                (Some(qkd), ids)
             }
             Err(error) => {
-                let error = KeError::Kme {
-                    peer: peer.sae_id.clone(),
-                    error,
-                };
-                if cfg.fallback != Fallback::Dh || self.ecdh.is_none() {
-                    return Err(self.no_fallback(error));
-                }
-                log::warn!("qkd: {error}; offering an ECDH-only secret (fallback = dh)");
-                None
+                let reason = no_key_reason(&error);
+                let n = Counters::bump(&rt.counters.no_key_sent);
+                log::warn!(
+                    "qkd: {error}; starting the exchange without QKD key ({reason}, #{n}): {}",
+                    if cfg.fallback == Fallback::Dh && self.ecdh.is_some() {
+                        "the peer may accept an ECDH-only secret (fallback = dh)"
+                    } else {
+                        "the peer will refuse it and strongSwan keeps the current SA and retries"
+                    }
+                );
+                (None, Keys::None(reason))
             }
         };
-        let ecdh = self.own_share()?;
         let request = Request {
             sender: cfg.sae_id.clone(),
             // Falling back means an ECDH-only secret: only offer it if we have an ECDH half.
             allows_dh_fallback: cfg.fallback == Fallback::Dh && self.ecdh.is_some(),
-            key_ids: qkd.as_ref().map(|q| q.key_ids.clone()).unwrap_or_default(),
-            ecdh,
+            keys: request_keys,
+            announce: if self.ctx.established {
+                rt.supply.announcement(peer)
+            } else {
+                Vec::new()
+            },
+            ecdh: self.own_share()?,
         };
-        let data = request.encode()?;
-        self.role = Some(Role::Initiator {
-            peer_sae: peer.sae_id.clone(),
-            qkd,
-        });
+        let data = request.encode().map_err(KeError::Encode)?;
+        self.role = Some(Role::Initiator { peer, qkd });
         self.own_data = Some(data.clone());
         Ok(data)
+    }
+
+    /// On-demand enc_keys in charon's thread, within the request cap and the deadline.
+    fn fetch_enc(&self, peer: usize) -> Result<QkdMaterial, KeError> {
+        let rt = &self.rt;
+        let peer_cfg = &rt.config.peers[peer];
+        let source = rt.source(peer);
+        let _permit = self.permit(&peer_cfg.sae_id)?;
+        let deadline = self.deadline(peer);
+        let mut sets = wait_for_keys(rt.config.wait_timeout, || {
+            source.enc_keys(&peer_cfg.sae_id, rt.config.key_size, 1, deadline)
+        })
+        .map_err(|error| KeError::Kme {
+            peer: peer_cfg.sae_id.clone(),
+            error,
+        })?;
+        let set = sets.drain(..).next().ok_or_else(|| KeError::Kme {
+            peer: peer_cfg.sae_id.clone(),
+            error: KmeError::Protocol(format!("KME {} returned no key set", source.url())),
+        })?;
+        let qkd = QkdMaterial::from_keys(set);
+        qkd.log_obtained(
+            "master",
+            &peer_cfg.sae_id,
+            peer_cfg,
+            &format!("from KME {}", source.url()),
+        );
+        Ok(qkd)
+    }
+
+    fn permit(&self, peer: &SaeId) -> Result<crate::supply::Permit, KeError> {
+        self.rt.limiter.try_acquire().ok_or_else(|| {
+            KeError::Busy(format!(
+                "no QKD key for SAE '{peer}': {} KME requests already in flight \
+                 ({PREFIX}.max_kme_requests = {}); not waiting for another",
+                self.rt.limiter.max(),
+                self.rt.limiter.max()
+            ))
+        })
     }
 
     fn complete(
         &mut self,
         data: &[u8],
-        peer_sae: SaeId,
+        peer: usize,
         qkd: Option<QkdMaterial>,
     ) -> Result<(), KeError> {
+        let rt = self.rt.clone();
+        let peer_sae = &rt.config.peers[peer].sae_id;
         let response = Response::decode(data)?;
         let qkd = match (qkd, response.confirmation) {
             (Some(qkd), Some(tag)) => {
-                if !confirm::verify(
-                    &tag,
-                    &qkd.key,
-                    &self.rt.config.sae_id,
-                    &peer_sae,
-                    &qkd.key_ids,
-                ) {
+                if !confirm::verify(&tag, &qkd.key, &rt.config.sae_id, peer_sae, &qkd.key_ids) {
                     return Err(KeError::KeyMismatch { key_ids: qkd.ids() });
+                }
+                if self.ctx.established {
+                    rt.supply
+                        .accept_announcement(peer, &response.announce, qkd.key_ids.len());
                 }
                 Some(qkd)
             }
@@ -276,7 +383,7 @@ impl QkdKeyExchange {
                     "SAE '{peer_sae}' could not obtain QKD key IDs {} from its KME",
                     qkd.ids()
                 );
-                if self.rt.config.fallback != Fallback::Dh {
+                if rt.config.fallback != Fallback::Dh {
                     return Err(self.no_fallback(KeError::NoFallback(why)));
                 }
                 log::warn!("qkd: {why}; both peers allow fallback = dh");
@@ -298,59 +405,112 @@ impl QkdKeyExchange {
         let rt = self.rt.clone();
         let cfg = &rt.config;
         let request = Request::decode(data)?;
-        let peer = authorize(cfg, &self.ctx, &request.sender)?;
+        let peer_cfg = authorize(cfg, &self.ctx, &request.sender)?;
+        let peer = rt.peer_index(peer_cfg);
         let both_allow_dh =
             cfg.fallback == Fallback::Dh && request.allows_dh_fallback && self.ecdh.is_some();
-        let qkd = if request.key_ids.is_empty() {
-            let why = format!(
-                "SAE '{}' offered no QKD key (its KME failed)",
+        let obtained = match &request.keys {
+            Keys::None(reason) => Err(KeError::PeerHasNoKey(format!(
+                "SAE '{}' started the exchange without QKD key ({reason})",
                 request.sender
-            );
-            if !both_allow_dh {
-                return Err(self.no_fallback(KeError::NoFallback(why)));
-            }
-            log::warn!("qkd: {why}; both peers allow fallback = dh");
-            None
-        } else {
-            let source = rt.source_for(peer);
-            match wait_for_keys(cfg.wait_timeout, || {
-                source.dec_keys(&request.sender, &request.key_ids)
-            }) {
-                Ok(keys) => {
-                    let qkd = QkdMaterial::from_keys(keys);
-                    if qkd.key.len() * 8 < cfg.key_size as usize {
-                        return Err(KeError::Peer(format!(
-                            "SAE '{}' used {} bits of QKD key, less than key_size = {} here",
-                            request.sender,
-                            qkd.key.len() * 8,
-                            cfg.key_size
-                        )));
-                    }
-                    qkd.log_obtained("slave", &request.sender, peer, source.url());
-                    Some(qkd)
+            ))),
+            Keys::Ids(ids) => self.slave_keys(peer, &request.sender, ids),
+        };
+        let qkd = match obtained {
+            Ok(qkd) => {
+                if self.ctx.established {
+                    rt.supply
+                        .accept_announcement(peer, &request.announce, qkd.key_ids.len());
                 }
-                Err(error) => {
-                    let error = KeError::Kme {
-                        peer: request.sender.clone(),
-                        error,
-                    };
-                    if !both_allow_dh {
-                        return Err(self.no_fallback(error));
-                    }
-                    log::warn!("qkd: {error}; both peers allow fallback = dh");
-                    None
-                }
+                Some(qkd)
             }
+            Err(error) if both_allow_dh => {
+                log::warn!("qkd: {error}; both peers allow fallback = dh");
+                None
+            }
+            Err(KeError::PeerHasNoKey(why)) => {
+                let n = Counters::bump(&rt.counters.no_key_refused);
+                return Err(KeError::PeerHasNoKey(format!(
+                    "{why}; {}: refusing it in-band (#{n}), strongSwan keeps the current SA and \
+                     the peer retries",
+                    self.fallback_rule()
+                )));
+            }
+            Err(error) => return Err(self.no_fallback(error)),
         };
         let ecdh_secret = self.peer_share(request.ecdh)?;
         let response = Response {
             confirmation: qkd
                 .as_ref()
                 .map(|q| confirm::tag(&q.key, &request.sender, &cfg.sae_id, &q.key_ids)),
+            announce: if self.ctx.established {
+                rt.supply.announcement(peer)
+            } else {
+                Vec::new()
+            },
             ecdh: self.own_share()?,
         };
-        self.own_data = Some(response.encode()?);
+        self.own_data = Some(response.encode().map_err(KeError::Encode)?);
         self.finish(qkd, ecdh_secret)
+    }
+
+    /// Slave side: the keys the peer named, from the inbound cache or on demand. More IDs
+    /// than `key_size` takes at our KME are refused before any KME request.
+    fn slave_keys(
+        &self,
+        peer: usize,
+        master: &SaeId,
+        ids: &[KeyId],
+    ) -> Result<QkdMaterial, KeError> {
+        let rt = &self.rt;
+        let cfg = &rt.config;
+        let peer_cfg = &cfg.peers[peer];
+        let source = rt.source(peer);
+        let deadline = self.deadline(peer);
+        if let Some(keys) = rt.supply.take_inbound(peer, ids, deadline) {
+            let qkd = QkdMaterial::from_keys(keys);
+            qkd.log_obtained("slave", master, peer_cfg, "from the inbound cache");
+            return self.check_size(master, qkd);
+        }
+        let _permit = self.permit(master)?;
+        let kme_error = |error| KeError::Kme {
+            peer: master.clone(),
+            error,
+        };
+        let needed = source
+            .keys_per_set(master, cfg.key_size, deadline)
+            .map_err(kme_error)?;
+        if ids.len() > needed {
+            return Err(KeError::Peer(format!(
+                "SAE '{master}' named {} key IDs, but key_size = {} takes {needed} at KME {}; \
+                 not fetching them (check key_size on both peers)",
+                ids.len(),
+                cfg.key_size,
+                source.url()
+            )));
+        }
+        let keys = wait_for_keys(cfg.wait_timeout, || source.dec_keys(master, ids, deadline))
+            .map_err(kme_error)?;
+        let qkd = QkdMaterial::from_keys(keys);
+        qkd.log_obtained(
+            "slave",
+            master,
+            peer_cfg,
+            &format!("from KME {}", source.url()),
+        );
+        self.check_size(master, qkd)
+    }
+
+    fn check_size(&self, master: &SaeId, qkd: QkdMaterial) -> Result<QkdMaterial, KeError> {
+        let key_size = self.rt.config.key_size as usize;
+        if qkd.key.len() * 8 != key_size {
+            return Err(KeError::Peer(format!(
+                "SAE '{master}' used {} bits of QKD key, but key_size = {key_size} here; \
+                 configure the same key_size on both peers",
+                qkd.key.len() * 8
+            )));
+        }
+        Ok(qkd)
     }
 
     fn finish(
@@ -364,7 +524,9 @@ impl QkdKeyExchange {
             ));
         }
         let counters = &self.rt.counters;
-        let mut secret = Zeroizing::new(Vec::new());
+        let len = qkd.as_ref().map_or(0, |q| q.key.len()) + ecdh.as_ref().map_or(0, |e| e.len());
+        // Exact capacity: growing would free unwiped copies of the secret.
+        let mut secret = Zeroizing::new(Vec::with_capacity(len));
         match &qkd {
             Some(q) => {
                 secret.extend_from_slice(&q.key);
@@ -390,13 +552,19 @@ impl QkdKeyExchange {
         Ok(())
     }
 
-    fn no_fallback(&self, error: KeError) -> KeError {
-        let how = match (self.rt.config.fallback, self.ecdh.is_some()) {
+    fn fallback_rule(&self) -> &'static str {
+        match (self.rt.config.fallback, self.ecdh.is_some()) {
             (Fallback::None, _) => "fallback = none: QKD is mandatory",
             (Fallback::Dh, false) => "fallback = dh needs an ECDH share but dh_group = none",
             (Fallback::Dh, true) => "the peer does not allow fallback = dh",
-        };
-        KeError::NoFallback(format!("{error}; {how}, failing the key exchange"))
+        }
+    }
+
+    fn no_fallback(&self, error: KeError) -> KeError {
+        KeError::NoFallback(format!(
+            "{error}; {}, failing the key exchange",
+            self.fallback_rule()
+        ))
     }
 
     fn own_share(&mut self) -> Result<Option<EcdhShare>, KeError> {
@@ -485,23 +653,39 @@ fn authorize<'a>(
         })
 }
 
-/// AQUA's WAIT_QKD: retry transient KME failures (no key yet, KME briefly down) until
-/// `wait_timeout` has passed.
-fn wait_for_keys(
+/// AQUA's WAIT_QKD: retry transient KME failures (no key yet, KME briefly down) for
+/// `wait_timeout` (one attempt when it is 0).
+fn wait_for_keys<T>(
     wait_timeout: Duration,
-    fetch: impl Fn() -> Result<Vec<QkdKey>, KmeError>,
-) -> Result<Vec<QkdKey>, KmeError> {
-    let deadline = Instant::now() + wait_timeout;
+    fetch: impl Fn() -> Result<T, KmeError>,
+) -> Result<T, KmeError> {
+    let retry_until = Instant::now() + wait_timeout;
     let mut pause = Duration::from_millis(50);
     loop {
         match fetch() {
-            Err(e) if e.is_transient() && Instant::now() + pause < deadline => {
+            Err(e) if e.is_transient() && Instant::now() + pause < retry_until => {
                 log::debug!("qkd: {e}; retrying in {pause:?} (wait_timeout)");
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
             other => return other,
         }
+    }
+}
+
+/// The reason an initiator without key gives its peer.
+fn no_key_reason(error: &KeError) -> NoKeyReason {
+    match error {
+        KeError::Kme {
+            error: KmeError::NoKeyAvailable { .. },
+            ..
+        } => NoKeyReason::KmeEmpty,
+        KeError::Kme {
+            error: KmeError::Unreachable { .. },
+            ..
+        } => NoKeyReason::KmeUnreachable,
+        KeError::Kme { .. } => NoKeyReason::KmeRefused,
+        _ => NoKeyReason::Local,
     }
 }
 

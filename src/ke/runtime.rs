@@ -1,18 +1,19 @@
 //! What every key exchange of one plugin configuration shares: the settings, one KME client
-//! per distinct KME (so TLS connections are reused across exchanges), the per-peer key
-//! buffers (`prefetch`), and counters.
+//! per distinct KME (so TLS connections are reused across exchanges), the key supply
+//! (buffers and their one refill thread), the cap on on-demand KME requests, and counters.
 
-use crate::config::KmeSettings;
-use crate::config::{Config, PeerConfig};
-use crate::kme::{KeySource, KmeError, PrefetchPool};
+use crate::config::{Config, KmeSettings, PeerConfig};
+use crate::kme::{KeySource, KmeError};
+use crate::supply::{RequestLimiter, Supply, SupplyPeer};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub struct Runtime {
     pub config: Config,
-    /// Indexed like `config.peers`; peers sharing a KME share one client (each behind its
-    /// own key buffer when `prefetch` is set).
+    /// Indexed like `config.peers`; peers sharing a KME share one client.
     sources: Vec<Arc<dyn KeySource>>,
+    pub supply: Supply,
+    pub limiter: RequestLimiter,
     pub counters: Counters,
 }
 
@@ -20,6 +21,10 @@ pub struct Runtime {
 pub struct Counters {
     pub qkd_secrets: AtomicU64,
     pub dh_fallbacks: AtomicU64,
+    /// Exchanges this gateway started without a QKD key ("no key" request sent).
+    pub no_key_sent: AtomicU64,
+    /// Exchanges refused in-band because the peer had no QKD key.
+    pub no_key_refused: AtomicU64,
     pub failures: AtomicU64,
 }
 
@@ -30,6 +35,8 @@ impl Counters {
 }
 
 impl Runtime {
+    /// Builds the KME clients (`connect`, once per distinct KME) and the key supply. Starts
+    /// no thread: the supply starts with the first exchange.
     pub fn new(
         config: Config,
         connect: impl Fn(&KmeSettings) -> Result<Arc<dyn KeySource>, KmeError>,
@@ -46,30 +53,37 @@ impl Runtime {
                     source
                 }
             };
-            sources.push(match config.prefetch {
-                0 => source,
-                n => Arc::new(PrefetchPool::new(
-                    source,
-                    peer.sae_id.clone(),
-                    config.key_size,
-                    n,
-                )),
-            });
+            sources.push(source);
         }
+        let supply_peers = config
+            .peers
+            .iter()
+            .zip(&sources)
+            .map(|(peer, source)| SupplyPeer {
+                sae_id: peer.sae_id.clone(),
+                source: source.clone(),
+                kme_timeout: config.kme_for(peer).timeout,
+            })
+            .collect();
         Ok(Runtime {
+            supply: Supply::new(supply_peers, config.buffer, config.key_size, config.key_ttl),
+            limiter: RequestLimiter::new(config.max_kme_requests),
             config,
             sources,
             counters: Counters::default(),
         })
     }
 
-    pub fn source_for(&self, peer: &PeerConfig) -> &Arc<dyn KeySource> {
-        let index = self
-            .config
+    /// Index of `peer` (a reference into `self.config.peers`) for the sources and buffers.
+    pub fn peer_index(&self, peer: &PeerConfig) -> usize {
+        self.config
             .peers
             .iter()
             .position(|p| std::ptr::eq(p, peer))
-            .expect("peer belongs to this runtime's config");
-        &self.sources[index]
+            .expect("peer belongs to this runtime's config")
+    }
+
+    pub fn source(&self, peer: usize) -> &Arc<dyn KeySource> {
+        &self.sources[peer]
     }
 }

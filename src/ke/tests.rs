@@ -5,10 +5,12 @@ use crate::config::tests::MapSettings;
 use crate::config::Config;
 use crate::config::KmeSettings;
 use crate::kme::KeySource;
+use crate::wire::{Keys, NoKeyReason, Request, Response};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 /// Both ends of one QKD link: what KME-A hands the master, KME-B hands the slave.
 #[derive(Default)]
@@ -18,6 +20,7 @@ struct FakeLink {
     /// Number of upcoming enc_keys calls answered with 503.
     enc_503s: AtomicU32,
     dec_down: Mutex<bool>,
+    dec_calls: AtomicU32,
     corrupt_dec: Mutex<bool>,
 }
 
@@ -26,8 +29,8 @@ struct FakeKme {
     me: &'static str,
 }
 
-impl KeySource for FakeKme {
-    fn enc_keys(&self, slave: &SaeId, size_bits: u32) -> Result<Vec<QkdKey>, KmeError> {
+impl FakeKme {
+    fn enc_one(&self, slave: &SaeId, size_bits: u32) -> Result<Vec<QkdKey>, KmeError> {
         if self.link.enc_503s.load(Ordering::SeqCst) > 0 {
             self.link.enc_503s.fetch_sub(1, Ordering::SeqCst);
             return Err(KmeError::NoKeyAvailable {
@@ -50,18 +53,37 @@ impl KeySource for FakeKme {
             material: Zeroizing::new(material),
         }])
     }
+}
 
-    fn dec_keys(&self, _master: &SaeId, ids: &[KeyId]) -> Result<Vec<QkdKey>, KmeError> {
+impl KeySource for FakeKme {
+    fn enc_keys(
+        &self,
+        slave: &SaeId,
+        size_bits: u32,
+        sets: usize,
+        _deadline: Instant,
+    ) -> Result<Vec<Vec<QkdKey>>, KmeError> {
+        (0..sets).map(|_| self.enc_one(slave, size_bits)).collect()
+    }
+
+    fn dec_keys(
+        &self,
+        _master: &SaeId,
+        ids: &[KeyId],
+        _deadline: Instant,
+    ) -> Result<Vec<QkdKey>, KmeError> {
+        self.link.dec_calls.fetch_add(1, Ordering::SeqCst);
         if *self.link.dec_down.lock().unwrap() {
             return Err(KmeError::Unreachable {
                 url: self.url().into(),
                 reason: "connection refused".into(),
             });
         }
-        let store = self.link.store.lock().unwrap();
+        // One-shot, as the spec wants: a key handed to the slave is gone from the link.
+        let mut store = self.link.store.lock().unwrap();
         ids.iter()
             .map(|id| {
-                let (slave, material) = store.get(id).ok_or_else(|| KmeError::Rejected {
+                let (slave, material) = store.remove(id).ok_or_else(|| KmeError::Rejected {
                     url: self.url().into(),
                     status: 400,
                     message: "one or more keys specified are not found on KME".into(),
@@ -83,6 +105,10 @@ impl KeySource for FakeKme {
                 })
             })
             .collect()
+    }
+
+    fn keys_per_set(&self, _: &SaeId, _: u32, _: Instant) -> Result<usize, KmeError> {
+        Ok(1)
     }
 
     fn url(&self) -> &str {
@@ -152,6 +178,8 @@ impl Gateway {
             ("kme.cert", "cert"),
             ("kme.key", "key"),
             (&peer_key, peer),
+            // Supply tests opt in; elsewhere keys are fetched in the exchange.
+            ("buffer", "0"),
         ]);
         for (k, v) in extra {
             settings.0.insert(k.to_string(), v.to_string());
@@ -168,19 +196,42 @@ impl Gateway {
         Gateway { rt: Arc::new(rt) }
     }
 
-    /// An exchange for the connection named after the peer's SAE ID.
-    fn exchange(&self, peer: &str, seed: u8) -> QkdKeyExchange {
-        let group = if self.rt.config.dh_group.is_some() {
-            31
-        } else {
-            0
-        };
-        let ecdh = if group == 0 { None } else { ecdh(seed, group) };
-        let ctx = ExchangeContext {
-            connection: Some(peer.into()),
-            remote: None,
-        };
-        QkdKeyExchange::new(self.rt.clone(), ctx, ecdh)
+    fn ecdh(&self, seed: u8) -> Option<Box<dyn Ecdh>> {
+        self.rt.config.dh_group.and_then(|_| ecdh(seed, 31))
+    }
+
+    fn exchange_with(&self, ctx: ExchangeContext, seed: u8) -> QkdKeyExchange {
+        QkdKeyExchange::new(self.rt.clone(), ctx, self.ecdh(seed))
+    }
+
+    /// The initiator's side of an initial exchange (IKE_SA_INIT or IKE_INTERMEDIATE): it
+    /// knows its connection, named after the peer's SAE ID here.
+    fn initiator(&self, peer: &str, seed: u8) -> QkdKeyExchange {
+        self.exchange_with(
+            ExchangeContext {
+                connection: Some(peer.into()),
+                ..Default::default()
+            },
+            seed,
+        )
+    }
+
+    /// The responder's side of an initial exchange: charon has no connection for the
+    /// unauthenticated peer yet, only its address.
+    fn responder(&self, seed: u8) -> QkdKeyExchange {
+        self.exchange_with(ExchangeContext::default(), seed)
+    }
+
+    /// Either side of a rekey inside an established (authenticated) IKE SA.
+    fn rekey(&self, peer: &str, seed: u8) -> QkdKeyExchange {
+        self.exchange_with(
+            ExchangeContext {
+                connection: Some(peer.into()),
+                remote: None,
+                established: true,
+            },
+            seed,
+        )
     }
 }
 
@@ -200,21 +251,27 @@ fn pair(extra_a: &[(&str, &str)], extra_b: &[(&str, &str)]) -> (Arc<FakeLink>, G
     (link, a, b)
 }
 
+fn only_key(link: &FakeLink) -> Vec<u8> {
+    let store = link.store.lock().unwrap();
+    assert_eq!(store.len(), 1, "one key handed out and not fetched");
+    store.values().next().unwrap().1.clone()
+}
+
+fn counter(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
 #[test]
 fn hybrid_secret_is_qkd_key_then_ecdh() {
     let (link, a, b) = pair(&[], &[]);
-    let (mut i, mut r) = (a.exchange("sae-b", 1), b.exchange("sae-a", 2));
-    let (si, sr) = run(&mut i, &mut r).unwrap();
+    let mut i = a.initiator("sae-b", 1);
+    let request = i.get_public_key().unwrap();
+    let key = only_key(&link);
+    let mut r = b.responder(2);
+    r.set_public_key(&request).unwrap();
+    i.set_public_key(&r.get_public_key().unwrap()).unwrap();
+    let (si, sr) = (i.shared_secret().unwrap(), r.shared_secret().unwrap());
     assert_eq!(si, sr);
-    let key = link
-        .store
-        .lock()
-        .unwrap()
-        .values()
-        .next()
-        .unwrap()
-        .1
-        .clone();
     assert_eq!(key.len(), 32);
     assert_eq!(
         &si[..32],
@@ -222,10 +279,10 @@ fn hybrid_secret_is_qkd_key_then_ecdh() {
         "secret starts with the KME's key bytes"
     );
     assert_eq!(si.len(), 32 + 32);
-    assert_eq!(a.rt.counters.qkd_secrets.load(Ordering::Relaxed), 1);
+    assert_eq!(counter(&a.rt.counters.qkd_secrets), 1);
     // Idempotent getters, as charon may call them again (COOKIE retry, listeners).
-    assert_eq!(i.get_public_key().unwrap(), i.get_public_key().unwrap());
-    assert_eq!(i.shared_secret().unwrap().to_vec(), si);
+    assert_eq!(i.get_public_key().unwrap(), request);
+    assert_eq!(i.shared_secret().unwrap(), si);
     assert_eq!(i.method(), config::DEFAULT_METHOD_ID);
 }
 
@@ -234,33 +291,38 @@ use crate::config;
 #[test]
 fn roles_follow_the_exchange_initiator() {
     let (link, a, b) = pair(&[], &[]);
-    // gw-b starts a rekey: it is the ETSI master for this key.
-    let (mut i, mut r) = (b.exchange("sae-a", 3), a.exchange("sae-b", 4));
-    let (si, sr) = run(&mut i, &mut r).unwrap();
-    assert_eq!(si, sr);
+    // gw-b starts a rekey: it is the ETSI master for this key, gw-a the slave.
+    let mut i = b.rekey("sae-a", 3);
+    let request = i.get_public_key().unwrap();
     assert_eq!(
         link.store.lock().unwrap().values().next().unwrap().0,
-        "sae-a",
-        "slave is gw-a"
+        "sae-a"
     );
+    let mut r = a.rekey("sae-b", 4);
+    r.set_public_key(&request).unwrap();
+    i.set_public_key(&r.get_public_key().unwrap()).unwrap();
+    assert_eq!(i.shared_secret().unwrap(), r.shared_secret().unwrap());
 }
 
 #[test]
 fn qkd_only_secret_is_exactly_the_key() {
-    let (link, a, b) = pair(
-        &[("dh_group", "none"), ("key_size", "512")],
-        &[("dh_group", "none"), ("key_size", "512")],
-    );
-    let (si, sr) = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-a", 2)).unwrap();
-    assert_eq!(si, sr);
-    assert_eq!(si, link.store.lock().unwrap().values().next().unwrap().1);
+    let only = [("dh_group", "none"), ("key_size", "512")];
+    let (link, a, b) = pair(&only, &only);
+    let mut i = a.initiator("sae-b", 1);
+    let request = i.get_public_key().unwrap();
+    let key = only_key(&link);
+    let mut r = b.responder(2);
+    r.set_public_key(&request).unwrap();
+    i.set_public_key(&r.get_public_key().unwrap()).unwrap();
+    assert_eq!(&i.shared_secret().unwrap()[..], &key[..]);
+    assert_eq!(i.shared_secret().unwrap(), r.shared_secret().unwrap());
 }
 
 #[test]
 fn key_mismatch_is_reported_as_such() {
     let (link, a, b) = pair(&[], &[]);
     *link.corrupt_dec.lock().unwrap() = true;
-    let err = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-a", 2)).unwrap_err();
+    let err = run(&mut a.initiator("sae-b", 1), &mut b.responder(2)).unwrap_err();
     assert!(matches!(err, KeError::KeyMismatch { .. }), "{err}");
     assert!(err
         .to_string()
@@ -268,15 +330,114 @@ fn key_mismatch_is_reported_as_such() {
 }
 
 #[test]
-fn kme_outage_without_fallback_fails_with_reason() {
+fn slave_kme_outage_without_fallback_fails_with_reason() {
     let (link, a, b) = pair(&[], &[]);
     *link.dec_down.lock().unwrap() = true;
-    let err = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-a", 2))
+    let err = run(&mut a.initiator("sae-b", 1), &mut b.responder(2))
         .unwrap_err()
         .to_string();
     assert!(err.contains("KME https://kme.test unreachable"), "{err}");
     assert!(err.contains("fallback = none: QKD is mandatory"), "{err}");
-    assert_eq!(b.rt.counters.failures.load(Ordering::Relaxed), 1);
+    assert_eq!(counter(&b.rt.counters.failures), 1);
+}
+
+/// The heart of "fail where strongSwan retries": an initiator without QKD key still sends
+/// well-formed KE data, saying why; the responder refuses it in-band; charon's later
+/// queries of the failed exchange are quiet; the retry after recovery gets a fresh key.
+#[test]
+fn no_key_at_the_initiator_is_refused_in_band_and_the_retry_succeeds() {
+    let (link, a, b) = pair(&[], &[]);
+    link.enc_503s.store(1, Ordering::SeqCst);
+    let mut i = a.rekey("sae-b", 1);
+    let request = i
+        .get_public_key()
+        .expect("a dry KME never fails get_public_key");
+    let decoded = Request::decode(&request).unwrap();
+    assert_eq!(decoded.keys, Keys::None(NoKeyReason::KmeEmpty));
+    assert!(
+        decoded.ecdh.is_some(),
+        "well-formed: the ECDH share is there"
+    );
+    assert_eq!(counter(&a.rt.counters.no_key_sent), 1);
+
+    let mut r = b.rekey("sae-a", 2);
+    let err = r.set_public_key(&request).unwrap_err();
+    assert!(matches!(err, KeError::PeerHasNoKey(_)), "{err}");
+    assert_eq!(
+        err.level(),
+        log::Level::Warn,
+        "a dry link is normal operation"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "SAE 'sae-a' started the exchange without QKD key (its KME has no key available)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("strongSwan keeps the current SA"), "{text}");
+    assert_eq!(counter(&b.rt.counters.no_key_refused), 1);
+    assert_eq!(counter(&b.rt.counters.failures), 0, "not a failure of ours");
+    // charon may still ask the refused exchange for its data: quiet, not an error.
+    for e in [
+        r.get_public_key().unwrap_err(),
+        r.shared_secret().unwrap_err(),
+    ] {
+        assert_eq!(e.level(), log::Level::Debug, "{e}");
+    }
+    assert_eq!(i.shared_secret().unwrap_err().level(), log::Level::Error);
+
+    // strongSwan's retry: new objects, the KME has keys again.
+    let (si, sr) = run(&mut a.rekey("sae-b", 3), &mut b.rekey("sae-a", 4)).unwrap();
+    assert_eq!(si, sr);
+    assert_eq!(counter(&a.rt.counters.qkd_secrets), 1);
+}
+
+#[test]
+fn no_key_reasons_say_what_failed() {
+    let (link, a, _b) = pair(&[("max_kme_requests", "1")], &[]);
+    link.enc_503s.store(1, Ordering::SeqCst);
+    let request = Request::decode(&a.initiator("sae-b", 1).get_public_key().unwrap()).unwrap();
+    assert_eq!(request.keys, Keys::None(NoKeyReason::KmeEmpty));
+    let _busy = a.rt.limiter.try_acquire().unwrap();
+    let request = Request::decode(&a.initiator("sae-b", 1).get_public_key().unwrap()).unwrap();
+    assert_eq!(request.keys, Keys::None(NoKeyReason::Local));
+    let url = || "https://kme.test".to_string();
+    for (error, reason) in [
+        (
+            KmeError::Unreachable {
+                url: url(),
+                reason: "timeout".into(),
+            },
+            NoKeyReason::KmeUnreachable,
+        ),
+        (
+            KmeError::Rejected {
+                url: url(),
+                status: 401,
+                message: "no".into(),
+            },
+            NoKeyReason::KmeRefused,
+        ),
+    ] {
+        let peer = SaeId::new("sae-b").unwrap();
+        assert_eq!(no_key_reason(&KeError::Kme { peer, error }), reason);
+    }
+}
+
+#[test]
+fn a_full_request_cap_fails_fast_with_a_clear_line() {
+    let (_link, a, b) = pair(&[("max_kme_requests", "1")], &[("max_kme_requests", "1")]);
+    let held = b.rt.limiter.try_acquire().unwrap();
+    let err = run(&mut a.initiator("sae-b", 1), &mut b.responder(2))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("1 KME requests already in flight (charon.plugins.qkd.max_kme_requests = 1)"),
+        "{err}"
+    );
+    drop(held);
+    assert!(run(&mut a.initiator("sae-b", 3), &mut b.responder(4)).is_ok());
 }
 
 #[test]
@@ -285,30 +446,36 @@ fn dh_fallback_needs_both_sides() {
     // Responder's KME down, both allow dh: ECDH-only secret, counted.
     let (link, a, b) = pair(dh, dh);
     *link.dec_down.lock().unwrap() = true;
-    let (si, sr) = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-a", 2)).unwrap();
+    let (si, sr) = run(&mut a.initiator("sae-b", 1), &mut b.responder(2)).unwrap();
     assert_eq!((si.len(), &si), (32, &sr));
-    assert_eq!(a.rt.counters.dh_fallbacks.load(Ordering::Relaxed), 1);
-    assert_eq!(b.rt.counters.dh_fallbacks.load(Ordering::Relaxed), 1);
+    assert_eq!(counter(&a.rt.counters.dh_fallbacks), 1);
+    assert_eq!(counter(&b.rt.counters.dh_fallbacks), 1);
 
     // Initiator's KME has no key, both allow dh.
     let (link, a, b) = pair(dh, dh);
     link.enc_503s.store(1, Ordering::SeqCst);
-    let (si, sr) = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-a", 2)).unwrap();
+    let (si, sr) = run(&mut a.initiator("sae-b", 1), &mut b.responder(2)).unwrap();
     assert_eq!((si.len(), &si), (32, &sr));
 
-    // Only one side allows dh: failure on the side that does not.
-    for (ea, eb, failing_responder) in [(dh, &[][..], true), (&[][..], dh, false)] {
+    // Only one side allows dh: refused by the responder either way, in-band.
+    for (ea, eb, why) in [
+        (dh, &[][..], "fallback = none: QKD is mandatory"),
+        (&[][..], dh, "the peer does not allow fallback = dh"),
+    ] {
         let (link, a, b) = pair(ea, eb);
         link.enc_503s.store(1, Ordering::SeqCst);
-        let err = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-a", 2))
+        let mut i = a.initiator("sae-b", 1);
+        let request = i.get_public_key().unwrap();
+        let err = b
+            .responder(2)
+            .set_public_key(&request)
             .unwrap_err()
             .to_string();
-        if failing_responder {
-            assert!(err.contains("offered no QKD key"), "{err}");
-        } else {
-            assert!(err.contains("has no key available"), "{err}");
-        }
-        assert!(err.contains("fallback = none"), "{err}");
+        assert!(
+            err.contains("started the exchange without QKD key"),
+            "{err}"
+        );
+        assert!(err.contains(why), "{err}");
     }
 }
 
@@ -316,7 +483,7 @@ fn dh_fallback_needs_both_sides() {
 fn wait_timeout_outlasts_a_dry_kme() {
     let (link, a, b) = pair(&[("wait_timeout", "5s")], &[]);
     link.enc_503s.store(3, Ordering::SeqCst);
-    let (si, sr) = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-a", 2)).unwrap();
+    let (si, sr) = run(&mut a.initiator("sae-b", 1), &mut b.responder(2)).unwrap();
     assert_eq!(si, sr);
     assert_eq!(link.enc_503s.load(Ordering::SeqCst), 0);
 }
@@ -326,16 +493,21 @@ fn responder_refuses_unknown_or_misbound_sae_ids() {
     let link = Arc::new(FakeLink::default());
     let a = Gateway::new(&link, "sae-a", "sae-b", &[]);
     let b = Gateway::new(&link, "sae-b", "sae-x", &[]);
-    let err = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-x", 2))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("connection 'sae-x' expects 'sae-x'"), "{err}");
-    let mut r = b.exchange("sae-x", 2);
-    r.ctx.connection = None;
-    let err = run(&mut a.exchange("sae-b", 1), &mut r)
+    // Before authentication only the configured SAE IDs count.
+    let err = run(&mut a.initiator("sae-b", 1), &mut b.responder(2))
         .unwrap_err()
         .to_string();
     assert!(err.contains("'sae-a', which is not configured"), "{err}");
+    assert_eq!(
+        link.dec_calls.load(Ordering::SeqCst),
+        0,
+        "no KME request for it"
+    );
+    // In a rekey the connection is known and binds the SAE ID.
+    let err = run(&mut a.rekey("sae-b", 1), &mut b.rekey("sae-x", 2))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("connection 'sae-x' expects 'sae-x'"), "{err}");
 
     let b = Gateway::new(
         &link,
@@ -343,33 +515,73 @@ fn responder_refuses_unknown_or_misbound_sae_ids() {
         "sae-a",
         &[("peers.sae-a.remote", "192.0.2.10")],
     );
-    let mut r = b.exchange("sae-a", 2);
-    r.ctx = ExchangeContext {
-        connection: None,
-        remote: Some("192.0.2.99".parse().unwrap()),
+    let at = |addr: &str| ExchangeContext {
+        remote: Some(addr.parse().unwrap()),
+        ..Default::default()
     };
-    let err = run(&mut a.exchange("sae-b", 1), &mut r)
+    let err = run(
+        &mut a.initiator("sae-b", 1),
+        &mut b.exchange_with(at("192.0.2.99"), 2),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("bound to another address"), "{err}");
+    assert!(run(
+        &mut a.initiator("sae-b", 1),
+        &mut b.exchange_with(at("192.0.2.10"), 2)
+    )
+    .is_ok());
+}
+
+/// A peer may name no more key IDs than key_size takes at our KME: refused before any
+/// KME request, so an unauthenticated peer cannot make us fetch (and burn) keys.
+#[test]
+fn more_key_ids_than_key_size_needs_are_refused_before_the_kme() {
+    let (link, _a, b) = pair(&[], &[]);
+    let request = Request {
+        sender: SaeId::new("sae-a").unwrap(),
+        allows_dh_fallback: false,
+        keys: Keys::Ids(vec![KeyId([1; 16]), KeyId([2; 16])]),
+        announce: vec![],
+        ecdh: Some(crate::wire::EcdhShare {
+            group: 31,
+            value: vec![7; 32],
+        }),
+    };
+    let err = b
+        .responder(2)
+        .set_public_key(&request.encode().unwrap())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("bound to another address"), "{err}");
-    let mut r = b.exchange("sae-a", 2);
-    r.ctx = ExchangeContext {
-        connection: None,
-        remote: Some("192.0.2.10".parse().unwrap()),
-    };
-    assert!(run(&mut a.exchange("sae-b", 1), &mut r).is_ok());
+    assert!(
+        err.contains("named 2 key IDs, but key_size = 256 takes 1"),
+        "{err}"
+    );
+    assert_eq!(link.dec_calls.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn different_key_sizes_are_refused_as_a_configuration_mismatch() {
+    let (_link, a, b) = pair(&[("key_size", "512")], &[]);
+    let err = run(&mut a.initiator("sae-b", 1), &mut b.responder(2))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("used 512 bits of QKD key, but key_size = 256 here"),
+        "{err}"
+    );
 }
 
 #[test]
 fn initiator_finds_peer_by_name_or_remote() {
     let (_link, a, _b) = pair(&[("peers.sae-b.remote", "192.0.2.20")], &[]);
-    let mut i = a.exchange("other-conn", 1);
+    let mut i = a.initiator("other-conn", 1);
     let err = i.get_public_key().unwrap_err().to_string();
     assert!(
         err.contains("add charon.plugins.qkd.peers.other-conn.sae_id"),
         "{err}"
     );
-    let mut i = a.exchange("other-conn", 1);
+    let mut i = a.initiator("other-conn", 1);
     i.ctx.remote = Some("192.0.2.20".parse().unwrap());
     assert!(i.get_public_key().is_ok());
 }
@@ -377,14 +589,14 @@ fn initiator_finds_peer_by_name_or_remote() {
 #[test]
 fn mismatched_hybrid_groups_are_refused() {
     let (_link, a, b) = pair(&[], &[("dh_group", "none")]);
-    let err = run(&mut a.exchange("sae-b", 1), &mut b.exchange("sae-a", 2))
+    let err = run(&mut a.initiator("sae-b", 1), &mut b.responder(2))
         .unwrap_err()
         .to_string();
     assert!(err.contains("dh_group = none here"), "{err}");
     let (_link, a, b) = pair(&[], &[]);
-    let mut r = b.exchange("sae-a", 2);
+    let mut r = b.responder(2);
     r.ecdh = ecdh(2, 19);
-    let err = run(&mut a.exchange("sae-b", 1), &mut r)
+    let err = run(&mut a.initiator("sae-b", 1), &mut r)
         .unwrap_err()
         .to_string();
     assert!(
@@ -396,40 +608,17 @@ fn mismatched_hybrid_groups_are_refused() {
 #[test]
 fn call_order_violations_fail_cleanly() {
     let (_link, a, b) = pair(&[], &[]);
-    let mut i = a.exchange("sae-b", 1);
+    let mut i = a.initiator("sae-b", 1);
     assert!(matches!(i.shared_secret(), Err(KeError::State(_))));
-    let mut r = b.exchange("sae-a", 2);
+    let mut r = b.responder(2);
     let request = i.get_public_key().unwrap();
     r.set_public_key(&request).unwrap();
     assert!(matches!(r.set_public_key(&request), Err(KeError::State(_))));
     // A request fed back to its initiator is not a response.
     assert!(matches!(i.set_public_key(&request), Err(KeError::Wire(_))));
-    // Garbage from the peer never panics.
-    let mut r = b.exchange("sae-a", 2);
-    assert!(r.set_public_key(&[1, 1, 0xff]).is_err());
-}
-
-#[test]
-fn prefetched_keys_serve_the_initiator_while_the_kme_is_dry() {
-    let (link, a, b) = pair(&[("prefetch", "2")], &[]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while link.store.lock().unwrap().len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "buffer did not fill");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    link.enc_503s.store(1_000_000, Ordering::SeqCst);
-    for seed in 0..2 {
-        let (si, sr) = run(
-            &mut a.exchange("sae-b", seed),
-            &mut b.exchange("sae-a", seed + 10),
-        )
-        .unwrap();
-        assert_eq!(si, sr);
-    }
-    let err = run(&mut a.exchange("sae-b", 5), &mut b.exchange("sae-a", 6))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("has no key available"), "{err}");
+    // Garbage from the peer is refused with the codec's reason.
+    let err = b.responder(2).set_public_key(&[2, 1, 0xff]).unwrap_err();
+    assert!(matches!(err, KeError::Wire(_)), "{err}");
 }
 
 #[test]
@@ -437,14 +626,15 @@ fn never_an_empty_secret() {
     // An initiator without ECDH that allows dh gets a response claiming neither QKD key nor
     // ECDH share (a broken or hostile peer): refused, not an empty secret.
     let (_link, a, _b) = pair(&[("dh_group", "none"), ("fallback", "dh")], &[]);
-    let mut i = a.exchange("sae-b", 1);
-    let request = crate::wire::Request::decode(&i.get_public_key().unwrap()).unwrap();
+    let mut i = a.initiator("sae-b", 1);
+    let request = Request::decode(&i.get_public_key().unwrap()).unwrap();
     assert!(
         !request.allows_dh_fallback,
         "no ECDH half: nothing to fall back to"
     );
-    let empty = crate::wire::Response {
+    let empty = Response {
         confirmation: None,
+        announce: vec![],
         ecdh: None,
     }
     .encode()
@@ -452,4 +642,96 @@ fn never_an_empty_secret() {
     let err = i.set_public_key(&empty).unwrap_err().to_string();
     assert!(err.contains("refusing an empty shared secret"), "{err}");
     assert!(i.shared_secret().is_err());
+}
+
+// ---- key supply through exchanges -------------------------------------------------------
+
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not reached in 5 s");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// With buffers, both directions are served from keys fetched ahead: after one rekey each
+/// way (which carries the announcements), both KMEs can be down and rekeys still get
+/// fresh, confirmed QKD keys.
+#[test]
+fn announced_keys_carry_rekeys_while_both_kmes_are_down() {
+    let buf = [("buffer", "2")];
+    let (link, a, b) = pair(&buf, &buf);
+    // Exchanges start the supply; the first ones announce what each side queued.
+    wait_for("outbound queues", || {
+        run(&mut a.rekey("sae-b", 1), &mut b.rekey("sae-a", 2)).unwrap();
+        run(&mut b.rekey("sae-a", 3), &mut a.rekey("sae-b", 4)).unwrap();
+        a.rt.supply.levels(0).inbound_keys == 2 && b.rt.supply.levels(0).inbound_keys == 2
+    });
+    link.enc_503s.store(u32::MAX, Ordering::SeqCst);
+    *link.dec_down.lock().unwrap() = true;
+    let calls = link.dec_calls.load(Ordering::SeqCst);
+    for seed in 0..2 {
+        let (si, sr) = run(
+            &mut a.rekey("sae-b", seed),
+            &mut b.rekey("sae-a", seed + 10),
+        )
+        .unwrap();
+        assert_eq!(si, sr);
+        let (si, sr) = run(
+            &mut b.rekey("sae-a", seed),
+            &mut a.rekey("sae-b", seed + 10),
+        )
+        .unwrap();
+        assert_eq!(si, sr);
+    }
+    assert_eq!(
+        link.dec_calls.load(Ordering::SeqCst),
+        calls,
+        "no exchange asked a KME"
+    );
+    // Buffers empty now: the next one starts without key and is refused in-band.
+    let mut i = a.rekey("sae-b", 9);
+    let request = Request::decode(&i.get_public_key().unwrap()).unwrap();
+    assert_eq!(request.keys, Keys::None(NoKeyReason::KmeEmpty));
+    for gw in [&a, &b] {
+        let used = counter(&gw.rt.supply.counters().used);
+        assert!(used >= 4, "used {used}");
+    }
+}
+
+/// Announcements come only inside established IKE SAs: an initial (unauthenticated)
+/// exchange neither sends nor honours one.
+#[test]
+fn initial_exchanges_carry_no_announcements() {
+    let buf = [("buffer", "2")];
+    let (_link, a, b) = pair(&buf, &buf);
+    a.rt.supply.start();
+    wait_for("a's queue", || a.rt.supply.levels(0).outbound_sets == 2);
+    let mut i = a.initiator("sae-b", 1);
+    let request = Request::decode(&i.get_public_key().unwrap()).unwrap();
+    assert!(request.announce.is_empty());
+    // Even a request that carries one is not acted on before authentication.
+    let mut forged = request.clone();
+    forged.announce = vec![KeyId([0xee; 16])];
+    let mut r = b.responder(2);
+    r.set_public_key(&forged.encode().unwrap()).unwrap();
+    assert_eq!(b.rt.supply.levels(0).pending_keys, 0);
+    assert_eq!(b.rt.supply.levels(0).inbound_keys, 0);
+}
+
+/// An announcement is a hint: a stale one (keys the master never uses, e.g. after its
+/// restart) costs nothing but the cached keys, which expire; exchanges stay correct.
+#[test]
+fn stale_announcements_never_break_an_exchange() {
+    let buf = [("buffer", "2")];
+    let (_link, a, b) = pair(&buf, &buf);
+    wait_for("announcement cached", || {
+        run(&mut a.rekey("sae-b", 1), &mut b.rekey("sae-a", 2)).unwrap();
+        b.rt.supply.levels(0).inbound_keys > 0
+    });
+    // gw-a restarts: its queue (announced to b) is gone, new keys are used instead.
+    let link2 = _link.clone();
+    let a2 = Gateway::new(&link2, "sae-a", "sae-b", &buf);
+    let (si, sr) = run(&mut a2.rekey("sae-b", 5), &mut b.rekey("sae-a", 6)).unwrap();
+    assert_eq!(si, sr);
 }

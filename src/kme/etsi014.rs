@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Read};
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use zeroize::{Zeroize, Zeroizing};
 
 /// Bound on any KME response body. 128 keys of 1024 bits are about 30 KiB of JSON; a KME
@@ -364,7 +364,43 @@ impl Etsi014Client {
 }
 
 impl KeySource for Etsi014Client {
-    fn enc_keys(&self, slave: &SaeId, size_bits: u32) -> Result<Vec<QkdKey>, KmeError> {
+    fn enc_keys(
+        &self,
+        slave: &SaeId,
+        size_bits: u32,
+        sets: usize,
+        _deadline: Instant,
+    ) -> Result<Vec<Vec<QkdKey>>, KmeError> {
+        (0..sets.max(1))
+            .map(|_| self.enc_set(slave, size_bits))
+            .collect()
+    }
+
+    fn dec_keys(
+        &self,
+        master: &SaeId,
+        ids: &[KeyId],
+        _deadline: Instant,
+    ) -> Result<Vec<QkdKey>, KmeError> {
+        self.dec_set(master, ids)
+    }
+
+    fn keys_per_set(
+        &self,
+        peer: &SaeId,
+        size_bits: u32,
+        _deadline: Instant,
+    ) -> Result<usize, KmeError> {
+        Ok(plan(&self.cached_status(peer)?, size_bits, &self.url)?.key_count())
+    }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Etsi014Client {
+    fn enc_set(&self, slave: &SaeId, size_bits: u32) -> Result<Vec<QkdKey>, KmeError> {
         let plan = plan(&self.cached_status(slave)?, size_bits, &self.url)?;
         let mut keys = Vec::with_capacity(plan.key_count());
         for &number in &plan.requests {
@@ -389,7 +425,7 @@ impl KeySource for Etsi014Client {
         Ok(keys)
     }
 
-    fn dec_keys(&self, master: &SaeId, ids: &[KeyId]) -> Result<Vec<QkdKey>, KmeError> {
+    fn dec_set(&self, master: &SaeId, ids: &[KeyId]) -> Result<Vec<QkdKey>, KmeError> {
         #[derive(Serialize)]
         struct IdEntry {
             #[serde(rename = "key_ID")]
@@ -436,10 +472,6 @@ impl KeySource for Etsi014Client {
         }
         check_same_length(&keys, &url)?;
         Ok(keys)
-    }
-
-    fn url(&self) -> &str {
-        &self.url
     }
 }
 

@@ -4,15 +4,14 @@
 //! client ([`Etsi014Client`]) is the production implementation, tests use fakes.
 
 mod etsi014;
-mod pool;
 
 pub use etsi014::{Etsi014Client, KmeTlsConfig, Status};
-pub use pool::PrefetchPool;
 
 use crate::config::KmeSettings;
 use crate::ids::{KeyId, SaeId};
 
 use std::fmt;
+use std::time::Instant;
 use zeroize::Zeroizing;
 
 /// One key as delivered by a KME. The material is wiped when dropped.
@@ -79,14 +78,34 @@ impl fmt::Display for KmeError {
 impl std::error::Error for KmeError {}
 
 /// What the key exchange needs from a KME. Implementations must be usable from any of
-/// charon's worker threads.
+/// charon's worker threads and return by the caller's deadline.
 pub trait KeySource: Send + Sync {
-    /// Master side: obtains keys for `slave` totalling exactly `size_bits` bits (split over
-    /// as many keys as the KME's `status` requires), in order.
-    fn enc_keys(&self, slave: &SaeId, size_bits: u32) -> Result<Vec<QkdKey>, KmeError>;
+    /// Master side: up to `sets` key sets for `slave`, each exactly `size_bits` bits (as
+    /// many keys per set as the KME's status requires); at least one set or an error.
+    fn enc_keys(
+        &self,
+        slave: &SaeId,
+        size_bits: u32,
+        sets: usize,
+        deadline: Instant,
+    ) -> Result<Vec<Vec<QkdKey>>, KmeError>;
 
-    /// Slave side: fetches the keys `master` obtained under `ids`, in the same order.
-    fn dec_keys(&self, master: &SaeId, ids: &[KeyId]) -> Result<Vec<QkdKey>, KmeError>;
+    /// Slave side: the keys `master` obtained under `ids`, in the same order.
+    fn dec_keys(
+        &self,
+        master: &SaeId,
+        ids: &[KeyId],
+        deadline: Instant,
+    ) -> Result<Vec<QkdKey>, KmeError>;
+
+    /// Key IDs one set of `size_bits` takes at this KME for `peer`, so a request with more
+    /// IDs is refused before any dec_keys.
+    fn keys_per_set(
+        &self,
+        peer: &SaeId,
+        size_bits: u32,
+        deadline: Instant,
+    ) -> Result<usize, KmeError>;
 
     /// Human-readable location for log lines (the KME base URL).
     fn url(&self) -> &str;

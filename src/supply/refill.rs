@@ -1,0 +1,194 @@
+//! The one refill thread: tops up every peer's outbound queue (enc_keys in batches) and
+//! fetches announced keys into the inbound caches (dec_keys in batches), expires old keys,
+//! and backs off per peer while its KME fails. KME calls run without the lock held.
+
+use super::{Buffers, Cached, KeySet, Shared};
+use crate::ids::KeyId;
+use crate::kme::KmeError;
+use crate::wire::MAX_KEY_IDS;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest sleep with nothing to do: expiry is checked at least this often.
+const IDLE: Duration = Duration::from_secs(1);
+
+enum Job {
+    Outbound { peer: usize, sets: usize },
+    Inbound { peer: usize, ids: Vec<KeyId> },
+}
+
+pub(super) fn run(shared: Arc<Shared>) {
+    let mut next_peer = 0;
+    loop {
+        let Some(job) = next_job(&shared, &mut next_peer) else {
+            return;
+        };
+        match job {
+            Job::Outbound { peer, sets } => fill_outbound(&shared, peer, sets),
+            Job::Inbound { peer, ids } => fill_inbound(&shared, peer, ids),
+        }
+    }
+}
+
+/// Waits for work; None once the supply is dropped. Peers are served round-robin so one
+/// slow KME cannot starve the others' turns.
+fn next_job(shared: &Shared, next_peer: &mut usize) -> Option<Job> {
+    let mut state = shared.lock();
+    loop {
+        if state.stopped {
+            return None;
+        }
+        let now = Instant::now();
+        let count = state.buffers.len();
+        let mut soonest = now + IDLE;
+        for offset in 0..count {
+            let peer = (*next_peer + offset) % count;
+            let buffers = &mut state.buffers[peer];
+            expire(shared, peer, buffers, now);
+            if let Some(at) = buffers.retry_at.filter(|at| *at > now) {
+                soonest = soonest.min(at);
+                continue;
+            }
+            let job = if buffers.outbound.len() < shared.target {
+                Some(Job::Outbound {
+                    peer,
+                    sets: shared.target - buffers.outbound.len(),
+                })
+            } else if !buffers.pending.is_empty() {
+                let n = buffers.pending.len().min(MAX_KEY_IDS);
+                let ids: Vec<KeyId> = buffers.pending.drain(..n).collect();
+                buffers.in_flight.extend(ids.iter().copied());
+                Some(Job::Inbound { peer, ids })
+            } else {
+                None
+            };
+            if job.is_some() {
+                *next_peer = (peer + 1) % count;
+                return job;
+            }
+        }
+        let wait = soonest.saturating_duration_since(now);
+        state = shared
+            .wake
+            .wait_timeout(state, wait)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+fn expire(shared: &Shared, peer: usize, buffers: &mut Buffers, now: Instant) {
+    let ttl = shared.ttl;
+    let mut expired_keys = 0;
+    buffers.outbound.retain(|set| {
+        let keep = now.duration_since(set.obtained) < ttl;
+        if !keep {
+            expired_keys += set.keys.len();
+        }
+        keep
+    });
+    let cached = buffers.inbound.len();
+    buffers
+        .inbound
+        .retain(|_, c| now.duration_since(c.obtained) < ttl);
+    expired_keys += cached - buffers.inbound.len();
+    if expired_keys > 0 {
+        shared.waste("expired", &shared.peers[peer], expired_keys);
+    }
+}
+
+fn fill_outbound(shared: &Shared, peer: usize, sets: usize) {
+    let p = &shared.peers[peer];
+    let deadline = Instant::now() + p.kme_timeout;
+    let result = p
+        .source
+        .enc_keys(&p.sae_id, shared.key_size, sets, deadline);
+    let mut state = shared.lock();
+    let buffers = &mut state.buffers[peer];
+    match result {
+        Ok(new_sets) => {
+            let now = Instant::now();
+            let keys: usize = new_sets.iter().map(|s| s.len()).sum();
+            shared.count(&shared.counters.buffered, keys);
+            buffers
+                .outbound
+                .extend(new_sets.into_iter().map(|keys| KeySet {
+                    keys,
+                    obtained: now,
+                }));
+            recovered(buffers);
+            log::debug!(
+                "qkd: {keys} key(s) from KME {} for SAE '{}' queued ({}/{} sets ready)",
+                p.source.url(),
+                p.sae_id,
+                buffers.outbound.len(),
+                shared.target
+            );
+        }
+        Err(e) => failed(shared, peer, buffers, "refilling the outbound queue", &e),
+    }
+    shared.wake.notify_all();
+}
+
+fn fill_inbound(shared: &Shared, peer: usize, ids: Vec<KeyId>) {
+    let p = &shared.peers[peer];
+    let deadline = Instant::now() + p.kme_timeout;
+    let result = p.source.dec_keys(&p.sae_id, &ids, deadline);
+    let mut state = shared.lock();
+    let buffers = &mut state.buffers[peer];
+    for id in &ids {
+        buffers.in_flight.remove(id);
+    }
+    match result {
+        Ok(keys) => {
+            let now = Instant::now();
+            shared.count(&shared.counters.buffered, keys.len());
+            for key in keys {
+                buffers
+                    .inbound
+                    .insert(key.id, Cached { key, obtained: now });
+            }
+            recovered(buffers);
+        }
+        Err(e) if e.is_transient() => {
+            // Try these again later: the announcement stays valid while the peer has them.
+            for id in ids.iter().rev() {
+                buffers.pending.push_front(*id);
+            }
+            failed(shared, peer, buffers, "fetching announced keys", &e);
+        }
+        Err(e) => {
+            shared.count(&shared.counters.announce_failures, ids.len());
+            log::info!(
+                "qkd: KME {} did not deliver key IDs {} that SAE '{}' announced ({e}); \
+                 they will be fetched if the peer uses them",
+                p.source.url(),
+                crate::ids::format_ids(&ids),
+                p.sae_id
+            );
+        }
+    }
+    shared.wake.notify_all();
+}
+
+fn recovered(buffers: &mut Buffers) {
+    buffers.retry_at = None;
+    buffers.backoff = Duration::ZERO;
+}
+
+fn failed(shared: &Shared, peer: usize, buffers: &mut Buffers, what: &str, e: &KmeError) {
+    let first = buffers.backoff.is_zero();
+    buffers.backoff = (buffers.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+    buffers.retry_at = Some(Instant::now() + buffers.backoff);
+    let message = format!(
+        "qkd: {what} for SAE '{}': {e}; retrying in {:?}",
+        shared.peers[peer].sae_id, buffers.backoff
+    );
+    // The first failure of a run is worth an operator's attention, the retries are not.
+    if first {
+        log::info!("{message}");
+    } else {
+        log::debug!("{message}");
+    }
+}

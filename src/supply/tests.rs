@@ -1,0 +1,218 @@
+//! Supply tests against a fake KME that numbers its keys and can be made to fail.
+
+use super::*;
+use crate::kme::KmeError;
+use std::sync::atomic::AtomicU32;
+use std::thread;
+use zeroize::Zeroizing;
+
+#[derive(Default)]
+struct NumberingKme {
+    issued: AtomicU32,
+    enc_calls: AtomicU32,
+    dec_calls: AtomicU32,
+    down: AtomicBool,
+}
+
+impl NumberingKme {
+    fn key(n: u8) -> QkdKey {
+        QkdKey {
+            id: KeyId([n; 16]),
+            material: Zeroizing::new(vec![n; 32]),
+        }
+    }
+
+    fn fail_if_down(&self) -> Result<(), KmeError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(KmeError::NoKeyAvailable {
+                url: "https://kme.test".into(),
+                message: "empty".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl KeySource for NumberingKme {
+    fn enc_keys(
+        &self,
+        _: &SaeId,
+        _: u32,
+        sets: usize,
+        _: Instant,
+    ) -> Result<Vec<Vec<QkdKey>>, KmeError> {
+        self.enc_calls.fetch_add(1, Ordering::SeqCst);
+        self.fail_if_down()?;
+        Ok((0..sets)
+            .map(|_| vec![Self::key(self.issued.fetch_add(1, Ordering::SeqCst) as u8)])
+            .collect())
+    }
+
+    fn dec_keys(&self, _: &SaeId, ids: &[KeyId], _: Instant) -> Result<Vec<QkdKey>, KmeError> {
+        self.dec_calls.fetch_add(1, Ordering::SeqCst);
+        self.fail_if_down()?;
+        Ok(ids.iter().map(|id| Self::key(id.0[0])).collect())
+    }
+
+    fn keys_per_set(&self, _: &SaeId, _: u32, _: Instant) -> Result<usize, KmeError> {
+        Ok(1)
+    }
+
+    fn url(&self) -> &str {
+        "https://kme.test"
+    }
+}
+
+fn supply(kme: &Arc<NumberingKme>, target: usize, ttl: Duration) -> Supply {
+    let peers = vec![SupplyPeer {
+        sae_id: SaeId::new("sae-b").unwrap(),
+        source: kme.clone(),
+        kme_timeout: Duration::from_secs(1),
+    }];
+    Supply::new(peers, target, 256, ttl)
+}
+
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not reached in 5 s");
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn task_count() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+#[test]
+fn nothing_runs_before_start_then_the_queue_fills_in_one_batch() {
+    let kme = Arc::new(NumberingKme::default());
+    let s = supply(&kme, 3, Duration::from_secs(60));
+    thread::sleep(Duration::from_millis(20));
+    assert_eq!(
+        kme.enc_calls.load(Ordering::SeqCst),
+        0,
+        "no KME request before start"
+    );
+    s.start();
+    s.start();
+    wait_for("queue full", || s.levels(0).outbound_sets == 3);
+    assert_eq!(
+        kme.enc_calls.load(Ordering::SeqCst),
+        1,
+        "one enc_keys for three sets"
+    );
+    assert_eq!(
+        s.announcement(0),
+        [KeyId([0; 16]), KeyId([1; 16]), KeyId([2; 16])]
+    );
+    let first = s.take_outbound(0).unwrap();
+    assert_eq!(first.ids().collect::<Vec<_>>(), [KeyId([0; 16])]);
+    wait_for("refilled", || s.levels(0).outbound_sets == 3);
+    assert_eq!(
+        s.announcement(0)[0],
+        KeyId([1; 16]),
+        "FIFO: announced = used next"
+    );
+}
+
+#[test]
+fn one_thread_for_all_peers_and_it_ends_with_the_supply() {
+    let kme = Arc::new(NumberingKme::default());
+    let before = task_count();
+    let peers = (0..200)
+        .map(|n| SupplyPeer {
+            sae_id: SaeId::new(&format!("sae-{n}")).unwrap(),
+            source: kme.clone(),
+            kme_timeout: Duration::from_secs(1),
+        })
+        .collect();
+    let s = Supply::new(peers, 1, 256, Duration::from_secs(60));
+    s.start();
+    wait_for("every peer served", || {
+        (0..200).all(|p| s.levels(p).outbound_sets == 1)
+    });
+    assert!(
+        task_count() <= before + 1,
+        "{} threads for 200 peers",
+        task_count() - before
+    );
+    drop(s);
+    wait_for("thread gone", || Arc::strong_count(&kme) == 1);
+}
+
+#[test]
+fn announced_keys_are_fetched_ahead_bounded_and_once() {
+    let kme = Arc::new(NumberingKme::default());
+    let s = supply(&kme, 2, Duration::from_secs(60));
+    s.start();
+    let ids: Vec<KeyId> = (10..15).map(|n| KeyId([n; 16])).collect();
+    s.accept_announcement(0, &ids, 1);
+    s.accept_announcement(0, &ids, 1);
+    wait_for("cached", || s.levels(0).inbound_keys == 2);
+    assert_eq!(
+        s.levels(0).pending_keys,
+        0,
+        "room for 2 sets of 1 key: the rest ignored"
+    );
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let keys = s.take_inbound(0, &ids[..1], deadline).unwrap();
+    assert_eq!(&keys[0].material[..], &[10; 32]);
+    assert!(
+        s.take_inbound(0, &ids[..1], deadline).is_none(),
+        "used once"
+    );
+    assert_eq!(s.counters().used.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn pending_keys_are_withdrawn_for_an_exchange_that_fetches_them_itself() {
+    let kme = Arc::new(NumberingKme::default());
+    // Not started: announcements stay pending.
+    let s = supply(&kme, 2, Duration::from_secs(60));
+    let id = [KeyId([7; 16])];
+    s.accept_announcement(0, &id, 1);
+    assert_eq!(s.levels(0).pending_keys, 1);
+    assert!(s.take_inbound(0, &id, Instant::now()).is_none());
+    assert_eq!(
+        s.levels(0).pending_keys,
+        0,
+        "no double fetch by the refill thread later"
+    );
+}
+
+#[test]
+fn expired_keys_are_wiped_and_counted_as_wasted() {
+    let kme = Arc::new(NumberingKme::default());
+    let s = supply(&kme, 1, Duration::from_millis(50));
+    s.start();
+    wait_for("queued", || s.levels(0).outbound_sets == 1);
+    s.accept_announcement(0, &[KeyId([9; 16])], 1);
+    wait_for("cached", || s.levels(0).inbound_keys == 1);
+    thread::sleep(Duration::from_millis(60));
+    assert!(
+        s.take_outbound(0)
+            .map_or(true, |set| set.ids().all(|id| id != KeyId([0; 16]))),
+        "an expired set is never handed out"
+    );
+    wait_for("expired and counted", || {
+        s.counters().wasted.load(Ordering::SeqCst) >= 2
+    });
+}
+
+#[test]
+fn a_failing_kme_is_retried_with_backoff_and_the_buffer_recovers() {
+    let kme = Arc::new(NumberingKme::default());
+    kme.down.store(true, Ordering::SeqCst);
+    let s = supply(&kme, 2, Duration::from_secs(60));
+    s.start();
+    thread::sleep(Duration::from_millis(500));
+    let attempts = kme.enc_calls.load(Ordering::SeqCst);
+    assert!(
+        (1..=3).contains(&attempts),
+        "{attempts} attempts in 0.5 s: backoff"
+    );
+    assert!(s.take_outbound(0).is_none());
+    kme.down.store(false, Ordering::SeqCst);
+    wait_for("recovered", || s.levels(0).outbound_sets == 2);
+}
