@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::deviations::{is_integer_sae_id, DeviationSettings, Deviations};
+
 /// Why a configuration was refused. Each message names the setting at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -45,10 +47,12 @@ fn describe(flag: &str) -> String {
         "max-key-size",
         "journal",
     ];
+    const DEVIATION_SETTINGS: [&str; 1] = ["integer-sae-ids"];
     let toml = match (flag.strip_prefix("kme-a-"), flag.strip_prefix("kme-b-")) {
         (Some(key), _) => format!("[kme_a] {key}"),
         (_, Some(key)) => format!("[kme_b] {key}"),
         _ if LINK_SETTINGS.contains(&flag) => format!("[link] {flag}"),
+        _ if DEVIATION_SETTINGS.contains(&flag) => format!("[deviations] {flag}"),
         _ => flag.to_owned(),
     };
     format!("--{flag} (`{}` in a config file)", toml.replace('-', "_"))
@@ -82,6 +86,10 @@ pub struct SimOptions {
     /// Remember every delivered key so the admin `journal` command can show it. This defeats
     /// the point of a key store and exists for tests and demos only.
     pub journal: bool,
+    /// Deviations from the spec that both KMEs show at start (the admin `profile` command
+    /// changes them at runtime).
+    #[serde(skip)]
+    pub deviations: Deviations,
 }
 
 impl Default for SimOptions {
@@ -94,6 +102,7 @@ impl Default for SimOptions {
             min_key_size: 64,
             max_key_size: 1024,
             journal: false,
+            deviations: Deviations::default(),
         }
     }
 }
@@ -182,6 +191,8 @@ struct ServeFile {
     kme_b: KmeFile,
     #[serde(default)]
     link: LinkFile,
+    #[serde(default)]
+    deviations: DeviationSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -269,6 +280,8 @@ pub struct ServeArgs {
     /// Remember delivered keys for `admin journal` (tests and demos only)
     #[arg(long)]
     pub journal: bool,
+    #[command(flatten)]
+    pub deviations: DeviationSettings,
 }
 
 impl ServeConfig {
@@ -322,6 +335,7 @@ impl ServeConfig {
                 .or(file.link.max_key_size)
                 .unwrap_or(defaults.max_key_size),
             journal: args.journal || file.link.journal.unwrap_or(defaults.journal),
+            deviations: args.deviations.clone().or(file.deviations).resolve(),
         };
         link.validate()?;
 
@@ -420,6 +434,13 @@ impl ServeConfig {
                 // An SAE belongs to exactly one KME, otherwise "the other KME" is ambiguous.
                 if !seen.insert(sae.as_str()) {
                     return Err(invalid(setting, format!("SAE ID {sae:?} is listed twice")));
+                }
+                // Such a KME could not even name this SAE in a path.
+                if self.link.deviations.integer_sae_ids && !is_integer_sae_id(sae) {
+                    return Err(invalid(
+                        "integer-sae-ids",
+                        format!("SAE ID {sae:?} of {setting} is not an integer"),
+                    ));
                 }
             }
         }
