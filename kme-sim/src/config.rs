@@ -553,6 +553,10 @@ mod tests {
             describe("max-key-count"),
             "--max-key-count (`[link] max_key_count` in a config file)"
         );
+        assert_eq!(
+            describe("integer-sae-ids"),
+            "--integer-sae-ids (`[deviations] integer_sae_ids` in a config file)"
+        );
     }
 
     #[test]
@@ -566,6 +570,112 @@ mod tests {
         assert_eq!(config.link, SimOptions::default());
         assert_eq!(config.kme_b.listen, "127.0.0.1:8444".parse().unwrap());
         assert!(config.kme_a.key.ends_with("pki/kme-a.key"));
+    }
+
+    #[test]
+    fn deviations_come_from_profile_file_and_flags() {
+        use crate::deviations::{NoKeyAnswer, Profile};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sim.toml");
+        std::fs::write(
+            &path,
+            "[deviations]\nprofile = \"real-kme\"\nno_key_answer = \"400\"\nservice_time_ms = 40\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            deviations: DeviationSettings {
+                integer_sae_ids: Some(false),
+                service_time_ms: Some(10),
+                ..DeviationSettings::default()
+            },
+            ..full_args()
+        };
+        let config = ServeConfig::load(&args).unwrap();
+        assert_eq!(
+            config.link.deviations,
+            Deviations {
+                integer_sae_ids: false,
+                no_key_answer: NoKeyAnswer::TryAgain400,
+                service_time_ms: 10,
+                ..Profile::RealKme.deviations()
+            }
+        );
+    }
+
+    #[test]
+    fn integer_sae_ids_need_integer_sae_ids_configured() {
+        let integer = DeviationSettings {
+            integer_sae_ids: Some(true),
+            ..DeviationSettings::default()
+        };
+        let err = ServeConfig::load(&ServeArgs {
+            deviations: integer.clone(),
+            ..full_args()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    setting: "integer-sae-ids",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let config = ServeConfig::load(&ServeArgs {
+            deviations: integer,
+            kme_a_saes: Some(vec!["1".into()]),
+            kme_b_saes: Some(vec!["2".into(), "3".into()]),
+            ..full_args()
+        })
+        .unwrap();
+        assert!(config.link.deviations.integer_sae_ids);
+    }
+
+    #[test]
+    fn deviation_flags_parse() {
+        use crate::deviations::{DecKeysPolicy, NoKeyAnswer, Profile, SizeHandling};
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            deviations: DeviationSettings,
+        }
+        let flags = Flags::try_parse_from([
+            "serve",
+            "--profile",
+            "real-kme",
+            "--integer-sae-ids",
+            "off",
+            "--html-errors",
+            "--no-key-answer",
+            "404",
+            "--size-handling",
+            "floor-to-bytes",
+            "--dec-keys",
+            "once-then-401",
+            "--stored-key-count-cap",
+            "3",
+            "--service-time-ms",
+            "25",
+        ])
+        .unwrap();
+        assert_eq!(
+            flags.deviations,
+            DeviationSettings {
+                profile: Some(Profile::RealKme),
+                integer_sae_ids: Some(false),
+                html_errors: Some(true),
+                no_key_answer: Some(NoKeyAnswer::NotFound404),
+                size_handling: Some(SizeHandling::FloorToBytes),
+                dec_keys: Some(DecKeysPolicy::OnceThen401),
+                stored_key_count_cap: Some(3),
+                service_time_ms: Some(25),
+                ..DeviationSettings::default()
+            }
+        );
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub enum DecKeysPolicy {
     /// Again and again: the KME never erases a key handed to the slave.
     Repeatable,
     /// Once; later, and for unknown key IDs, 401 instead of 400.
+    #[value(name = "once-then-401")]
+    #[serde(rename = "once-then-401")]
     OnceThen401,
 }
 
