@@ -166,11 +166,10 @@ impl EtsiError {
                     ),
                 }
             }
-            EtsiError::SaeIdNotInteger { sae } => ErrorAnswer::new(
-                StatusCode::BAD_REQUEST,
-                "Bad request",
-                vec![json!({"SAE_ID": sae})],
-            ),
+            // Answered as bare text, so there is nothing to detail.
+            EtsiError::SaeIdNotInteger { .. } => {
+                ErrorAnswer::new(StatusCode::BAD_REQUEST, "Bad request", Vec::new())
+            }
             EtsiError::UnknownSae { sae } => ErrorAnswer::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Internal Server Error",
