@@ -15,6 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::deviations::{parse_switch, Profile};
 use crate::keystore::KeyStoreError;
 use crate::link::Link;
 
@@ -48,7 +49,22 @@ pub enum AdminCommand {
         #[arg(value_parser = parse_switch, action = clap::ArgAction::Set, value_name = "on|off")]
         on: bool,
     },
-    /// Show counters, pool state and active faults (JSON)
+    /// Read ETSI requests and never answer them (on) or answer normally (off)
+    Hang {
+        #[arg(value_parser = parse_switch, action = clap::ArgAction::Set, value_name = "on|off")]
+        on: bool,
+    },
+    /// Send ETSI answer bodies one byte every 0.5 s (on) or at once (off)
+    Drip {
+        #[arg(value_parser = parse_switch, action = clap::ArgAction::Set, value_name = "on|off")]
+        on: bool,
+    },
+    /// Replace the deviations from the spec by those of a profile (spec: none)
+    Profile {
+        #[arg(value_enum, value_name = "PROFILE")]
+        profile: Profile,
+    },
+    /// Show counters, pool state, active faults and deviations (JSON)
     Stats,
     /// Show the delivered keys (JSON list; needs `serve --journal`)
     Journal,
@@ -57,14 +73,6 @@ pub enum AdminCommand {
         #[arg(value_name = "N")]
         count: usize,
     },
-}
-
-fn parse_switch(word: &str) -> Result<bool, String> {
-    match word {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err(format!("expected on or off, not {word:?}")),
-    }
 }
 
 /// Why an admin command failed.
@@ -116,6 +124,18 @@ pub fn execute(link: &Link, command: &AdminCommand) -> Result<Value, AdminError>
         AdminCommand::Drop { on } => {
             faults.set_drop_connections(*on);
             json!({"drop": on})
+        }
+        AdminCommand::Hang { on } => {
+            faults.set_hang(*on);
+            json!({"hang": on})
+        }
+        AdminCommand::Drip { on } => {
+            faults.set_drip(*on);
+            json!({"drip": on})
+        }
+        AdminCommand::Profile { profile } => {
+            link.set_deviations(profile.deviations());
+            json!({"profile": profile, "deviations": link.deviations()})
         }
         AdminCommand::Stats => serde_json::to_value(link.stats()?)?,
         AdminCommand::Journal => {
@@ -271,6 +291,20 @@ mod tests {
                 AdminCommand::Refill { count: 3 },
                 json!({"command": "refill", "count": 3}),
             ),
+            (
+                AdminCommand::Hang { on: true },
+                json!({"command": "hang", "on": true}),
+            ),
+            (
+                AdminCommand::Drip { on: false },
+                json!({"command": "drip", "on": false}),
+            ),
+            (
+                AdminCommand::Profile {
+                    profile: Profile::RealKme,
+                },
+                json!({"command": "profile", "profile": "real-kme"}),
+            ),
         ];
         for (command, expected) in cases {
             assert_eq!(serde_json::to_value(&command).unwrap(), expected);
@@ -279,12 +313,5 @@ mod tests {
                 command
             );
         }
-    }
-
-    #[test]
-    fn switch_words() {
-        assert_eq!(parse_switch("on"), Ok(true));
-        assert_eq!(parse_switch("off"), Ok(false));
-        assert!(parse_switch("yes").is_err());
     }
 }

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::deviations::{is_integer_sae_id, DeviationSettings, Deviations};
+
 /// Why a configuration was refused. Each message names the setting at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -45,10 +47,12 @@ fn describe(flag: &str) -> String {
         "max-key-size",
         "journal",
     ];
+    const DEVIATION_SETTINGS: [&str; 1] = ["integer-sae-ids"];
     let toml = match (flag.strip_prefix("kme-a-"), flag.strip_prefix("kme-b-")) {
         (Some(key), _) => format!("[kme_a] {key}"),
         (_, Some(key)) => format!("[kme_b] {key}"),
         _ if LINK_SETTINGS.contains(&flag) => format!("[link] {flag}"),
+        _ if DEVIATION_SETTINGS.contains(&flag) => format!("[deviations] {flag}"),
         _ => flag.to_owned(),
     };
     format!("--{flag} (`{}` in a config file)", toml.replace('-', "_"))
@@ -82,6 +86,10 @@ pub struct SimOptions {
     /// Remember every delivered key so the admin `journal` command can show it. This defeats
     /// the point of a key store and exists for tests and demos only.
     pub journal: bool,
+    /// Deviations from the spec that both KMEs show at start (the admin `profile` command
+    /// changes them at runtime).
+    #[serde(skip)]
+    pub deviations: Deviations,
 }
 
 impl Default for SimOptions {
@@ -94,6 +102,7 @@ impl Default for SimOptions {
             min_key_size: 64,
             max_key_size: 1024,
             journal: false,
+            deviations: Deviations::default(),
         }
     }
 }
@@ -182,6 +191,8 @@ struct ServeFile {
     kme_b: KmeFile,
     #[serde(default)]
     link: LinkFile,
+    #[serde(default)]
+    deviations: DeviationSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -269,6 +280,8 @@ pub struct ServeArgs {
     /// Remember delivered keys for `admin journal` (tests and demos only)
     #[arg(long)]
     pub journal: bool,
+    #[command(flatten)]
+    pub deviations: DeviationSettings,
 }
 
 impl ServeConfig {
@@ -322,6 +335,7 @@ impl ServeConfig {
                 .or(file.link.max_key_size)
                 .unwrap_or(defaults.max_key_size),
             journal: args.journal || file.link.journal.unwrap_or(defaults.journal),
+            deviations: args.deviations.clone().or(file.deviations).resolve(),
         };
         link.validate()?;
 
@@ -420,6 +434,13 @@ impl ServeConfig {
                 // An SAE belongs to exactly one KME, otherwise "the other KME" is ambiguous.
                 if !seen.insert(sae.as_str()) {
                     return Err(invalid(setting, format!("SAE ID {sae:?} is listed twice")));
+                }
+                // Such a KME could not even name this SAE in a path.
+                if self.link.deviations.integer_sae_ids && !is_integer_sae_id(sae) {
+                    return Err(invalid(
+                        "integer-sae-ids",
+                        format!("SAE ID {sae:?} of {setting} is not an integer"),
+                    ));
                 }
             }
         }
@@ -532,6 +553,10 @@ mod tests {
             describe("max-key-count"),
             "--max-key-count (`[link] max_key_count` in a config file)"
         );
+        assert_eq!(
+            describe("integer-sae-ids"),
+            "--integer-sae-ids (`[deviations] integer_sae_ids` in a config file)"
+        );
     }
 
     #[test]
@@ -545,6 +570,112 @@ mod tests {
         assert_eq!(config.link, SimOptions::default());
         assert_eq!(config.kme_b.listen, "127.0.0.1:8444".parse().unwrap());
         assert!(config.kme_a.key.ends_with("pki/kme-a.key"));
+    }
+
+    #[test]
+    fn deviations_come_from_profile_file_and_flags() {
+        use crate::deviations::{NoKeyAnswer, Profile};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sim.toml");
+        std::fs::write(
+            &path,
+            "[deviations]\nprofile = \"real-kme\"\nno_key_answer = \"400\"\nservice_time_ms = 40\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            deviations: DeviationSettings {
+                integer_sae_ids: Some(false),
+                service_time_ms: Some(10),
+                ..DeviationSettings::default()
+            },
+            ..full_args()
+        };
+        let config = ServeConfig::load(&args).unwrap();
+        assert_eq!(
+            config.link.deviations,
+            Deviations {
+                integer_sae_ids: false,
+                no_key_answer: NoKeyAnswer::TryAgain400,
+                service_time_ms: 10,
+                ..Profile::RealKme.deviations()
+            }
+        );
+    }
+
+    #[test]
+    fn integer_sae_ids_need_integer_sae_ids_configured() {
+        let integer = DeviationSettings {
+            integer_sae_ids: Some(true),
+            ..DeviationSettings::default()
+        };
+        let err = ServeConfig::load(&ServeArgs {
+            deviations: integer.clone(),
+            ..full_args()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    setting: "integer-sae-ids",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let config = ServeConfig::load(&ServeArgs {
+            deviations: integer,
+            kme_a_saes: Some(vec!["1".into()]),
+            kme_b_saes: Some(vec!["2".into(), "3".into()]),
+            ..full_args()
+        })
+        .unwrap();
+        assert!(config.link.deviations.integer_sae_ids);
+    }
+
+    #[test]
+    fn deviation_flags_parse() {
+        use crate::deviations::{DecKeysPolicy, NoKeyAnswer, Profile, SizeHandling};
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            deviations: DeviationSettings,
+        }
+        let flags = Flags::try_parse_from([
+            "serve",
+            "--profile",
+            "real-kme",
+            "--integer-sae-ids",
+            "off",
+            "--html-errors",
+            "--no-key-answer",
+            "404",
+            "--size-handling",
+            "floor-to-bytes",
+            "--dec-keys",
+            "once-then-401",
+            "--stored-key-count-cap",
+            "3",
+            "--service-time-ms",
+            "25",
+        ])
+        .unwrap();
+        assert_eq!(
+            flags.deviations,
+            DeviationSettings {
+                profile: Some(Profile::RealKme),
+                integer_sae_ids: Some(false),
+                html_errors: Some(true),
+                no_key_answer: Some(NoKeyAnswer::NotFound404),
+                size_handling: Some(SizeHandling::FloorToBytes),
+                dec_keys: Some(DecKeysPolicy::OnceThen401),
+                stored_key_count_cap: Some(3),
+                service_time_ms: Some(25),
+                ..DeviationSettings::default()
+            }
+        );
     }
 
     #[test]

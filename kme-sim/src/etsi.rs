@@ -7,15 +7,20 @@
 //! The caller is the SAE named by its client certificate's CN and must be attached to this
 //! KME; the slave of enc_keys must be attached to the peer KME of the link. Errors are
 //! `{"message": ..., "details": [...]}` with 400, 401 or 503, as the spec lays down (404 and
-//! 405 for requests outside the API).
+//! 405 for requests outside the API), unless the link's [`Deviations`] say otherwise.
 
 use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Buf;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -23,11 +28,18 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use crate::config::KmeConfig;
+use crate::deviations::{
+    is_integer_sae_id, DecKeysPolicy, Deviations, ErrorBodyStyle, NoKeyAnswer, SizeHandling,
+};
 use crate::keystore::{random_secret, DeliveredKey, KeyStoreError};
 use crate::link::{Endpoint, Link};
 
 /// Largest request body accepted: room for far more key IDs than any max_key_per_request.
 const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Pace of the drip fault: slow enough that a client's per-read timeout never fires while its
+/// whole request takes minutes.
+pub const DRIP_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A request that the KME answers with an ETSI error.
 #[derive(Debug, thiserror::Error)]
@@ -39,11 +51,29 @@ pub enum EtsiError {
     },
     #[error("unauthorized: {reason}")]
     Unauthorized { reason: String },
+    /// A request that does not parse (FastAPI answers these 422).
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        details: Vec<Value>,
+        /// Where the fault is, as FastAPI's `loc`: `body` or `query`.
+        location: &'static str,
+    },
     #[error("{message}")]
     Unavailable {
         message: String,
         details: Vec<Value>,
     },
+    #[error("not enough keys available on KME: {needed} stored keys needed, {stored} stored")]
+    NoKeyAvailable { needed: usize, stored: usize },
+    #[error("one or more keys specified are not found on KME")]
+    KeysNotFound { missing: Vec<String> },
+    /// The integer-SAE-ID deviation refuses a name in the path.
+    #[error("SAE ID {sae:?} in the path is not an integer")]
+    SaeIdNotInteger { sae: String },
+    /// The integer-SAE-ID deviation fails on a number it does not know.
+    #[error("unknown SAE ID {sae:?} (internal server error)")]
+    UnknownSae { sae: String },
     #[error("no such endpoint")]
     NoSuchEndpoint,
     #[error("method not allowed")]
@@ -60,17 +90,13 @@ fn bad_request(message: impl Into<String>, detail: Value) -> EtsiError {
 impl From<KeyStoreError> for EtsiError {
     fn from(err: KeyStoreError) -> Self {
         match err {
-            KeyStoreError::NotFound { missing } => bad_request(
-                "one or more keys specified are not found on KME",
-                json!({"key_IDs_not_found": missing}),
-            ),
+            KeyStoreError::NotFound { missing } => EtsiError::KeysNotFound { missing },
             KeyStoreError::WrongSlave { .. } => EtsiError::Unauthorized {
                 reason: "the keys were requested for another slave SAE".into(),
             },
-            KeyStoreError::Exhausted { needed, stored } => EtsiError::Unavailable {
-                message: "not enough keys available on KME".into(),
-                details: vec![json!({"keys_needed": needed, "stored_key_count": stored})],
-            },
+            KeyStoreError::Exhausted { needed, stored } => {
+                EtsiError::NoKeyAvailable { needed, stored }
+            }
             KeyStoreError::Random(err) => EtsiError::Unavailable {
                 message: "key generation failed".into(),
                 details: vec![json!({"reason": err.to_string()})],
@@ -79,39 +105,131 @@ impl From<KeyStoreError> for EtsiError {
     }
 }
 
+/// An error as the KME answers it: status, message and details, before they are shaped into a
+/// body.
+struct ErrorAnswer {
+    status: StatusCode,
+    message: String,
+    details: Vec<Value>,
+}
+
+impl ErrorAnswer {
+    fn new(status: StatusCode, message: impl Into<String>, details: Vec<Value>) -> ErrorAnswer {
+        ErrorAnswer {
+            status,
+            message: message.into(),
+            details,
+        }
+    }
+}
+
 impl EtsiError {
-    fn status(&self) -> StatusCode {
+    fn answer(self, deviations: &Deviations) -> ErrorAnswer {
         match self {
-            EtsiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            EtsiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            EtsiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            EtsiError::NoSuchEndpoint => StatusCode::NOT_FOUND,
-            EtsiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            EtsiError::BadRequest { message, details }
+            | EtsiError::Invalid {
+                message, details, ..
+            } => ErrorAnswer::new(StatusCode::BAD_REQUEST, message, details),
+            EtsiError::Unauthorized { reason } => ErrorAnswer::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                vec![json!({"reason": reason})],
+            ),
+            EtsiError::Unavailable { message, details } => {
+                ErrorAnswer::new(StatusCode::SERVICE_UNAVAILABLE, message, details)
+            }
+            EtsiError::NoKeyAvailable { needed, stored } => {
+                let (status, message) = match deviations.no_key_answer {
+                    NoKeyAnswer::Unavailable503 => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not enough keys available on KME",
+                    ),
+                    NoKeyAnswer::NotFound404 => (StatusCode::NOT_FOUND, "Element not found"),
+                    NoKeyAnswer::TryAgain400 => (
+                        StatusCode::BAD_REQUEST,
+                        "Not enough keys available. Try again later.",
+                    ),
+                };
+                let details = vec![json!({"keys_needed": needed, "stored_key_count": stored})];
+                ErrorAnswer::new(status, message, details)
+            }
+            EtsiError::KeysNotFound { missing } => {
+                let details = vec![json!({"key_IDs_not_found": missing})];
+                match deviations.dec_keys {
+                    DecKeysPolicy::OnceThen401 => {
+                        ErrorAnswer::new(StatusCode::UNAUTHORIZED, "unauthorized", details)
+                    }
+                    DecKeysPolicy::Once | DecKeysPolicy::Repeatable => ErrorAnswer::new(
+                        StatusCode::BAD_REQUEST,
+                        "one or more keys specified are not found on KME",
+                        details,
+                    ),
+                }
+            }
+            // Answered as bare text, so there is nothing to detail.
+            EtsiError::SaeIdNotInteger { .. } => {
+                ErrorAnswer::new(StatusCode::BAD_REQUEST, "Bad request", Vec::new())
+            }
+            EtsiError::UnknownSae { sae } => ErrorAnswer::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal Server Error",
+                vec![json!({"SAE_ID": sae})],
+            ),
+            EtsiError::NoSuchEndpoint => ErrorAnswer::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint",
+                vec![json!({"endpoints": "/api/v1/keys/{SAE_ID}/status|enc_keys|dec_keys"})],
+            ),
+            EtsiError::MethodNotAllowed { allow } => ErrorAnswer::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+                vec![json!({"allowed_methods": allow})],
+            ),
         }
     }
 
-    fn into_response(self) -> Response<EtsiBody> {
-        let status = self.status();
+    fn into_response(self, deviations: &Deviations) -> Response<EtsiBody> {
         let allow = match &self {
             EtsiError::MethodNotAllowed { allow } => Some(*allow),
             _ => None,
         };
-        let (message, details) = match self {
-            EtsiError::BadRequest { message, details }
-            | EtsiError::Unavailable { message, details } => (message, details),
-            EtsiError::Unauthorized { reason } => {
-                ("unauthorized".to_owned(), vec![json!({"reason": reason})])
-            }
-            EtsiError::NoSuchEndpoint => (
-                "no such endpoint".to_owned(),
-                vec![json!({"endpoints": "/api/v1/keys/{SAE_ID}/status|enc_keys|dec_keys"})],
-            ),
-            EtsiError::MethodNotAllowed { allow } => (
-                "method not allowed".to_owned(),
-                vec![json!({"allowed_methods": allow})],
-            ),
+        let bare = matches!(self, EtsiError::SaeIdNotInteger { .. });
+        let location = match &self {
+            EtsiError::Invalid { location, .. } => Some(*location),
+            _ => None,
         };
-        let mut response = json_response(status, &ErrorBody { message, details });
+        let answer = self.answer(deviations);
+        let html_page = deviations.html_errors
+            && matches!(
+                answer.status,
+                StatusCode::UNAUTHORIZED | StatusCode::INTERNAL_SERVER_ERROR
+            );
+        let mut response = if bare {
+            text_response(answer.status, "text/plain", answer.message)
+        } else if html_page {
+            text_response(
+                answer.status,
+                "text/html; charset=utf-8",
+                html_error_page(answer.status),
+            )
+        } else {
+            match (deviations.error_body, location) {
+                (ErrorBodyStyle::Spec, _) => json_response(
+                    answer.status,
+                    &ErrorBody {
+                        message: answer.message,
+                        details: answer.details,
+                    },
+                ),
+                (ErrorBodyStyle::Detail, Some(location)) => json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &json!({"detail": [{"loc": [location], "msg": answer.message, "type": "value_error"}]}),
+                ),
+                (ErrorBodyStyle::Detail, None) => {
+                    json_response(answer.status, &json!({"detail": answer.message}))
+                }
+            }
+        };
         if let Some(allow) = allow {
             response
                 .headers_mut()
@@ -119,6 +237,16 @@ impl EtsiError {
         }
         response
     }
+}
+
+/// The generic error page of a web server, as some KMEs answer 401 and 500.
+fn html_error_page(status: StatusCode) -> String {
+    let code = status.as_u16();
+    let reason = status.canonical_reason().unwrap_or("Error");
+    format!(
+        "<!doctype html>\n<html lang=en>\n<title>{code} {reason}</title>\n<h1>{reason}</h1>\n\
+         <p>The server could not complete your request.</p>\n"
+    )
 }
 
 /// A response body buffer that is wiped once hyper has sent it. (Copies that hyper or
@@ -146,8 +274,78 @@ impl Buf for SecretChunk {
     }
 }
 
-/// The body of every ETSI response.
-pub type EtsiBody = Full<SecretChunk>;
+impl SecretChunk {
+    /// Splits off the first byte (the chunk must not be empty).
+    fn take_first_byte(&mut self) -> SecretChunk {
+        let first = SecretChunk {
+            bytes: Zeroizing::new(vec![self.chunk()[0]]),
+            sent: 0,
+        };
+        self.advance(1);
+        first
+    }
+}
+
+/// The body of every ETSI response: sent at once, or one byte per [`DRIP_INTERVAL`] under
+/// the drip fault.
+pub struct EtsiBody {
+    rest: Option<SecretChunk>,
+    drip: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl EtsiBody {
+    fn new(chunk: SecretChunk) -> EtsiBody {
+        EtsiBody {
+            rest: (chunk.remaining() > 0).then_some(chunk),
+            drip: None,
+        }
+    }
+
+    fn dripping(self) -> EtsiBody {
+        EtsiBody {
+            drip: Some(Box::pin(tokio::time::sleep(DRIP_INTERVAL))),
+            ..self
+        }
+    }
+}
+
+impl Body for EtsiBody {
+    type Data = SecretChunk;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<SecretChunk>, Infallible>>> {
+        let this = &mut *self;
+        let Some(drip) = this.drip.as_mut() else {
+            return Poll::Ready(this.rest.take().map(|chunk| Ok(Frame::data(chunk))));
+        };
+        let Some(rest) = this.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        std::task::ready!(drip.as_mut().poll(cx));
+        drip.as_mut()
+            .reset(tokio::time::Instant::now() + DRIP_INTERVAL);
+        let byte = rest.take_first_byte();
+        if rest.remaining() == 0 {
+            this.rest = None;
+        }
+        Poll::Ready(Some(Ok(Frame::data(byte))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(
+            self.rest
+                .as_ref()
+                .map_or(0, |chunk| chunk.remaining() as u64),
+        )
+    }
+}
 
 /// Counts the bytes of a serialization, to size a buffer that never reallocates: a
 /// reallocation would leave an unwiped copy of key material behind.
@@ -170,10 +368,27 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response<EtsiBody
     serde_json::to_writer(&mut counter, body).expect("response serializes");
     let mut bytes = Zeroizing::new(Vec::with_capacity(counter.0));
     serde_json::to_writer(&mut *bytes, body).expect("response serializes");
-    let mut response = Response::new(Full::new(SecretChunk { bytes, sent: 0 }));
+    response(status, "application/json", bytes)
+}
+
+/// A response that carries no key material.
+fn text_response(
+    status: StatusCode,
+    content_type: &'static str,
+    text: String,
+) -> Response<EtsiBody> {
+    response(status, content_type, Zeroizing::new(text.into_bytes()))
+}
+
+fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    bytes: Zeroizing<Vec<u8>>,
+) -> Response<EtsiBody> {
+    let mut response = Response::new(EtsiBody::new(SecretChunk { bytes, sent: 0 }));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     // Key containers must not linger in any cache.
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
@@ -291,11 +506,10 @@ fn query_pairs(request: &Request<Incoming>) -> Vec<(String, String)> {
 }
 
 fn parse_query_number(name: &str, value: &str) -> Result<u64, EtsiError> {
-    value.parse().map_err(|_| {
-        bad_request(
-            format!("{name} must be a non-negative integer"),
-            json!({name: value}),
-        )
+    value.parse().map_err(|_| EtsiError::Invalid {
+        message: format!("{name} must be a non-negative integer"),
+        details: vec![json!({name: value})],
+        location: "query",
     })
 }
 
@@ -312,11 +526,10 @@ async fn read_json<T: serde::de::DeserializeOwned>(
             )
         })?
         .to_bytes();
-    serde_json::from_slice(&body).map_err(|err| {
-        bad_request(
-            "request body is not valid JSON for this request",
-            json!({"reason": err.to_string()}),
-        )
+    serde_json::from_slice(&body).map_err(|err| EtsiError::Invalid {
+        message: "request body is not valid JSON for this request".into(),
+        details: vec![json!({"reason": err.to_string()})],
+        location: "body",
     })
 }
 
@@ -366,23 +579,35 @@ impl Kme {
             tracing::info!(kme = %self.id, sae = caller.unwrap_or("-"), "request dropped (drop fault)");
             return None;
         }
-        let latency = faults.latency();
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
+        if faults.hang() {
+            tracing::info!(kme = %self.id, sae = caller.unwrap_or("-"), "request left unanswered (hang fault)");
+            return std::future::pending().await;
+        }
+        // Read once, so that one request sees one consistent set even if `admin profile`
+        // changes it meanwhile.
+        let deviations = self.link.deviations();
+        let delay = faults.latency() + deviations.service_time();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let response = match self.route(caller, request).await {
+        let mut response = match self.route(caller, request, &deviations).await {
             Ok(response) => {
                 tracing::debug!(kme = %self.id, sae = caller.unwrap_or("-"), %method, %path, status = 200);
                 response
             }
             Err(err) => {
-                tracing::info!(kme = %self.id, sae = caller.unwrap_or("-"), %method, %path, status = err.status().as_u16(), error = %err);
-                err.into_response()
+                let error = err.to_string();
+                let response = err.into_response(&deviations);
+                tracing::info!(kme = %self.id, sae = caller.unwrap_or("-"), %method, %path, status = response.status().as_u16(), %error);
+                response
             }
         };
         self.link.counters.response(response.status().as_u16());
+        if faults.drip() {
+            response = response.map(EtsiBody::dripping);
+        }
         Some(response)
     }
 
@@ -390,6 +615,7 @@ impl Kme {
         &self,
         caller: Option<&str>,
         request: Request<Incoming>,
+        deviations: &Deviations,
     ) -> Result<Response<EtsiBody>, EtsiError> {
         let (endpoint, path_sae) = parse_path(request.uri().path())?;
         self.link.counters.request(endpoint);
@@ -401,8 +627,18 @@ impl Kme {
             });
         }
         let caller = self.authorize(caller)?;
+        if deviations.integer_sae_ids {
+            // The path names an SAE of the peer KME in all three endpoints (the slave of
+            // status and enc_keys, the master of dec_keys).
+            if !is_integer_sae_id(&path_sae) {
+                return Err(EtsiError::SaeIdNotInteger { sae: path_sae });
+            }
+            if !self.peer_saes.contains(&path_sae) {
+                return Err(EtsiError::UnknownSae { sae: path_sae });
+            }
+        }
         match endpoint {
-            Endpoint::Status => self.status(caller, &path_sae),
+            Endpoint::Status => self.status(caller, &path_sae, deviations),
             Endpoint::EncKeys => {
                 let key_request = if request.method() == Method::POST {
                     read_json(request).await?
@@ -419,7 +655,7 @@ impl Kme {
                     }
                     key_request
                 };
-                self.enc_keys(caller, &path_sae, key_request)
+                self.enc_keys(caller, &path_sae, key_request, deviations)
             }
             Endpoint::DecKeys => {
                 let key_ids = if request.method() == Method::POST {
@@ -432,7 +668,7 @@ impl Kme {
                         .map(|(_, value)| value)
                         .collect()
                 };
-                self.dec_keys(caller, &path_sae, key_ids)
+                self.dec_keys(caller, &path_sae, key_ids, deviations)
             }
         }
     }
@@ -460,22 +696,40 @@ impl Kme {
         }
     }
 
-    fn status(&self, master: &str, slave: &str) -> Result<Response<EtsiBody>, EtsiError> {
+    fn status(
+        &self,
+        master: &str,
+        slave: &str,
+        deviations: &Deviations,
+    ) -> Result<Response<EtsiBody>, EtsiError> {
         self.check_slave(slave)?;
         let options = self.link.store.options();
+        let stored_key_count = self.link.store.stored_key_count()?;
         let status = Status {
             source_kme_id: &self.id,
-            target_kme_id: &self.peer_id,
+            target_kme_id: if deviations.same_kme_ids {
+                &self.id
+            } else {
+                &self.peer_id
+            },
             master_sae_id: master,
             slave_sae_id: slave,
             key_size: options.key_size,
-            stored_key_count: self.link.store.stored_key_count()?,
+            stored_key_count: deviations
+                .stored_key_count_cap
+                .map_or(stored_key_count, |cap| stored_key_count.min(cap)),
             max_key_count: options.max_key_count,
             max_key_per_request: options.max_key_per_request,
             max_key_size: options.max_key_size,
             min_key_size: options.min_key_size,
             max_sae_id_count: 0,
         };
+        if !deviations.status_extensions {
+            return Ok(json_response(StatusCode::OK, &status));
+        }
+        let mut status = serde_json::to_value(&status).expect("status serializes");
+        status["status_extension"] = Value::Null;
+        status["vendor_link_state"] = json!("up");
         Ok(json_response(StatusCode::OK, &status))
     }
 
@@ -484,6 +738,7 @@ impl Kme {
         master: &str,
         slave: &str,
         request: KeyRequest,
+        deviations: &Deviations,
     ) -> Result<Response<EtsiBody>, EtsiError> {
         self.check_slave(slave)?;
         let options = self.link.store.options();
@@ -506,13 +761,18 @@ impl Kme {
                 json!({"number": number, "max_key_per_request": options.max_key_per_request}),
             ));
         }
-        let size = request.size.unwrap_or(u64::from(options.key_size));
-        if !size.is_multiple_of(8) {
-            return Err(bad_request(
-                "size shall be a multiple of 8",
-                json!({"size": size}),
-            ));
-        }
+        let asked = request.size.unwrap_or(u64::from(options.key_size));
+        let size = match deviations.size_handling {
+            SizeHandling::Spec if !asked.is_multiple_of(8) => {
+                return Err(bad_request(
+                    "size shall be a multiple of 8",
+                    json!({"size": asked}),
+                ));
+            }
+            SizeHandling::Spec => asked,
+            SizeHandling::Ignored => u64::from(options.key_size),
+            SizeHandling::FloorToBytes => asked / 8 * 8,
+        };
         if size < u64::from(options.min_key_size) || size > u64::from(options.max_key_size) {
             return Err(bad_request(
                 "size is out of range",
@@ -524,6 +784,13 @@ impl Kme {
             .link
             .store
             .reserve(master, slave, number as usize, size as u32)?;
+        if deviations.replace_unfetched {
+            let fresh: Vec<_> = keys.iter().map(|key| key.id).collect();
+            let discarded = self.link.store.discard_unfetched(master, slave, &fresh)?;
+            if discarded > 0 {
+                tracing::info!(kme = %self.id, master, slave, discarded, "keys the slave had not fetched replaced (replace-unfetched deviation)");
+            }
+        }
         Ok(json_response(StatusCode::OK, &key_container(keys)))
     }
 
@@ -532,6 +799,7 @@ impl Kme {
         slave: &str,
         master: &str,
         key_ids: Vec<String>,
+        deviations: &Deviations,
     ) -> Result<Response<EtsiBody>, EtsiError> {
         let max = self.link.store.options().max_key_per_request;
         if key_ids.is_empty() || key_ids.len() > max {
@@ -540,7 +808,13 @@ impl Kme {
                 json!({"key_IDs": key_ids.len(), "max_key_per_request": max}),
             ));
         }
-        let mut keys = self.link.store.retrieve(master, slave, &key_ids)?;
+        let store = &self.link.store;
+        let mut keys = match deviations.dec_keys {
+            DecKeysPolicy::Repeatable => store.retrieve_repeatable(master, slave, &key_ids)?,
+            DecKeysPolicy::Once | DecKeysPolicy::OnceThen401 => {
+                store.retrieve(master, slave, &key_ids)?
+            }
+        };
         if self.link.faults.take_mismatch() {
             for key in &mut keys {
                 key.key = random_secret(key.key.len())?;

@@ -286,6 +286,43 @@ impl KeyStore {
         slave: &str,
         key_ids: &[String],
     ) -> Result<Vec<DeliveredKey>, KeyStoreError> {
+        self.deliver_to_slave(master, slave, key_ids, true)
+    }
+
+    /// As [`KeyStore::retrieve`], but keeps the keys so the slave can fetch them again (the
+    /// repeatable dec_keys of some real KMEs).
+    pub fn retrieve_repeatable(
+        &self,
+        master: &str,
+        slave: &str,
+        key_ids: &[String],
+    ) -> Result<Vec<DeliveredKey>, KeyStoreError> {
+        self.deliver_to_slave(master, slave, key_ids, false)
+    }
+
+    /// Erases the keys `master` reserved for `slave` that the slave has not fetched yet,
+    /// except those in `keep`; returns how many.
+    pub fn discard_unfetched(
+        &self,
+        master: &str,
+        slave: &str,
+        keep: &[Uuid],
+    ) -> Result<usize, KeyStoreError> {
+        let mut state = self.lock()?;
+        let before = state.pending.len();
+        state.pending.retain(|id, pending| {
+            pending.master != master || pending.slave != slave || keep.contains(id)
+        });
+        Ok(before - state.pending.len())
+    }
+
+    fn deliver_to_slave(
+        &self,
+        master: &str,
+        slave: &str,
+        key_ids: &[String],
+        erase: bool,
+    ) -> Result<Vec<DeliveredKey>, KeyStoreError> {
         let mut state = self.lock()?;
         let mut found = Vec::with_capacity(key_ids.len());
         let mut seen = HashSet::with_capacity(key_ids.len());
@@ -309,16 +346,25 @@ impl KeyStore {
                 slave: pending.slave.clone(),
             });
         }
-        let ids: Vec<Uuid> = found.into_iter().map(|(id, _)| id).collect();
-        let delivered: Vec<DeliveredKey> = ids
-            .into_iter()
-            .filter_map(|id| {
-                state
-                    .pending
-                    .remove(&id)
-                    .map(|p| DeliveredKey { id, key: p.key })
-            })
-            .collect();
+        let delivered: Vec<DeliveredKey> = if erase {
+            let ids: Vec<Uuid> = found.into_iter().map(|(id, _)| id).collect();
+            ids.into_iter()
+                .filter_map(|id| {
+                    state
+                        .pending
+                        .remove(&id)
+                        .map(|p| DeliveredKey { id, key: p.key })
+                })
+                .collect()
+        } else {
+            found
+                .into_iter()
+                .map(|(id, p)| DeliveredKey {
+                    id,
+                    key: p.key.clone(),
+                })
+                .collect()
+        };
         state.stats.keys_delivered_to_slave += delivered.len() as u64;
         Ok(delivered)
     }
@@ -521,6 +567,24 @@ mod tests {
         })
         .unwrap();
         assert!(off.journal().unwrap().is_none());
+    }
+
+    #[test]
+    fn repeatable_retrieval_keeps_the_key_and_discarding_drops_only_that_pair() {
+        let store = KeyStore::new(&options(10, 0)).unwrap();
+        let keys = store.reserve("a", "b", 1, 256).unwrap();
+        for _ in 0..3 {
+            let again = store.retrieve_repeatable("a", "b", &ids(&keys)).unwrap();
+            assert_eq!(again[0].key, keys[0].key);
+        }
+        store.reserve("a", "c", 1, 256).unwrap();
+        let newer = store.reserve("a", "b", 1, 256).unwrap();
+        assert_eq!(
+            store.discard_unfetched("a", "b", &[newer[0].id]).unwrap(),
+            1
+        );
+        assert!(store.retrieve("a", "b", &ids(&keys)).is_err());
+        assert_eq!(store.stats().unwrap().pending_key_count, 2);
     }
 
     #[test]

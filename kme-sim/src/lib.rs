@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod certs;
 pub mod config;
+pub mod deviations;
 pub mod etsi;
 pub mod keystore;
 pub mod link;

@@ -2,11 +2,13 @@
 //! counters the admin `stats` command reports.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::config::SimOptions;
+use crate::deviations::Deviations;
 use crate::keystore::{KeyStore, KeyStoreError};
 
 /// Faults injected through the admin interface. Each one is a single atomic so the request
@@ -17,6 +19,8 @@ pub struct Faults {
     drop_connections: AtomicBool,
     latency_ms: AtomicU64,
     mismatch_next: AtomicBool,
+    hang: AtomicBool,
+    drip: AtomicBool,
 }
 
 impl Faults {
@@ -58,12 +62,32 @@ impl Faults {
         self.mismatch_next.swap(false, Ordering::Relaxed)
     }
 
+    /// Every ETSI request is read and never answered, as by a KME that hangs.
+    pub fn hang(&self) -> bool {
+        self.hang.load(Ordering::Relaxed)
+    }
+
+    pub fn set_hang(&self, on: bool) {
+        self.hang.store(on, Ordering::Relaxed);
+    }
+
+    /// Every ETSI answer body is sent one byte at a time (see `etsi::DRIP_INTERVAL`).
+    pub fn drip(&self) -> bool {
+        self.drip.load(Ordering::Relaxed)
+    }
+
+    pub fn set_drip(&self, on: bool) {
+        self.drip.store(on, Ordering::Relaxed);
+    }
+
     fn snapshot(&self) -> FaultStats {
         FaultStats {
             fail_503: self.fail_503(),
             drop: self.drop_connections(),
             latency_ms: self.latency_ms.load(Ordering::Relaxed),
             mismatch_next: self.mismatch_next.load(Ordering::Relaxed),
+            hang: self.hang(),
+            drip: self.drip(),
         }
     }
 }
@@ -192,6 +216,8 @@ pub struct FaultStats {
     pub drop: bool,
     pub latency_ms: u64,
     pub mismatch_next: bool,
+    pub hang: bool,
+    pub drip: bool,
 }
 
 /// What the admin `stats` command returns.
@@ -202,6 +228,7 @@ pub struct LinkStats {
     #[serde(flatten)]
     pub counters: CounterStats,
     pub faults: FaultStats,
+    pub deviations: Deviations,
 }
 
 /// A simulated QKD link, shared by its two KMEs and the admin interface.
@@ -209,6 +236,7 @@ pub struct Link {
     pub store: KeyStore,
     pub faults: Faults,
     pub counters: Counters,
+    deviations: RwLock<Deviations>,
 }
 
 impl Link {
@@ -218,7 +246,24 @@ impl Link {
             store: KeyStore::new(options)?,
             faults: Faults::default(),
             counters: Counters::default(),
+            deviations: RwLock::new(options.deviations),
         })
+    }
+
+    /// The deviations from the spec in force now.
+    pub fn deviations(&self) -> Deviations {
+        // A plain value is never left half-written: a poisoned lock still holds a valid one.
+        *self
+            .deviations
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    pub fn set_deviations(&self, deviations: Deviations) {
+        *self
+            .deviations
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = deviations;
     }
 
     pub fn stats(&self) -> Result<LinkStats, KeyStoreError> {
@@ -226,6 +271,7 @@ impl Link {
             keys: self.store.stats()?,
             counters: self.counters.snapshot(),
             faults: self.faults.snapshot(),
+            deviations: self.deviations(),
         })
     }
 }

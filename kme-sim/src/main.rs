@@ -133,6 +133,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
             admin_listen = %addrs.admin.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
             key_size = config.link.key_size, key_rate = config.link.key_rate,
             max_key_count = config.link.max_key_count, journal = config.link.journal,
+            deviations = ?config.link.deviations,
             "QKD link simulator serving"
         );
         simulator.run(shutdown_signal(), SHUTDOWN_GRACE).await;

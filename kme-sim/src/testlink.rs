@@ -14,9 +14,10 @@ use crate::config::{KmeConfig, ServeConfig, SimOptions};
 use crate::link::Link;
 use crate::server::Simulator;
 
-/// A running simulated link on 127.0.0.1: KME-A serving SAE [`TestLink::SAE_A`], KME-B
-/// serving [`TestLink::SAE_B`] and [`TestLink::SAE_B2`], plus the admin listener, with the
-/// journal on. It runs on its own thread and tokio runtime, so blocking clients in the test
+/// A running simulated link on 127.0.0.1: KME-A serving SAEs [`TestLink::SAE_A`] and
+/// [`TestLink::INTEGER_SAE_A`], KME-B serving [`TestLink::SAE_B`], [`TestLink::SAE_B2`] and
+/// [`TestLink::INTEGER_SAE_B`], plus the admin listener, with the journal on. (The integer
+/// SAE IDs serve tests of the integer-SAE-ID deviation, under which the others get 400.) It runs on its own thread and tokio runtime, so blocking clients in the test
 /// thread (and async clients on another runtime) both work. Dropping it stops the simulator
 /// and deletes the certificate directory.
 pub struct TestLink {
@@ -44,6 +45,10 @@ impl TestLink {
     pub const SAE_B2: &'static str = "sae-b2";
     /// An SAE whose certificate the CA signed but that no KME serves (401 everywhere).
     pub const SAE_UNREGISTERED: &'static str = "sae-unregistered";
+    /// An SAE attached to KME-A with an integer ID, for the integer-SAE-ID deviation.
+    pub const INTEGER_SAE_A: &'static str = "1001";
+    /// An SAE attached to KME-B with an integer ID.
+    pub const INTEGER_SAE_B: &'static str = "2001";
     /// KME IDs, as reported by `status`.
     pub const KME_A_ID: &'static str = "KME-A";
     pub const KME_B_ID: &'static str = "KME-B";
@@ -68,6 +73,8 @@ impl TestLink {
             Self::SAE_B,
             Self::SAE_B2,
             Self::SAE_UNREGISTERED,
+            Self::INTEGER_SAE_A,
+            Self::INTEGER_SAE_B,
         ]
         .map(String::from);
         certs::write_bundle(&dir, &kmes, &saes).expect("generate the test PKI");
@@ -82,8 +89,12 @@ impl TestLink {
         };
         let config = ServeConfig {
             ca: dir.join("ca.pem"),
-            kme_a: kme(Self::KME_A_ID, "kme-a", &[Self::SAE_A]),
-            kme_b: kme(Self::KME_B_ID, "kme-b", &[Self::SAE_B, Self::SAE_B2]),
+            kme_a: kme(Self::KME_A_ID, "kme-a", &[Self::SAE_A, Self::INTEGER_SAE_A]),
+            kme_b: kme(
+                Self::KME_B_ID,
+                "kme-b",
+                &[Self::SAE_B, Self::SAE_B2, Self::INTEGER_SAE_B],
+            ),
             admin_listen: Some(loopback),
             link: SimOptions {
                 journal: true,

@@ -113,6 +113,8 @@ fn gen_certs_serve_admin_and_sigterm() {
             [link]
             max_key_count = 7
             key_rate = 0
+            [deviations]
+            same_kme_ids = true
             "#
         ),
     )
@@ -122,6 +124,8 @@ fn gen_certs_serve_admin_and_sigterm() {
         sim()
             .args(["serve", "--config", config.to_str().unwrap()])
             .args(["--admin-listen", &format!("127.0.0.1:{port_admin}")])
+            // A bare switch flag means on.
+            .arg("--status-extensions")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -151,6 +155,9 @@ fn gen_certs_serve_admin_and_sigterm() {
         .json()
         .unwrap();
     assert_eq!(status["stored_key_count"], 7, "{status}");
+    assert_eq!(status["target_KME_ID"], "KME-A", "{status}");
+    assert_eq!(status["status_extension"], Value::Null, "{status}");
+    assert_eq!(status["vendor_link_state"], "up", "{status}");
     let enc_keys = format!("https://127.0.0.1:{port_a}/api/v1/keys/sae-b/enc_keys");
     assert!(client
         .post(&enc_keys)
@@ -193,6 +200,9 @@ fn gen_certs_serve_admin_and_sigterm() {
         &["resume"],
         &["mismatch-next"],
         &["drop", "off"],
+        &["hang", "off"],
+        &["drip", "off"],
+        &["profile", "spec"],
     ] {
         admin_json(&admin_url, command);
     }
@@ -285,6 +295,11 @@ fn serve_refuses_bad_settings_with_the_setting_named() {
         (with("--ca", &p("nope.pem")), "nope.pem"),
         (with("--kme-b-key", &p("kme-a.key")), "kme-b.pem"),
         (with("--config", &p("missing.toml")), "missing.toml"),
+        // The real-KME profile takes only integer SAE IDs.
+        (
+            with("--profile", "real-kme"),
+            "invalid setting --integer-sae-ids (`[deviations] integer_sae_ids` in a config file): SAE ID \"sae-a\"",
+        ),
     ];
     for (args, expected) in cases {
         let out = sim().args(&args).output().unwrap();

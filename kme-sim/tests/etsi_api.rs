@@ -1,50 +1,18 @@
 //! The ETSI GS QKD 014 API of both KMEs, exercised over real mutual-TLS connections with
 //! reqwest, including every error path and every injected fault.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use base64::Engine;
+use common::{ca, client, json_of, key_bytes, key_ids, url};
 use qkd_kme_sim::{AdminCommand, SimOptions, TestLink};
-use reqwest::blocking::{Client, Response};
+use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 const SAE_A: &str = TestLink::SAE_A;
 const SAE_B: &str = TestLink::SAE_B;
-
-fn ca(link: &TestLink) -> reqwest::Certificate {
-    reqwest::Certificate::from_pem(&std::fs::read(link.ca_pem()).unwrap()).unwrap()
-}
-
-/// A client presenting `sae`'s certificate (or none), trusting only the link's CA.
-fn client(link: &TestLink, sae: Option<&str>) -> Client {
-    let mut builder = Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca(link))
-        .timeout(Duration::from_secs(10));
-    if let Some(sae) = sae {
-        builder =
-            builder.identity(reqwest::Identity::from_pem(&link.sae_identity_pem(sae)).unwrap());
-    }
-    builder.build().unwrap()
-}
-
-fn url(base: &str, sae: &str, endpoint: &str) -> String {
-    format!("{base}/api/v1/keys/{sae}/{endpoint}")
-}
-
-fn json_of(response: Response) -> (StatusCode, Value) {
-    let status = response.status();
-    assert_eq!(
-        response
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap()),
-        Some("application/json")
-    );
-    (status, response.json().unwrap())
-}
 
 fn enc_keys(link: &TestLink, client: &Client, body: Value) -> (StatusCode, Value) {
     json_of(
@@ -65,21 +33,6 @@ fn dec_keys(link: &TestLink, client: &Client, ids: &[&str]) -> (StatusCode, Valu
             .send()
             .unwrap(),
     )
-}
-
-fn key_ids(container: &Value) -> Vec<String> {
-    container["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["key_ID"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn key_bytes(entry: &Value) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD
-        .decode(entry["key"].as_str().unwrap())
-        .unwrap()
 }
 
 fn assert_error(got: (StatusCode, Value), status: StatusCode, message: &str) {
@@ -751,7 +704,7 @@ fn stats_and_journal() {
     assert_eq!(stats["tls_connections"], 2, "{stats}");
     assert_eq!(
         stats["faults"],
-        json!({"fail_503": false, "drop": false, "latency_ms": 0, "mismatch_next": false}),
+        json!({"fail_503": false, "drop": false, "latency_ms": 0, "mismatch_next": false, "hang": false, "drip": false}),
         "{stats}"
     );
 
