@@ -236,11 +236,16 @@ struct host_t {
 
 typedef struct ike_sa_t ike_sa_t;
 
+/* Only the state the plugin tests for; the other states are never compared against. */
+typedef enum {
+	IKE_ESTABLISHED = 2,
+} ike_sa_state_t;
+
 struct ike_sa_t {
 	void *get_id;
 	void *get_version;
 	uint32_t (*get_unique_id)(ike_sa_t *this);
-	void *get_state;
+	ike_sa_state_t (*get_state)(ike_sa_t *this);
 	void *set_state;
 	char *(*get_name)(ike_sa_t *this);
 	void *get_statistic;

@@ -1,0 +1,286 @@
+//! The runtime every new key exchange picks up (settings, KME clients, key buffers): how it
+//! is built from charon's settings, and what `swanctl --reload-settings` replaces.
+//!
+//! Key economy on reload: the new settings are loaded and validated, and compared with the
+//! running ones, before anything that talks to a KME is built, so a refused reload consumes
+//! no key. Identical settings keep the running runtime as it is (its key buffers included).
+//! Otherwise every KME client is built before `Runtime::new` starts any key buffer, and the
+//! key sources of peers whose KME settings did not change are kept ([`kept_key_sources`]).
+
+use super::settings::CharonSettings;
+use crate::config::{Config, KmeSettings, PeerConfig, PREFIX};
+use crate::ke::Runtime;
+use crate::kme::{Etsi014Client, KeySource};
+use std::sync::{Arc, RwLock};
+
+/// The runtime every new key exchange picks up; replaced on reload, dropped on unload.
+/// Exchanges in flight keep the runtime they started with (they hold an `Arc`).
+static RUNTIME: RwLock<Option<Arc<Runtime>>> = RwLock::new(None);
+
+pub(crate) fn current() -> Option<Arc<Runtime>> {
+    RUNTIME.read().ok()?.clone()
+}
+
+fn load_config() -> Result<Config, String> {
+    let settings = CharonSettings::from_lib()?;
+    Config::load(&settings).map_err(|e| e.to_string())
+}
+
+/// Whether the key source `old` built for `old_peer` can serve `new_peer` under `new`
+/// exactly as before: the same connection asking our KME (same URL, credentials, timeout)
+/// for keys for the same SAE IDs, of the same size, buffered to the same depth. A key
+/// buffer holds keys fetched under exactly these parameters.
+fn key_source_unchanged(
+    old: &Config,
+    old_peer: &PeerConfig,
+    new: &Config,
+    new_peer: &PeerConfig,
+) -> bool {
+    old_peer.name == new_peer.name
+        && old_peer.sae_id == new_peer.sae_id
+        && old.kme_for(old_peer) == new.kme_for(new_peer)
+        && (&old.sae_id, old.key_size, old.prefetch) == (&new.sae_id, new.key_size, new.prefetch)
+}
+
+/// For each peer of `new` (in the order of `new.peers`), the key source `old` uses for that
+/// peer if it can keep serving it unchanged (see [`key_source_unchanged`]), else None.
+///
+/// This is the reload policy "a peer whose KME settings did not change keeps its key source,
+/// so its buffered keys survive" for whatever builds a `Runtime`: a constructor that takes
+/// these sources for the peers they are given for, and builds only the others, keeps every
+/// unchanged peer's buffer. Today's `Runtime::new` builds every peer's key buffer itself, so
+/// [`build`] can hand it kept sources only when there are no buffers (`prefetch = 0`).
+pub(crate) fn kept_key_sources(old: &Runtime, new: &Config) -> Vec<Option<Arc<dyn KeySource>>> {
+    new.peers
+        .iter()
+        .map(|new_peer| {
+            old.config
+                .peers
+                .iter()
+                .find(|old_peer| key_source_unchanged(&old.config, old_peer, new, new_peer))
+                .map(|old_peer| old.source_for(old_peer).clone())
+        })
+        .collect()
+}
+
+/// Builds the runtime for `config`, keeping what `previous` may pass on. Every KME client is
+/// built (which may fail) before `Runtime::new` starts a key buffer, so a failure here
+/// consumes no key.
+fn build(config: Config, previous: Option<&Runtime>) -> Result<Runtime, String> {
+    let kept = match previous {
+        // With prefetch, a peer's source is its key buffer, which Runtime::new would wrap in
+        // a second buffer: only plain KME clients can be handed to it.
+        Some(old) if config.prefetch == 0 => kept_key_sources(old, &config),
+        _ => vec![None; config.peers.len()],
+    };
+    let mut clients: Vec<(KmeSettings, Arc<dyn KeySource>)> = Vec::new();
+    for (peer, kept) in config.peers.iter().zip(kept) {
+        let settings = config.kme_for(peer);
+        if clients.iter().any(|(s, _)| s == settings) {
+            continue;
+        }
+        let client: Arc<dyn KeySource> = match kept {
+            Some(source) => source,
+            None => Arc::new(Etsi014Client::new(settings).map_err(|e| e.to_string())?),
+        };
+        clients.push((settings.clone(), client));
+    }
+    Runtime::new(config, |settings| match clients.iter().find(|(s, _)| s == settings) {
+        Some((_, client)) => Ok(client.clone()),
+        None => Ok(Arc::new(Etsi014Client::new(settings)?) as Arc<dyn KeySource>),
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// `qkd_plugin_create`: loads the settings and installs the first runtime.
+pub(crate) fn install() -> Result<Arc<Runtime>, String> {
+    let runtime = Arc::new(build(load_config()?, None)?);
+    *RUNTIME.write().unwrap_or_else(|e| e.into_inner()) = Some(runtime.clone());
+    Ok(runtime)
+}
+
+/// What a reload of `current` to `new` does.
+#[derive(Debug, PartialEq, Eq)]
+enum ReloadPlan {
+    /// A setting fixed in charon's feature table changed: keep everything.
+    Refuse(String),
+    /// Nothing changed: keep the running runtime with its clients and key buffers.
+    Keep,
+    Replace,
+}
+
+fn plan(current: &Config, new: &Config) -> ReloadPlan {
+    if (current.method_id, current.dh_group) != (new.method_id, new.dh_group) {
+        ReloadPlan::Refuse(format!(
+            "{PREFIX}.method_id and dh_group only change on restart; keeping the previous settings"
+        ))
+    } else if current == new {
+        ReloadPlan::Keep
+    } else {
+        ReloadPlan::Replace
+    }
+}
+
+/// `swanctl --reload-settings`: new exchanges use the new settings. The method ID and the
+/// ECDH dependency are fixed in the feature table, so changing them needs a restart.
+pub(crate) fn reload() -> bool {
+    let new = match load_config() {
+        Ok(config) => config,
+        Err(e) => {
+            log::error!(target: "cfg", "qkd: keeping the previous settings: {e}");
+            return false;
+        }
+    };
+    // Held across the build: a concurrent reload must not interleave with this one.
+    let mut installed = RUNTIME.write().unwrap_or_else(|e| e.into_inner());
+    let previous = installed.clone();
+    match previous.as_deref().map(|old| plan(&old.config, &new)) {
+        Some(ReloadPlan::Refuse(why)) => {
+            log::error!(target: "cfg", "qkd: {why}");
+            return false;
+        }
+        Some(ReloadPlan::Keep) => {
+            log::info!(
+                target: "cfg",
+                "qkd: settings reloaded ({} peer(s)), unchanged: keeping the KME clients and key buffers",
+                new.peers.len()
+            );
+            return true;
+        }
+        Some(ReloadPlan::Replace) | None => {}
+    }
+    let peers = new.peers.len();
+    match build(new, previous.as_deref()) {
+        Ok(runtime) => {
+            log::info!(target: "cfg", "qkd: settings reloaded ({peers} peer(s))");
+            *installed = Some(Arc::new(runtime));
+            true
+        }
+        Err(e) => {
+            log::error!(target: "cfg", "qkd: keeping the previous settings: {e}");
+            false
+        }
+    }
+}
+
+/// Plugin unload: new exchanges find no runtime; the last exchange in flight drops it.
+pub(crate) fn uninstall() {
+    RUNTIME.write().unwrap_or_else(|e| e.into_inner()).take();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::MapSettings;
+    use crate::ids::{KeyId, SaeId};
+    use crate::kme::{KmeError, QkdKey};
+
+    const BASE: &[(&str, &str)] = &[
+        ("sae_id", "sae-a"),
+        ("kme.url", "https://kme-a.test"),
+        ("kme.ca", "ca"),
+        ("kme.cert", "cert"),
+        ("kme.key", "key"),
+        ("peers.gw-b.sae_id", "sae-b"),
+        ("peers.gw-c.sae_id", "sae-c"),
+    ];
+
+    fn config(changes: &[(&str, &str)]) -> Config {
+        let mut settings = MapSettings::new(BASE);
+        for (k, v) in changes {
+            settings.0.insert(k.to_string(), v.to_string());
+        }
+        Config::load(&settings).unwrap()
+    }
+
+    /// A key source that is never asked for keys: only its identity matters here.
+    struct Unused;
+
+    impl KeySource for Unused {
+        fn enc_keys(&self, _: &SaeId, _: u32) -> Result<Vec<QkdKey>, KmeError> {
+            unreachable!("the reload policy never fetches keys")
+        }
+        fn dec_keys(&self, _: &SaeId, _: &[KeyId]) -> Result<Vec<QkdKey>, KmeError> {
+            unreachable!("the reload policy never fetches keys")
+        }
+        fn url(&self) -> &str {
+            "https://kme.test"
+        }
+    }
+
+    fn runtime(config: Config) -> Runtime {
+        Runtime::new(config, |_| Ok(Arc::new(Unused) as Arc<dyn KeySource>)).unwrap()
+    }
+
+    /// Which peers of `new` keep `old`'s source, by name.
+    fn kept(old: &Runtime, new: &Config) -> Vec<String> {
+        let kept = kept_key_sources(old, new);
+        assert_eq!(kept.len(), new.peers.len());
+        new.peers
+            .iter()
+            .zip(kept)
+            .filter_map(|(peer, source)| {
+                let source = source?;
+                let old_peer = old.config.peer_named(&peer.name).unwrap();
+                assert!(Arc::ptr_eq(&source, old.source_for(old_peer)));
+                Some(peer.name.clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unchanged_peers_keep_their_key_source() {
+        let old = runtime(config(&[]));
+        assert_eq!(kept(&old, &config(&[])), ["gw-b", "gw-c"]);
+        // Settings that do not reach the KME leave the sources alone.
+        let unrelated = config(&[("fallback", "dh"), ("peers.gw-b.remote", "192.0.2.2")]);
+        assert_eq!(kept(&old, &unrelated), ["gw-b", "gw-c"]);
+        // One peer's KME or SAE ID changed: only that peer gets a new source.
+        let own_kme = config(&[
+            ("peers.gw-c.kme.url", "https://kme-c.test"),
+            ("peers.gw-c.kme.ca", "ca"),
+            ("peers.gw-c.kme.cert", "cert"),
+            ("peers.gw-c.kme.key", "key"),
+        ]);
+        assert_eq!(kept(&old, &own_kme), ["gw-b"]);
+        assert_eq!(kept(&old, &config(&[("peers.gw-b.sae_id", "sae-x")])), ["gw-c"]);
+        // A peer added under a new name has nothing to keep.
+        assert_eq!(
+            kept(&old, &config(&[("peers.gw-d.sae_id", "sae-d")])),
+            ["gw-b", "gw-c"]
+        );
+    }
+
+    #[test]
+    fn what_every_buffer_depends_on_changes_every_source() {
+        let old = runtime(config(&[]));
+        for change in [
+            ("kme.url", "https://kme-a2.test"),
+            ("kme.cert", "other-cert"),
+            ("kme.timeout", "7s"),
+            ("sae_id", "sae-a2"),
+            ("key_size", "512"),
+            ("prefetch", "4"),
+        ] {
+            assert!(kept(&old, &config(&[change])).is_empty(), "{change:?}");
+        }
+    }
+
+    #[test]
+    fn reload_refuses_restart_settings_and_keeps_identical_ones() {
+        let current = config(&[]);
+        assert!(matches!(
+            plan(&current, &config(&[("method_id", "1111")])),
+            ReloadPlan::Refuse(_)
+        ));
+        assert!(matches!(
+            plan(&current, &config(&[("dh_group", "none")])),
+            ReloadPlan::Refuse(_)
+        ));
+        assert_eq!(plan(&current, &config(&[])), ReloadPlan::Keep);
+        assert_eq!(
+            plan(&current, &config(&[("prefetch", "2")])),
+            ReloadPlan::Replace
+        );
+    }
+}
