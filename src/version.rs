@@ -255,6 +255,14 @@ mod tests {
     }
 
     #[test]
+    fn the_override_is_documented_with_its_default() {
+        let opt = include_str!("../strongswan-conf/qkd.opt");
+        let conf = include_str!("../strongswan-conf/strongswan.d/charon/qkd.conf");
+        assert!(opt.contains(&format!("\n{PREFIX}.{ALLOW_UNVERIFIED_KEY} = no\n")));
+        assert!(conf.contains(&format!("    # {ALLOW_UNVERIFIED_KEY} = no\n")));
+    }
+
+    #[test]
     fn the_version_symbol_matches_only_when_loading() {
         let running = release("7.0.0");
         let refused = abi_guard(&running, false);

@@ -2,7 +2,8 @@
 //!
 //! tests/ffi/fake_charon.c plays libstrongswan + libcharon (`lib` with settings, crypto
 //! factory and proposal keywords, `dbg`, `charon` with bus and IKE SA, the enum name list;
-//! with -DSTRONGSWAN_6_1 also `library_init_register` and 6.1.0's plugin version check). It
+//! built with -DSTRONGSWAN_VERSION also `library_init_register`, that VERSION string and the
+//! >= 6.0.3 loader's plugin version check). It
 //! dlopens target/debug/libstrongswan_qkd.so, loads it like the plugin loader, and runs one
 //! role of one exchange in the call order of STRONGSWAN-ABI.md §5 and §9, exchanging KE data
 //! as hex lines on stdin/stdout. Here two such processes (gw-a initiator, gw-b responder)
@@ -36,6 +37,8 @@ enum Strongswan {
     /// Exports `library_init_register`, holds "6.1.0" in its read-only data, checks the
     /// plugin's version symbol like the real loader.
     V6_1_0,
+    /// As V6_1_0 but holding "7.0.0": a release whose layouts nobody verified.
+    V7_0_0,
 }
 
 impl Strongswan {
@@ -43,6 +46,7 @@ impl Strongswan {
         match self {
             Strongswan::V6_0_1 => "6.0.1",
             Strongswan::V6_1_0 => "6.1.0",
+            Strongswan::V7_0_0 => "7.0.0",
         }
     }
 }
@@ -74,9 +78,11 @@ fn plugin() -> PathBuf {
 fn fake_charon(version: Strongswan) -> &'static Path {
     static V601: OnceLock<PathBuf> = OnceLock::new();
     static V610: OnceLock<PathBuf> = OnceLock::new();
+    static V700: OnceLock<PathBuf> = OnceLock::new();
     let cell = match version {
         Strongswan::V6_0_1 => &V601,
         Strongswan::V6_1_0 => &V610,
+        Strongswan::V7_0_0 => &V700,
     };
     cell.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ffi-charon");
@@ -102,8 +108,8 @@ fn fake_charon(version: Strongswan) -> &'static Path {
         .arg("-o")
         .arg(&tmp)
         .args(["-ldl", "-lpthread"]);
-        if version == Strongswan::V6_1_0 {
-            cmd.arg("-DSTRONGSWAN_6_1");
+        if version != Strongswan::V6_0_1 {
+            cmd.arg(format!("-DSTRONGSWAN_VERSION=\"{}\"", version.version()));
         }
         let out = cmd.output().unwrap_or_else(|e| panic!("running {cc}: {e}"));
         assert!(
@@ -733,4 +739,63 @@ fn bad_settings_make_plugin_create_return_null() {
         p.assert_logged("qkd_plugin_create returned NULL");
         assert_eq!(p.value("version"), Some(version.version()), "{p}");
     }
+}
+
+#[test]
+fn an_unverified_strongswan_is_refused_by_its_loader_and_by_plugin_create() {
+    let link = TestLink::start(SimOptions::default());
+    let site = Site::new("abiguard");
+    let (a, _) = two_gateways(&site, &link, &[]);
+    let refusal = "dbg[CFG:1] qkd: not loading: running strongSwan 7.0.0, but this plugin's \
+                   strongSwan ABI layouts were verified only for strongSwan 6.0.x and 6.1.x; \
+                   use a build verified for this release, or set \
+                   charon.plugins.qkd.allow_unverified_strongswan = yes to load it at your own risk";
+
+    // A >= 6.0.3 loader: the version symbol names what was verified, so the loader's own
+    // check refuses, after our line saying why.
+    let p = Proc::spawn(Strongswan::V7_0_0, &a, "probe", &[]).finish();
+    assert_eq!(p.status.code(), Some(3), "{p}");
+    assert_eq!(p.value("version"), Some("6.0.x/6.1.x"), "{p}");
+    p.assert_logged(refusal);
+    p.assert_logged("plugin version 6.0.x/6.1.x doesn't match version 7.0.0");
+
+    // A loader that never compares the symbol (6.0.2, LD_PRELOAD): qkd_plugin_create
+    // refuses, with the same line, logged once.
+    let p = Proc::spawn(Strongswan::V7_0_0, &a, "probe", &["--no-version-check"]).finish();
+    assert_eq!(p.status.code(), Some(3), "{p}");
+    p.assert_logged(refusal);
+    p.assert_logged("qkd_plugin_create returned NULL");
+    assert_eq!(p.stderr.matches("qkd: not loading").count(), 1, "{p}");
+    assert!(
+        !p.stdout.iter().any(|l| l.starts_with("ok - ")),
+        "nothing registered: {p}"
+    );
+    assert!(journal(&link).is_empty(), "a refused plugin asks no KME");
+}
+
+#[test]
+fn allow_unverified_strongswan_loads_with_a_warning() {
+    let link = TestLink::start(SimOptions::default());
+    let site = Site::new("abioverride");
+    let (a, _) = two_gateways(&site, &link, &[("allow_unverified_strongswan", "yes")]);
+    for args in [&[][..], &["--no-version-check"][..]] {
+        let p = Proc::spawn(Strongswan::V7_0_0, &a, "probe", args).finish();
+        p.assert_clean(Strongswan::V7_0_0);
+        p.assert_logged(
+            "dbg[CFG:1] qkd: WARNING: running strongSwan 7.0.0, but this plugin's strongSwan ABI \
+             layouts were verified only for strongSwan 6.0.x and 6.1.x; loading anyway because \
+             charon.plugins.qkd.allow_unverified_strongswan = yes",
+        );
+        assert_eq!(p.stderr.matches("WARNING: running").count(), 1, "{p}");
+    }
+    // On a verified release the setting changes nothing, and says nothing.
+    for version in [Strongswan::V6_0_1, Strongswan::V6_1_0] {
+        let p = Proc::spawn(version, &a, "probe", &[]).finish();
+        p.assert_clean(version);
+        assert!(!p.stderr.contains("WARNING: running"), "{p}");
+    }
+    // "no" is strongSwan's "no": refused.
+    let (refusing, _) = two_gateways(&site, &link, &[("allow_unverified_strongswan", "no")]);
+    let p = Proc::spawn(Strongswan::V7_0_0, &refusing, "probe", &[]).finish();
+    assert_eq!(p.status.code(), Some(3), "{p}");
 }
