@@ -799,3 +799,49 @@ fn allow_unverified_strongswan_loads_with_a_warning() {
     let p = Proc::spawn(Strongswan::V7_0_0, &refusing, "probe", &[]).finish();
     assert_eq!(p.status.code(), Some(3), "{p}");
 }
+
+#[test]
+fn reloads_that_change_nothing_or_are_refused_consume_no_keys() {
+    let link = TestLink::start(SimOptions::default());
+    let site = Site::new("reloadkeys");
+    let (a, _) = two_gateways(&site, &link, &[("prefetch", "2")]);
+    let restart_only = site.settings(
+        "gw-a-method.conf",
+        &GW_A,
+        &link.kme_a_url,
+        &[("prefetch", "2"), ("method_id", "1112")],
+    );
+    let mut p = Proc::spawn(
+        Strongswan::V6_1_0,
+        &a,
+        "probe",
+        &[
+            "--reload-settings",
+            restart_only.to_str().unwrap(),
+            "--hold",
+        ],
+    );
+    // The key buffer for gw-b fills to its target of 2 key sets (256 bits, one key each).
+    assert_eq!(p.next("HOLD").as_deref(), Some("reloading"));
+    let deadline = Instant::now() + TIMEOUT;
+    while journal(&link).len() < 2 {
+        assert!(Instant::now() < deadline, "the key buffer never filled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Reload with the same settings (kept), then with another method_id (refused).
+    p.send("GO", "reload");
+    assert_eq!(p.next("HOLD").as_deref(), Some("unloading"));
+    // A new key buffer would start fetching at once; give one the time to show.
+    std::thread::sleep(Duration::from_millis(1500));
+    let keys = journal(&link);
+    let p = p.finish();
+    p.assert_clean(Strongswan::V6_1_0);
+    assert_eq!(p.values("reload"), ["1", "0"], "{p}");
+    p.assert_logged("qkd: settings reloaded (1 peer(s)), unchanged: keeping the KME clients and key buffers");
+    p.assert_logged("qkd: charon.plugins.qkd.method_id and dh_group only change on restart");
+    assert_eq!(
+        keys.len(),
+        2,
+        "only the first key buffer's 2 key sets were fetched: {keys:?}\n{p}"
+    );
+}

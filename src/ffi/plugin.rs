@@ -120,6 +120,7 @@ pub extern "C" fn qkd_plugin_create() -> *mut plugin_t {
     })
 }
 
+/// No panic boundary: returning a constant cannot panic.
 unsafe extern "C" fn get_name(_: *mut plugin_t) -> *mut c_char {
     // Static: the crypto factory keeps this pointer as the provider name.
     c"qkd".as_ptr() as *mut c_char

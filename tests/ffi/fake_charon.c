@@ -13,10 +13,13 @@
  * RTLD_DEFAULT). Built without it, the fake plays 6.0.1: no library_init_register, no check.
  *
  * Usage: fake_charon PLUGIN.so SETTINGS MODE [--conn NAME] [--remote A.B.C.D]
- *                    [--reload-settings SETTINGS2] [--no-version-check]
+ *                    [--reload-settings SETTINGS2] [--no-version-check] [--hold]
  *   SETTINGS: lines "full.key=value" (e.g. charon.plugins.qkd.sae_id=sae-a), '#' comments.
  *   MODE: initiator | responder (one role of one exchange, data as hex lines on
- *         stdin/stdout) | probe (defensive paths, reload, no KME traffic).
+ *         stdin/stdout) | probe (defensive paths, reload, no KME traffic). --hold: print
+ *         "HOLD reloading" before the reloads and "HOLD unloading" before the unload, and
+ *         each time wait for a line (or EOF) on stdin, so that the test can watch what the
+ *         loaded plugin does meanwhile (e.g. how many keys its key buffers fetch).
  *
  * stdout, one fact per line (tests/ffi_charon.rs asserts on them):
  *   version S      value of qkd_plugin_version after dlopen
@@ -903,7 +906,24 @@ static void responder(int method)
 
 /* ---- defensive paths ------------------------------------------------------------------- */
 
-static void probe(plugin_t *plugin, int method, const char *reload_settings)
+/* --hold: says what comes next and waits for the test's go (a line, or EOF). */
+static void hold_until(bool hold, const char *next)
+{
+	int c;
+
+	if (!hold)
+	{
+		return;
+	}
+	fact("HOLD %s", next);
+	do
+	{
+		c = getchar();
+	}
+	while (c != EOF && c != '\n');
+}
+
+static void probe(plugin_t *plugin, int method, const char *reload_settings, bool hold)
 {
 	u_char garbage[] = "this is not KE data";
 	chunk_t out = chunk_empty;
@@ -955,6 +975,7 @@ static void probe(plugin_t *plugin, int method, const char *reload_settings)
 		chunk_free(&big);
 	}
 
+	hold_until(hold, "reloading");
 	fact("reload %d", plugin->reload ? plugin->reload(plugin) : -1);
 	if (reload_settings)
 	{
@@ -968,6 +989,7 @@ static void probe(plugin_t *plugin, int method, const char *reload_settings)
 			ke->destroy(ke);
 		}
 	}
+	hold_until(hold, "unloading");
 }
 
 /* ---- main -------------------------------------------------------------------------------- */
@@ -975,7 +997,7 @@ static void probe(plugin_t *plugin, int method, const char *reload_settings)
 int main(int argc, char *argv[])
 {
 	const char *plugin_path, *mode, *reload_settings = NULL;
-	bool check_version = true;
+	bool check_version = true, hold = false;
 	plugin_t *(*create)(void);
 	const char **version;
 	plugin_t *plugin;
@@ -995,6 +1017,11 @@ int main(int argc, char *argv[])
 		if (strcmp(argv[i], "--no-version-check") == 0)
 		{
 			check_version = false;
+			i--;
+		}
+		else if (strcmp(argv[i], "--hold") == 0)
+		{
+			hold = true;
 			i--;
 		}
 		else if (i + 1 >= argc)
@@ -1085,7 +1112,7 @@ int main(int argc, char *argv[])
 	}
 	else if (strcmp(mode, "probe") == 0)
 	{
-		probe(plugin, method, reload_settings);
+		probe(plugin, method, reload_settings, hold);
 	}
 	else
 	{
