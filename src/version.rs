@@ -40,7 +40,8 @@ impl Release {
             .unwrap_or(text.len());
         let (core, suffix) = text.split_at(core_end);
         let parts: Vec<&str> = core.split('.').collect();
-        let numeric = |p: &&str| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
+        let numeric =
+            |p: &&str| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
         let suffix_ok = suffix.is_empty()
             || ["dr", "rc"].iter().any(|tag| {
                 suffix
@@ -190,7 +191,10 @@ mod tests {
     #[test]
     fn finds_the_single_version() {
         let image = b"\x7fELF\0plugin version %s doesn't match version %s\x006.1.0\0lib\0";
-        assert_eq!(find_version(image).map(|r| r.text).as_deref(), Some("6.1.0"));
+        assert_eq!(
+            find_version(image).map(|r| r.text).as_deref(),
+            Some("6.1.0")
+        );
         let rc = find_version(b"a\x006.0.3rc1\0b\x006.0.3rc1\0").unwrap();
         assert_eq!((rc.major, rc.minor, rc.text.as_str()), (6, 0, "6.0.3rc1"));
         assert_eq!(
@@ -248,7 +252,10 @@ mod tests {
             panic!("{guard:?}")
         };
         assert!(guard.loads());
-        assert!(warning.contains("WARNING: running strongSwan 6.2.0"), "{warning}");
+        assert!(
+            warning.contains("WARNING: running strongSwan 6.2.0"),
+            "{warning}"
+        );
         assert!(warning.contains("verified only for strongSwan 6.0.x and 6.1.x"));
         // The override does not turn a verified series into a warning.
         assert_eq!(abi_guard(&release("6.1.0"), true), AbiGuard::Verified);

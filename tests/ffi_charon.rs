@@ -2,10 +2,10 @@
 //!
 //! tests/ffi/fake_charon.c plays libstrongswan + libcharon (`lib` with settings, crypto
 //! factory and proposal keywords, `dbg`, `charon` with bus and IKE SA, the enum name list;
-//! built with -DSTRONGSWAN_VERSION also `library_init_register`, that VERSION string and the
-//! >= 6.0.3 loader's plugin version check). It
-//! dlopens target/debug/libstrongswan_qkd.so, loads it like the plugin loader, and runs one
-//! role of one exchange in the call order of STRONGSWAN-ABI.md §5 and §9, exchanging KE data
+//! built with -DSTRONGSWAN_VERSION also `library_init_register`, that VERSION string and
+//! the plugin version check of strongSwan 6.0.3 and later). It dlopens the plugin cdylib
+//! cargo built next to this test, loads it like the plugin loader, and runs one role of one
+//! exchange in the call order of STRONGSWAN-ABI.md §5 and §9, exchanging KE data
 //! as hex lines on stdin/stdout. Here two such processes (gw-a initiator, gw-b responder)
 //! run against the KME simulator, and the outputs are checked against the simulator's
 //! journal. Its own invariants (feature table layout, idempotent calls, NULL handling,
@@ -837,7 +837,9 @@ fn reloads_that_change_nothing_or_are_refused_consume_no_keys() {
     let p = p.finish();
     p.assert_clean(Strongswan::V6_1_0);
     assert_eq!(p.values("reload"), ["1", "0"], "{p}");
-    p.assert_logged("qkd: settings reloaded (1 peer(s)), unchanged: keeping the KME clients and key buffers");
+    p.assert_logged(
+        "qkd: settings reloaded (1 peer(s)), unchanged: keeping the KME clients and key buffers",
+    );
     p.assert_logged("qkd: charon.plugins.qkd.method_id and dh_group only change on restart");
     assert_eq!(
         keys.len(),

@@ -39,8 +39,7 @@ const WINDOW: usize = 8;
 fn holds_key_bytes(block: &[u8]) -> bool {
     (0..block.len().saturating_sub(WINDOW - 1)).any(|at| {
         let start = (block[at] ^ 0xA5) as usize;
-        start + WINDOW <= MAX_KEY_BYTES
-            && (0..WINDOW).all(|k| block[at + k] == key_byte(start + k))
+        start + WINDOW <= MAX_KEY_BYTES && (0..WINDOW).all(|k| block[at + k] == key_byte(start + k))
     })
 }
 
@@ -76,7 +75,10 @@ impl ScanningAllocator {
                 "freed a {size}-byte block holding key bytes in {}",
                 our_frames(&std::backtrace::Backtrace::force_capture().to_string())
             );
-            HIT_SITES.lock().unwrap_or_else(|e| e.into_inner()).push(site);
+            HIT_SITES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(site);
             RECORDING.with(|r| r.set(false));
         }
     }
@@ -207,14 +209,25 @@ impl SettingsSource for Settings {
         let mut names: Vec<String> = self
             .0
             .keys()
-            .filter_map(|k| k.strip_prefix("peers.")?.split('.').next().map(String::from))
+            .filter_map(|k| {
+                k.strip_prefix("peers.")?
+                    .split('.')
+                    .next()
+                    .map(String::from)
+            })
             .collect();
         names.dedup();
         names
     }
 }
 
-fn runtime(me: &str, peer_conn: &str, peer_sae: &str, key_bits: u32, key_bytes: usize) -> Arc<Runtime> {
+fn runtime(
+    me: &str,
+    peer_conn: &str,
+    peer_sae: &str,
+    key_bits: u32,
+    key_bytes: usize,
+) -> Arc<Runtime> {
     let settings = Settings(
         [
             ("sae_id", me),
@@ -255,7 +268,8 @@ fn run_exchange(key_bits: u32, key_bytes: usize) -> usize {
         Some(Box::new(FakeEcdh)),
     );
     // A responder has no connection before authentication (charon's "(unnamed)").
-    let mut responder = QkdKeyExchange::new(b, ExchangeContext::default(), Some(Box::new(FakeEcdh)));
+    let mut responder =
+        QkdKeyExchange::new(b, ExchangeContext::default(), Some(Box::new(FakeEcdh)));
     let request = initiator.get_public_key().expect("request");
     responder.set_public_key(&request).expect("responder");
     let response = responder.get_public_key().expect("response");
@@ -266,7 +280,10 @@ fn run_exchange(key_bits: u32, key_bytes: usize) -> usize {
     );
     assert_eq!(si, sr);
     let key_bytes_in_secret = (0..key_bits as usize / 8).all(|i| si[i] == key_byte(i));
-    assert!(key_bytes_in_secret, "the secret starts with the pattern key");
+    assert!(
+        key_bytes_in_secret,
+        "the secret starts with the pattern key"
+    );
     si.len()
 }
 
@@ -298,7 +315,9 @@ fn the_scanner_sees_an_unwiped_key_and_not_a_wiped_one() {
         grown.extend((16..64).map(key_byte));
     });
     assert_eq!(hits.len(), 1, "{hits:#?}");
-    assert!(!holds_key_bytes(&[0xA5, 0xA4, 0xA7, 0xA6, 0xA1, 0xA0, 0xA3, 0x00]));
+    assert!(!holds_key_bytes(&[
+        0xA5, 0xA4, 0xA7, 0xA6, 0xA1, 0xA0, 0xA3, 0x00
+    ]));
 }
 
 // Fails on today's src/ke (run with --ignored): Vec::extend_from_slice grows a

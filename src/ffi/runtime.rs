@@ -85,9 +85,11 @@ fn build(config: Config, previous: Option<&Runtime>) -> Result<Runtime, String> 
         };
         clients.push((settings.clone(), client));
     }
-    Runtime::new(config, |settings| match clients.iter().find(|(s, _)| s == settings) {
-        Some((_, client)) => Ok(client.clone()),
-        None => Ok(Arc::new(Etsi014Client::new(settings)?) as Arc<dyn KeySource>),
+    Runtime::new(config, |settings| {
+        match clients.iter().find(|(s, _)| s == settings) {
+            Some((_, client)) => Ok(client.clone()),
+            None => Ok(Arc::new(Etsi014Client::new(settings)?) as Arc<dyn KeySource>),
+        }
     })
     .map_err(|e| e.to_string())
 }
@@ -243,7 +245,10 @@ mod tests {
             ("peers.gw-c.kme.key", "key"),
         ]);
         assert_eq!(kept(&old, &own_kme), ["gw-b"]);
-        assert_eq!(kept(&old, &config(&[("peers.gw-b.sae_id", "sae-x")])), ["gw-c"]);
+        assert_eq!(
+            kept(&old, &config(&[("peers.gw-b.sae_id", "sae-x")])),
+            ["gw-c"]
+        );
         // A peer added under a new name has nothing to keep.
         assert_eq!(
             kept(&old, &config(&[("peers.gw-d.sae_id", "sae-d")])),

@@ -81,7 +81,8 @@ extern "C" fn set_plugin_version() {
         }
         abi_allows_loading();
         let (running, guard) = verdict();
-        if let Some(version) = plugin_version_symbol(running, guard).and_then(|v| CString::new(v).ok())
+        if let Some(version) =
+            plugin_version_symbol(running, guard).and_then(|v| CString::new(v).ok())
         {
             // SAFETY: runs once at dlopen, single-threaded, before the loader reads the
             // symbol. The string is leaked on purpose: the loader keeps the pointer.
