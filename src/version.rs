@@ -170,8 +170,8 @@ pub fn abi_guard(running: &Running, allow_unverified: bool) -> AbiGuard {
 /// What `qkd_plugin_version` should hold: the running VERSION when the plugin may load (so
 /// the >= 6.0.3 loader accepts it), the verified series when it may not (so that loader's
 /// own refusal reads "plugin version 6.0.x/6.1.x doesn't match version 7.0.0"). None when
-/// the running VERSION is unknown: then no loader we know checks it, and the initial value
-/// stays.
+/// the running VERSION is unknown: the initial value stays, which 6.0.0/6.0.1 never check
+/// and a checking loader whose VERSION we cannot find refuses (the override cannot help).
 pub fn plugin_version_symbol(running: &Running, guard: &AbiGuard) -> Option<String> {
     match (running, guard.loads()) {
         (Running::Release(r), true) => Some(r.text.clone()),

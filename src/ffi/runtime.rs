@@ -3,22 +3,31 @@
 //!
 //! Key economy on reload: the new settings are loaded and validated, and compared with the
 //! running ones, before anything that talks to a KME is built, so a refused reload consumes
-//! no key. Identical settings keep the running runtime as it is (its key buffers included).
-//! Otherwise every KME client is built before `Runtime::new` starts any key buffer, and the
-//! key sources of peers whose KME settings did not change are kept ([`kept_key_sources`]).
+//! no key. Identical settings (and unchanged PEM files) keep the running runtime as it is,
+//! its key buffers included. Otherwise every KME client is built before `Runtime::new`
+//! starts any key buffer, and the key sources of peers whose KME settings did not change
+//! are kept ([`kept_key_sources`]).
 
 use super::settings::CharonSettings;
 use crate::config::{Config, KmeSettings, PeerConfig, PREFIX};
 use crate::ke::Runtime;
 use crate::kme::{Etsi014Client, KeySource};
+use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
-/// The runtime every new key exchange picks up; replaced on reload, dropped on unload.
-/// Exchanges in flight keep the runtime they started with (they hold an `Arc`).
-static RUNTIME: RwLock<Option<Arc<Runtime>>> = RwLock::new(None);
+/// The runtime every new key exchange picks up, and what its KME clients were built from.
+pub(crate) struct Installed {
+    runtime: Arc<Runtime>,
+    pem_files: Vec<(KmeSettings, PemFiles)>,
+}
+
+/// Replaced on reload, dropped on unload. Exchanges in flight keep the runtime they started
+/// with (they hold an `Arc`).
+static INSTALLED: RwLock<Option<Installed>> = RwLock::new(None);
 
 pub(crate) fn current() -> Option<Arc<Runtime>> {
-    RUNTIME.read().ok()?.clone()
+    Some(INSTALLED.read().ok()?.as_ref()?.runtime.clone())
 }
 
 fn load_config() -> Result<Config, String> {
@@ -26,38 +35,94 @@ fn load_config() -> Result<Config, String> {
     Config::load(&settings).map_err(|e| e.to_string())
 }
 
-/// Whether the key source `old` built for `old_peer` can serve `new_peer` under `new`
-/// exactly as before: the same connection asking our KME (same URL, credentials, timeout)
-/// for keys for the same SAE IDs, of the same size, buffered to the same depth. A key
-/// buffer holds keys fetched under exactly these parameters.
-fn key_source_unchanged(
-    old: &Config,
-    old_peer: &PeerConfig,
-    new: &Config,
-    new_peer: &PeerConfig,
-) -> bool {
-    old_peer.name == new_peer.name
-        && old_peer.sae_id == new_peer.sae_id
-        && old.kme_for(old_peer) == new.kme_for(new_peer)
-        && (&old.sae_id, old.key_size, old.prefetch) == (&new.sae_id, new.key_size, new.prefetch)
+/// Identity of one file's contents as the file system tells it, without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    inode: u64,
+    len: u64,
+    modified: Option<SystemTime>,
 }
 
-/// For each peer of `new` (in the order of `new.peers`), the key source `old` uses for that
-/// peer if it can keep serving it unchanged (see [`key_source_unchanged`]), else None.
+/// The CA, certificate and key files of one KME's settings (None: unreadable). A client
+/// read them when it was built: a certificate renewed under the same path needs a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PemFiles([Option<FileStamp>; 3]);
+
+impl PemFiles {
+    fn of(kme: &KmeSettings) -> PemFiles {
+        PemFiles([&kme.ca, &kme.cert, &kme.key].map(|path| {
+            std::fs::metadata(path).ok().map(|m| FileStamp {
+                inode: m.ino(),
+                len: m.len(),
+                modified: m.modified().ok(),
+            })
+        }))
+    }
+}
+
+impl Installed {
+    fn new(runtime: Runtime) -> Installed {
+        let mut pem_files: Vec<(KmeSettings, PemFiles)> = Vec::new();
+        for peer in &runtime.config.peers {
+            let kme = runtime.config.kme_for(peer);
+            if !pem_files.iter().any(|(s, _)| s == kme) {
+                pem_files.push((kme.clone(), PemFiles::of(kme)));
+            }
+        }
+        Installed {
+            runtime: Arc::new(runtime),
+            pem_files,
+        }
+    }
+
+    /// Whether the client built for `kme` would be built the same way today.
+    fn pem_files_unchanged(&self, kme: &KmeSettings) -> bool {
+        self.pem_files
+            .iter()
+            .any(|(s, files)| s == kme && *files == PemFiles::of(kme))
+    }
+
+    /// Whether the key source built for `old_peer` can serve `new_peer` under `new` exactly
+    /// as before: the same connection asking the same KME (URL, credentials and their
+    /// files, timeout) for keys for the same SAE IDs, of the same size, buffered to the same
+    /// depth. A key buffer holds keys fetched under exactly these parameters.
+    fn key_source_unchanged(
+        &self,
+        old_peer: &PeerConfig,
+        new: &Config,
+        new_peer: &PeerConfig,
+    ) -> bool {
+        let old = &self.runtime.config;
+        old_peer.name == new_peer.name
+            && old_peer.sae_id == new_peer.sae_id
+            && old.kme_for(old_peer) == new.kme_for(new_peer)
+            && (&old.sae_id, old.key_size, old.prefetch)
+                == (&new.sae_id, new.key_size, new.prefetch)
+            && self.pem_files_unchanged(old.kme_for(old_peer))
+    }
+}
+
+/// For each peer of `new` (in the order of `new.peers`), the key source the installed
+/// runtime uses for that peer if it can keep serving it unchanged
+/// ([`Installed::key_source_unchanged`]), else None.
 ///
 /// This is the reload policy "a peer whose KME settings did not change keeps its key source,
 /// so its buffered keys survive" for whatever builds a `Runtime`: a constructor that takes
 /// these sources for the peers they are given for, and builds only the others, keeps every
 /// unchanged peer's buffer. Today's `Runtime::new` builds every peer's key buffer itself, so
 /// [`build`] can hand it kept sources only when there are no buffers (`prefetch = 0`).
-pub(crate) fn kept_key_sources(old: &Runtime, new: &Config) -> Vec<Option<Arc<dyn KeySource>>> {
+pub(crate) fn kept_key_sources(
+    installed: &Installed,
+    new: &Config,
+) -> Vec<Option<Arc<dyn KeySource>>> {
+    let old = &installed.runtime;
     new.peers
         .iter()
         .map(|new_peer| {
             old.config
                 .peers
                 .iter()
-                .find(|old_peer| key_source_unchanged(&old.config, old_peer, new, new_peer))
+                .find(|old_peer| installed.key_source_unchanged(old_peer, new, new_peer))
                 .map(|old_peer| old.source_for(old_peer).clone())
         })
         .collect()
@@ -66,11 +131,11 @@ pub(crate) fn kept_key_sources(old: &Runtime, new: &Config) -> Vec<Option<Arc<dy
 /// Builds the runtime for `config`, keeping what `previous` may pass on. Every KME client is
 /// built (which may fail) before `Runtime::new` starts a key buffer, so a failure here
 /// consumes no key.
-fn build(config: Config, previous: Option<&Runtime>) -> Result<Runtime, String> {
+fn build(config: Config, previous: Option<&Installed>) -> Result<Runtime, String> {
     let kept = match previous {
         // With prefetch, a peer's source is its key buffer, which Runtime::new would wrap in
         // a second buffer: only plain KME clients can be handed to it.
-        Some(old) if config.prefetch == 0 => kept_key_sources(old, &config),
+        Some(installed) if config.prefetch == 0 => kept_key_sources(installed, &config),
         _ => vec![None; config.peers.len()],
     };
     let mut clients: Vec<(KmeSettings, Arc<dyn KeySource>)> = Vec::new();
@@ -96,8 +161,9 @@ fn build(config: Config, previous: Option<&Runtime>) -> Result<Runtime, String> 
 
 /// `qkd_plugin_create`: loads the settings and installs the first runtime.
 pub(crate) fn install() -> Result<Arc<Runtime>, String> {
-    let runtime = Arc::new(build(load_config()?, None)?);
-    *RUNTIME.write().unwrap_or_else(|e| e.into_inner()) = Some(runtime.clone());
+    let installed = Installed::new(build(load_config()?, None)?);
+    let runtime = installed.runtime.clone();
+    *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = Some(installed);
     Ok(runtime)
 }
 
@@ -111,12 +177,18 @@ enum ReloadPlan {
     Replace,
 }
 
-fn plan(current: &Config, new: &Config) -> ReloadPlan {
-    if (current.method_id, current.dh_group) != (new.method_id, new.dh_group) {
+fn plan(current: &Installed, new: &Config) -> ReloadPlan {
+    let old = &current.runtime.config;
+    if (old.method_id, old.dh_group) != (new.method_id, new.dh_group) {
         ReloadPlan::Refuse(format!(
             "{PREFIX}.method_id and dh_group only change on restart; keeping the previous settings"
         ))
-    } else if current == new {
+    } else if old == new
+        && current
+            .pem_files
+            .iter()
+            .all(|(kme, _)| current.pem_files_unchanged(kme))
+    {
         ReloadPlan::Keep
     } else {
         ReloadPlan::Replace
@@ -134,9 +206,8 @@ pub(crate) fn reload() -> bool {
         }
     };
     // Held across the build: a concurrent reload must not interleave with this one.
-    let mut installed = RUNTIME.write().unwrap_or_else(|e| e.into_inner());
-    let previous = installed.clone();
-    match previous.as_deref().map(|old| plan(&old.config, &new)) {
+    let mut installed = INSTALLED.write().unwrap_or_else(|e| e.into_inner());
+    match installed.as_ref().map(|current| plan(current, &new)) {
         Some(ReloadPlan::Refuse(why)) => {
             log::error!(target: "cfg", "qkd: {why}");
             return false;
@@ -152,10 +223,10 @@ pub(crate) fn reload() -> bool {
         Some(ReloadPlan::Replace) | None => {}
     }
     let peers = new.peers.len();
-    match build(new, previous.as_deref()) {
+    match build(new, installed.as_ref()) {
         Ok(runtime) => {
             log::info!(target: "cfg", "qkd: settings reloaded ({peers} peer(s))");
-            *installed = Some(Arc::new(runtime));
+            *installed = Some(Installed::new(runtime));
             true
         }
         Err(e) => {
@@ -167,7 +238,7 @@ pub(crate) fn reload() -> bool {
 
 /// Plugin unload: new exchanges find no runtime; the last exchange in flight drops it.
 pub(crate) fn uninstall() {
-    RUNTIME.write().unwrap_or_else(|e| e.into_inner()).take();
+    INSTALLED.write().unwrap_or_else(|e| e.into_inner()).take();
 }
 
 #[cfg(test)]
@@ -210,13 +281,16 @@ mod tests {
         }
     }
 
-    fn runtime(config: Config) -> Runtime {
-        Runtime::new(config, |_| Ok(Arc::new(Unused) as Arc<dyn KeySource>)).unwrap()
+    fn installed(config: Config) -> Installed {
+        Installed::new(
+            Runtime::new(config, |_| Ok(Arc::new(Unused) as Arc<dyn KeySource>)).unwrap(),
+        )
     }
 
-    /// Which peers of `new` keep `old`'s source, by name.
-    fn kept(old: &Runtime, new: &Config) -> Vec<String> {
-        let kept = kept_key_sources(old, new);
+    /// Which peers of `new` keep the installed sources, by name.
+    fn kept(installed: &Installed, new: &Config) -> Vec<String> {
+        let kept = kept_key_sources(installed, new);
+        let old = &installed.runtime;
         assert_eq!(kept.len(), new.peers.len());
         new.peers
             .iter()
@@ -232,7 +306,7 @@ mod tests {
 
     #[test]
     fn unchanged_peers_keep_their_key_source() {
-        let old = runtime(config(&[]));
+        let old = installed(config(&[]));
         assert_eq!(kept(&old, &config(&[])), ["gw-b", "gw-c"]);
         // Settings that do not reach the KME leave the sources alone.
         let unrelated = config(&[("fallback", "dh"), ("peers.gw-b.remote", "192.0.2.2")]);
@@ -258,7 +332,7 @@ mod tests {
 
     #[test]
     fn what_every_buffer_depends_on_changes_every_source() {
-        let old = runtime(config(&[]));
+        let old = installed(config(&[]));
         for change in [
             ("kme.url", "https://kme-a2.test"),
             ("kme.cert", "other-cert"),
@@ -273,7 +347,7 @@ mod tests {
 
     #[test]
     fn reload_refuses_restart_settings_and_keeps_identical_ones() {
-        let current = config(&[]);
+        let current = installed(config(&[]));
         assert!(matches!(
             plan(&current, &config(&[("method_id", "1111")])),
             ReloadPlan::Refuse(_)
@@ -287,5 +361,29 @@ mod tests {
             plan(&current, &config(&[("prefetch", "2")])),
             ReloadPlan::Replace
         );
+    }
+
+    #[test]
+    fn a_renewed_certificate_under_the_same_path_needs_a_new_client() {
+        let dir = std::env::temp_dir().join(format!("qkd-runtime-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+        for name in ["ca.pem", "sae.pem", "sae.key"] {
+            std::fs::write(path(name), "old").unwrap();
+        }
+        let files = [
+            ("kme.ca", path("ca.pem")),
+            ("kme.cert", path("sae.pem")),
+            ("kme.key", path("sae.key")),
+        ];
+        let files: Vec<(&str, &str)> = files.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let current = installed(config(&files));
+        assert_eq!(plan(&current, &config(&files)), ReloadPlan::Keep);
+        assert_eq!(kept(&current, &config(&files)), ["gw-b", "gw-c"]);
+
+        std::fs::write(path("sae.pem"), "renewed").unwrap();
+        assert_eq!(plan(&current, &config(&files)), ReloadPlan::Replace);
+        assert!(kept(&current, &config(&files)).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
