@@ -79,6 +79,7 @@ extern "C" fn set_plugin_version() {
         if symbols::lib().is_none() {
             return;
         }
+        // Logged here: a loader that refuses on the symbol never calls qkd_plugin_create.
         abi_allows_loading();
         let (running, guard) = verdict();
         if let Some(version) =
