@@ -6,6 +6,10 @@
 //! (settings); `kme` (key sources, the ETSI 014 client); `ke` (the exchange state machine).
 //! All raw-pointer code, the charon ABI and the exported symbols live in `ffi`.
 
+// Every unsafe operation sits in its own `unsafe` block with a SAFETY line, also inside
+// `unsafe fn`s.
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod config;
 pub mod ids;
 pub mod ke;

@@ -2,9 +2,10 @@
 //!
 //! tests/ffi/fake_charon.c plays libstrongswan + libcharon (`lib` with settings, crypto
 //! factory and proposal keywords, `dbg`, `charon` with bus and IKE SA, the enum name list;
-//! with -DSTRONGSWAN_6_1 also `library_init_register` and 6.1.0's plugin version check). It
-//! dlopens target/debug/libstrongswan_qkd.so, loads it like the plugin loader, and runs one
-//! role of one exchange in the call order of STRONGSWAN-ABI.md §5 and §9, exchanging KE data
+//! built with -DSTRONGSWAN_VERSION also `library_init_register`, that VERSION string and
+//! the plugin version check of strongSwan 6.0.3 and later). It dlopens the plugin cdylib
+//! cargo built next to this test, loads it like the plugin loader, and runs one role of one
+//! exchange in the call order of STRONGSWAN-ABI.md §5 and §9, exchanging KE data
 //! as hex lines on stdin/stdout. Here two such processes (gw-a initiator, gw-b responder)
 //! run against the KME simulator, and the outputs are checked against the simulator's
 //! journal. Its own invariants (feature table layout, idempotent calls, NULL handling,
@@ -24,6 +25,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use strongswan_qkd::wire::{Keys, NoKeyReason, Request};
 
 /// Generous: two cores shared with parallel tests (and valgrind when asked for).
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -36,6 +38,8 @@ enum Strongswan {
     /// Exports `library_init_register`, holds "6.1.0" in its read-only data, checks the
     /// plugin's version symbol like the real loader.
     V6_1_0,
+    /// As V6_1_0 but holding "7.0.0": a release whose layouts nobody verified.
+    V7_0_0,
 }
 
 impl Strongswan {
@@ -43,6 +47,7 @@ impl Strongswan {
         match self {
             Strongswan::V6_0_1 => "6.0.1",
             Strongswan::V6_1_0 => "6.1.0",
+            Strongswan::V7_0_0 => "7.0.0",
         }
     }
 }
@@ -74,9 +79,11 @@ fn plugin() -> PathBuf {
 fn fake_charon(version: Strongswan) -> &'static Path {
     static V601: OnceLock<PathBuf> = OnceLock::new();
     static V610: OnceLock<PathBuf> = OnceLock::new();
+    static V700: OnceLock<PathBuf> = OnceLock::new();
     let cell = match version {
         Strongswan::V6_0_1 => &V601,
         Strongswan::V6_1_0 => &V610,
+        Strongswan::V7_0_0 => &V700,
     };
     cell.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ffi-charon");
@@ -102,8 +109,8 @@ fn fake_charon(version: Strongswan) -> &'static Path {
         .arg("-o")
         .arg(&tmp)
         .args(["-ldl", "-lpthread"]);
-        if version == Strongswan::V6_1_0 {
-            cmd.arg("-DSTRONGSWAN_6_1");
+        if version != Strongswan::V6_0_1 {
+            cmd.arg(format!("-DSTRONGSWAN_VERSION=\"{}\"", version.version()));
         }
         let out = cmd.output().unwrap_or_else(|e| panic!("running {cc}: {e}"));
         assert!(
@@ -161,6 +168,11 @@ impl Site {
                 gw.peer_sae.to_owned(),
             ),
         ];
+        // Exchanges fetch their own keys (the journal then shows one exchange's worth)
+        // unless a test of the key supply sets a buffer.
+        if !extra.iter().any(|(k, _)| *k == "buffer") {
+            lines.push(("buffer".to_owned(), "0".to_owned()));
+        }
         lines.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let text: String = lines
             .iter()
@@ -592,38 +604,53 @@ fn exchange_assembles_key_size_from_several_kme_keys() {
     );
 }
 
+/// Without a QKD key the initiator still hands charon well-formed KE data that says why;
+/// the responder refuses it in-band (set_public_key fails: charon answers
+/// NO_PROPOSAL_CHOSEN, where strongSwan keeps the SA and retries).
+fn assert_refused_in_band(i: &Outcome, r: &Outcome, reason: NoKeyReason, why: &str) {
+    let request = Request::decode(&i.hex("KE")).expect("a well-formed request");
+    assert_eq!(request.keys, Keys::None(reason), "{i}");
+    assert!(!i.has("FAIL get_public_key"), "{i}");
+    i.assert_logged("dbg[IKE:1] qkd: no QKD key for SAE 'sae-b': KME ");
+    i.assert_logged(why);
+    i.assert_logged("starting the exchange without QKD key");
+    assert!(
+        r.has("FAIL set_public_key") && r.value("KE").is_none(),
+        "{r}"
+    );
+    r.assert_logged("qkd: SAE 'sae-a' started the exchange without QKD key");
+    r.assert_logged("refusing it in-band");
+}
+
 #[test]
-fn kme_503_fails_get_public_key_and_charon_keeps_running() {
+fn kme_503_sends_no_key_and_the_responder_refuses_in_band() {
     let link = TestLink::start(SimOptions::default());
     let site = Site::new("fail503");
-    let (a, _) = two_gateways(&site, &link, &[]);
+    let (a, b) = two_gateways(&site, &link, &[]);
     link.admin(AdminCommand::Fail503 { on: true });
-    let i = initiator(Strongswan::V6_1_0, &a).finish();
-    i.assert_clean(Strongswan::V6_1_0);
-    assert!(
-        i.has("FAIL get_public_key") && i.value("KE").is_none(),
-        "{i}"
+    let (i, r) = exchange(
+        initiator(Strongswan::V6_1_0, &a),
+        responder(Strongswan::V6_1_0, &b, GW_A_ADDR),
     );
-    i.assert_logged("dbg[IKE:1] qkd: no QKD key for SAE 'sae-b': KME ");
-    i.assert_logged("has no key available (503");
-    i.assert_logged("fallback = none: QKD is mandatory, failing the key exchange");
+    i.assert_clean(Strongswan::V6_1_0);
+    r.assert_clean(Strongswan::V6_1_0);
+    assert_refused_in_band(&i, &r, NoKeyReason::KmeEmpty, "has no key available (503");
     assert!(journal(&link).is_empty(), "no key delivered");
 }
 
 #[test]
-fn stopped_kme_fails_get_public_key_and_charon_keeps_running() {
+fn stopped_kme_sends_no_key_and_the_responder_refuses_in_band() {
     let link = TestLink::start(SimOptions::default());
     let site = Site::new("stopped");
-    let (a, _) = two_gateways(&site, &link, &[]);
+    let (a, b) = two_gateways(&site, &link, &[]);
     drop(link);
-    let i = initiator(Strongswan::V6_0_1, &a).finish();
-    i.assert_clean(Strongswan::V6_0_1);
-    assert!(
-        i.has("FAIL get_public_key") && i.value("KE").is_none(),
-        "{i}"
+    let (i, r) = exchange(
+        initiator(Strongswan::V6_0_1, &a),
+        responder(Strongswan::V6_0_1, &b, GW_A_ADDR),
     );
-    i.assert_logged("dbg[IKE:1] qkd: no QKD key for SAE 'sae-b': KME ");
-    i.assert_logged("unreachable");
+    i.assert_clean(Strongswan::V6_0_1);
+    r.assert_clean(Strongswan::V6_0_1);
+    assert_refused_in_band(&i, &r, NoKeyReason::KmeUnreachable, "unreachable");
 }
 
 #[test]
@@ -733,4 +760,112 @@ fn bad_settings_make_plugin_create_return_null() {
         p.assert_logged("qkd_plugin_create returned NULL");
         assert_eq!(p.value("version"), Some(version.version()), "{p}");
     }
+}
+
+#[test]
+fn an_unverified_strongswan_is_refused_by_its_loader_and_by_plugin_create() {
+    let link = TestLink::start(SimOptions::default());
+    let site = Site::new("abiguard");
+    let (a, _) = two_gateways(&site, &link, &[]);
+    let refusal = "dbg[CFG:1] qkd: not loading: running strongSwan 7.0.0, but this plugin's \
+                   strongSwan ABI layouts were verified only for strongSwan 6.0.x and 6.1.x; \
+                   use a build verified for this release, or set \
+                   charon.plugins.qkd.allow_unverified_strongswan = yes to load it at your own risk";
+
+    // A >= 6.0.3 loader: the version symbol names what was verified, so the loader's own
+    // check refuses, after our line saying why.
+    let p = Proc::spawn(Strongswan::V7_0_0, &a, "probe", &[]).finish();
+    assert_eq!(p.status.code(), Some(3), "{p}");
+    assert_eq!(p.value("version"), Some("6.0.x/6.1.x"), "{p}");
+    p.assert_logged(refusal);
+    p.assert_logged("plugin version 6.0.x/6.1.x doesn't match version 7.0.0");
+
+    // A loader that never compares the symbol (6.0.2, LD_PRELOAD): qkd_plugin_create
+    // refuses, with the same line, logged once.
+    let p = Proc::spawn(Strongswan::V7_0_0, &a, "probe", &["--no-version-check"]).finish();
+    assert_eq!(p.status.code(), Some(3), "{p}");
+    p.assert_logged(refusal);
+    p.assert_logged("qkd_plugin_create returned NULL");
+    assert_eq!(p.stderr.matches("qkd: not loading").count(), 1, "{p}");
+    assert!(
+        !p.stdout.iter().any(|l| l.starts_with("ok - ")),
+        "nothing registered: {p}"
+    );
+    assert!(journal(&link).is_empty(), "a refused plugin asks no KME");
+}
+
+#[test]
+fn allow_unverified_strongswan_loads_with_a_warning() {
+    let link = TestLink::start(SimOptions::default());
+    let site = Site::new("abioverride");
+    let (a, _) = two_gateways(&site, &link, &[("allow_unverified_strongswan", "yes")]);
+    for args in [&[][..], &["--no-version-check"][..]] {
+        let p = Proc::spawn(Strongswan::V7_0_0, &a, "probe", args).finish();
+        p.assert_clean(Strongswan::V7_0_0);
+        p.assert_logged(
+            "dbg[CFG:1] qkd: WARNING: running strongSwan 7.0.0, but this plugin's strongSwan ABI \
+             layouts were verified only for strongSwan 6.0.x and 6.1.x; loading anyway because \
+             charon.plugins.qkd.allow_unverified_strongswan = yes",
+        );
+        assert_eq!(p.stderr.matches("WARNING: running").count(), 1, "{p}");
+    }
+    // On a verified release the setting changes nothing, and says nothing.
+    for version in [Strongswan::V6_0_1, Strongswan::V6_1_0] {
+        let p = Proc::spawn(version, &a, "probe", &[]).finish();
+        p.assert_clean(version);
+        assert!(!p.stderr.contains("WARNING: running"), "{p}");
+    }
+    // "no" is strongSwan's "no": refused.
+    let (refusing, _) = two_gateways(&site, &link, &[("allow_unverified_strongswan", "no")]);
+    let p = Proc::spawn(Strongswan::V7_0_0, &refusing, "probe", &[]).finish();
+    assert_eq!(p.status.code(), Some(3), "{p}");
+}
+
+#[test]
+fn reloads_that_change_nothing_or_are_refused_consume_no_keys() {
+    let link = TestLink::start(SimOptions::default());
+    let site = Site::new("reloadkeys");
+    let (a, _) = two_gateways(&site, &link, &[("buffer", "2")]);
+    let restart_only = site.settings(
+        "gw-a-method.conf",
+        &GW_A,
+        &link.kme_a_url,
+        &[("buffer", "2"), ("method_id", "1112")],
+    );
+    let mut p = Proc::spawn(
+        Strongswan::V6_1_0,
+        &a,
+        "probe",
+        &[
+            "--reload-settings",
+            restart_only.to_str().unwrap(),
+            "--hold",
+        ],
+    );
+    // The probe's key exchange objects start the supply: gw-b's outbound queue fills to
+    // its 2 key sets (256 bits, one key each).
+    assert_eq!(p.next("HOLD").as_deref(), Some("reloading"));
+    let deadline = Instant::now() + TIMEOUT;
+    while journal(&link).len() < 2 {
+        assert!(Instant::now() < deadline, "the outbound queue never filled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Reload with the same settings (kept), then with another method_id (refused).
+    p.send("GO", "reload");
+    assert_eq!(p.next("HOLD").as_deref(), Some("unloading"));
+    // A new supply would start fetching with the next exchange; give one the time to show.
+    std::thread::sleep(Duration::from_millis(1500));
+    let keys = journal(&link);
+    let p = p.finish();
+    p.assert_clean(Strongswan::V6_1_0);
+    assert_eq!(p.values("reload"), ["1", "0"], "{p}");
+    p.assert_logged(
+        "qkd: settings reloaded (1 peer(s)), unchanged: keeping the KME clients and key buffers",
+    );
+    p.assert_logged("qkd: charon.plugins.qkd.method_id and dh_group only change on restart");
+    assert_eq!(
+        keys.len(),
+        2,
+        "only the first outbound queue's 2 key sets were fetched: {keys:?}\n{p}"
+    );
 }

@@ -28,7 +28,8 @@ pub(crate) unsafe fn borrow<'a>(chunk: &chunk_t) -> Option<&'a [u8]> {
     match (chunk.ptr.is_null(), chunk.len) {
         (_, 0) => Some(&[]),
         (true, _) => None,
-        (false, len) => Some(std::slice::from_raw_parts(chunk.ptr, len)),
+        // SAFETY: non-NULL, and the caller vouches for `len` readable bytes.
+        (false, len) => Some(unsafe { std::slice::from_raw_parts(chunk.ptr, len) }),
     }
 }
 
@@ -40,12 +41,15 @@ pub(crate) unsafe fn borrow<'a>(chunk: &chunk_t) -> Option<&'a [u8]> {
 pub(crate) unsafe fn take(chunk: chunk_t, secret: bool) -> Zeroizing<Vec<u8>> {
     let mut out = Zeroizing::new(Vec::new());
     if !chunk.ptr.is_null() {
-        let bytes = std::slice::from_raw_parts_mut(chunk.ptr, chunk.len);
+        // SAFETY: the caller hands over a malloc'ed buffer of `len` bytes that is ours now;
+        // it is freed exactly once, after the last access.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(chunk.ptr, chunk.len) };
         out.extend_from_slice(bytes);
         if secret {
             bytes.zeroize();
         }
-        libc::free(chunk.ptr as *mut libc::c_void);
+        // SAFETY: see above.
+        unsafe { libc::free(chunk.ptr as *mut libc::c_void) };
     }
     out
 }

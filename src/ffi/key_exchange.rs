@@ -4,7 +4,7 @@ use super::abi::{
     chunk_t, key_exchange_method_t, key_exchange_t, IKE_ESTABLISHED, IKE_REKEYED, IKE_REKEYING,
 };
 use super::ecdh::CharonEcdh;
-use super::{boundary, chunk, plugin, symbols};
+use super::{boundary, chunk, runtime, symbols};
 use crate::ke::{Ecdh, ExchangeContext, KeError, QkdKeyExchange};
 use std::ffi::CStr;
 use std::net::IpAddr;
@@ -21,7 +21,7 @@ struct QkdKe {
 /// declares just `method`.
 pub(crate) unsafe extern "C" fn create(method: key_exchange_method_t) -> *mut key_exchange_t {
     boundary("qkd key exchange constructor", std::ptr::null_mut(), || {
-        let Some(rt) = plugin::runtime() else {
+        let Some(rt) = runtime::current() else {
             log::error!("qkd: plugin not configured, cannot create a key exchange");
             return std::ptr::null_mut();
         };
@@ -57,7 +57,8 @@ pub(crate) unsafe extern "C" fn create(method: key_exchange_method_t) -> *mut ke
 fn exchange_context() -> ExchangeContext {
     let mut ctx = ExchangeContext::default();
     // SAFETY: charon's bus and the checked-out IKE SA are valid for the duration of this
-    // call; get_name/get_other_host return borrowed objects we only read.
+    // call; get_name/get_other_host return NULL or borrowed objects we only read, and the
+    // address chunk points into the host object.
     unsafe {
         let Some(bus) = symbols::charon().and_then(|c| c.bus.as_mut()) else {
             return ctx;
@@ -98,7 +99,8 @@ fn exchange_context() -> ExchangeContext {
 /// # Safety
 /// `this` must be NULL or a pointer returned by [`create`] and not yet destroyed.
 unsafe fn exchange<'a>(this: *mut key_exchange_t) -> Option<&'a mut QkdKeyExchange> {
-    (this as *mut QkdKe).as_mut().map(|ke| &mut ke.exchange)
+    // SAFETY: per the contract above, `this` is NULL or the start of a live QkdKe.
+    unsafe { (this as *mut QkdKe).as_mut() }.map(|ke| &mut ke.exchange)
 }
 
 /// Copies a result into a malloc'ed chunk for charon, or logs why there is none.
@@ -116,16 +118,21 @@ fn hand_out<T: AsRef<[u8]>>(result: Result<T, KeError>, out: &mut chunk_t) -> bo
 
 unsafe extern "C" fn get_public_key(this: *mut key_exchange_t, value: *mut chunk_t) -> bool {
     boundary("get_public_key", false, || {
-        let (Some(ex), false) = (exchange(this), value.is_null()) else {
+        // SAFETY: charon passes the object our constructor returned.
+        let (Some(ex), false) = (unsafe { exchange(this) }, value.is_null()) else {
             return false;
         };
-        hand_out(ex.get_public_key(), &mut *value)
+        // SAFETY: `value` is non-NULL and points to charon's chunk variable.
+        hand_out(ex.get_public_key(), unsafe { &mut *value })
     })
 }
 
 unsafe extern "C" fn set_public_key(this: *mut key_exchange_t, value: chunk_t) -> bool {
     boundary("set_public_key", false, || {
-        let (Some(ex), Some(data)) = (exchange(this), chunk::borrow(&value)) else {
+        // SAFETY: charon passes the object our constructor returned and a chunk it owns for
+        // the duration of the call.
+        let (Some(ex), Some(data)) = (unsafe { exchange(this) }, unsafe { chunk::borrow(&value) })
+        else {
             return false;
         };
         ex.set_public_key(data)
@@ -136,14 +143,17 @@ unsafe extern "C" fn set_public_key(this: *mut key_exchange_t, value: chunk_t) -
 
 unsafe extern "C" fn get_shared_secret(this: *mut key_exchange_t, secret: *mut chunk_t) -> bool {
     boundary("get_shared_secret", false, || {
-        let (Some(ex), false) = (exchange(this), secret.is_null()) else {
+        // SAFETY: charon passes the object our constructor returned.
+        let (Some(ex), false) = (unsafe { exchange(this) }, secret.is_null()) else {
             return false;
         };
-        hand_out(ex.shared_secret(), &mut *secret)
+        // SAFETY: `secret` is non-NULL and points to charon's chunk variable.
+        hand_out(ex.shared_secret(), unsafe { &mut *secret })
     })
 }
 
 /// Only strongSwan's crypto tester seeds key exchanges, and `qkd` has no test vectors.
+/// No panic boundary: returning a constant cannot panic.
 unsafe extern "C" fn set_seed(
     _: *mut key_exchange_t,
     _: chunk_t,
@@ -154,7 +164,8 @@ unsafe extern "C" fn set_seed(
 
 unsafe extern "C" fn get_method(this: *mut key_exchange_t) -> key_exchange_method_t {
     boundary("get_method", 0, || {
-        exchange(this).map_or(0, |ex| ex.method() as key_exchange_method_t)
+        // SAFETY: charon passes the object our constructor returned.
+        unsafe { exchange(this) }.map_or(0, |ex| ex.method() as key_exchange_method_t)
     })
 }
 
@@ -162,7 +173,9 @@ unsafe extern "C" fn destroy(this: *mut key_exchange_t) {
     boundary("destroy", (), || {
         if !this.is_null() {
             // Dropping wipes the secret and key material (Zeroizing) and destroys the ECDH.
-            drop(Box::from_raw(this as *mut QkdKe));
+            // SAFETY: a non-NULL `this` is the Box our constructor leaked; charon destroys
+            // each key exchange once.
+            drop(unsafe { Box::from_raw(this as *mut QkdKe) });
         }
     })
 }

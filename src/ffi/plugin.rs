@@ -1,23 +1,13 @@
-//! `qkd_plugin_create`: the plugin object, its feature table and the global runtime.
+//! `qkd_plugin_create`: the plugin object, its feature table and the names it registers.
+//! The runtime it installs lives in [`super::runtime`].
 
 use super::abi::{
     enum_name_t, key_exchange_method_t, plugin_feature_t, plugin_t, FEATURE_DEPENDS, FEATURE_KE,
     FEATURE_PROVIDE, FEATURE_REGISTER, KEY_EXCHANGE_METHOD,
 };
-use super::settings::CharonSettings;
-use super::{boundary, key_exchange, log as charon_log, symbols};
-use crate::config::{Config, PREFIX};
-use crate::ke::Runtime;
-use crate::kme::{Etsi014Client, KeySource};
-use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::{Arc, RwLock};
-
-/// The runtime every new key exchange picks up; replaced on `--reload-settings`.
-static RUNTIME: RwLock<Option<Arc<Runtime>>> = RwLock::new(None);
-
-pub(crate) fn runtime() -> Option<Arc<Runtime>> {
-    RUNTIME.read().ok()?.clone()
-}
+use super::{boundary, key_exchange, log as charon_log, runtime, symbols, version};
+use crate::config::Config;
+use std::ffi::{c_char, c_int, c_void};
 
 /// `enum_name_t` with one name: makes logs and `swanctl --list-algs` print `QKD` instead of
 /// `(1042)`. charon links it into `key_exchange_method_names`, so it must not move.
@@ -34,19 +24,6 @@ struct QkdPlugin {
     public: plugin_t,
     features: Vec<plugin_feature_t>,
     method_name: Option<Box<MethodName>>,
-}
-
-fn load_runtime() -> Result<Runtime, String> {
-    let lib = symbols::lib().ok_or("libstrongswan's `lib` not found")?;
-    // SAFETY: lib->ns is a NUL-terminated string owned by the library.
-    let ns =
-        unsafe { (!lib.ns.is_null()).then(|| CStr::from_ptr(lib.ns)) }.ok_or("lib->ns not set")?;
-    let settings = CharonSettings::new(lib.settings, ns).ok_or("lib->settings not set")?;
-    let config = Config::load(&settings).map_err(|e| e.to_string())?;
-    Runtime::new(config, |kme| {
-        Ok(Arc::new(Etsi014Client::new(kme)?) as Arc<dyn KeySource>)
-    })
-    .map_err(|e| e.to_string())
 }
 
 fn feature(kind: u32, arg: impl FnOnce(&mut plugin_feature_t)) -> plugin_feature_t {
@@ -79,7 +56,7 @@ fn features(config: &Config) -> Vec<plugin_feature_t> {
 /// proposals, and the name `QKD` for the method number. Tokens cannot be unregistered.
 fn register_names(method_id: u16) -> Option<Box<MethodName>> {
     let lib = symbols::lib()?;
-    // SAFETY: lib->proposal is the live keyword registry; the name is copied (strdup).
+    // SAFETY: lib->proposal is NULL or the live keyword registry; the name is copied (strdup).
     unsafe {
         if let Some(proposal) = lib.proposal.as_mut() {
             if let Some(register) = proposal.register_token {
@@ -94,7 +71,8 @@ fn register_names(method_id: u16) -> Option<Box<MethodName>> {
         next: std::ptr::null_mut(),
         names: [c"QKD".as_ptr()],
     });
-    // SAFETY: `name` is heap-pinned until plugin destroy removes it again.
+    // SAFETY: `add` is libstrongswan's enum_add_enum_names on its live list; `name` is
+    // heap-pinned until plugin destroy removes it again.
     unsafe {
         (names.add)(
             names.key_exchange_methods,
@@ -108,7 +86,11 @@ fn register_names(method_id: u16) -> Option<Box<MethodName>> {
 pub extern "C" fn qkd_plugin_create() -> *mut plugin_t {
     boundary("qkd_plugin_create", std::ptr::null_mut(), || {
         charon_log::install();
-        let rt = match load_runtime() {
+        // Loaders before 6.0.3 (and the RTLD_DEFAULT path) never compare qkd_plugin_version.
+        if !version::abi_allows_loading() {
+            return std::ptr::null_mut();
+        }
+        let rt = match runtime::install() {
             Ok(rt) => rt,
             Err(e) => {
                 log::error!(target: "cfg", "qkd: not loading: {e}");
@@ -134,11 +116,11 @@ pub extern "C" fn qkd_plugin_create() -> *mut plugin_t {
             rt.config.fallback,
             rt.config.peers.len()
         );
-        *RUNTIME.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(rt));
         Box::into_raw(plugin) as *mut plugin_t
     })
 }
 
+/// No panic boundary: returning a constant cannot panic.
 unsafe extern "C" fn get_name(_: *mut plugin_t) -> *mut c_char {
     // Static: the crypto factory keeps this pointer as the provider name.
     c"qkd".as_ptr() as *mut c_char
@@ -146,9 +128,12 @@ unsafe extern "C" fn get_name(_: *mut plugin_t) -> *mut c_char {
 
 unsafe extern "C" fn get_features(this: *mut plugin_t, out: *mut *mut plugin_feature_t) -> c_int {
     boundary("get_features", 0, || {
-        match ((this as *mut QkdPlugin).as_mut(), out.is_null()) {
+        // SAFETY: `this` is NULL or the plugin object qkd_plugin_create returned (its first
+        // member is the plugin_t charon holds); `out` is checked for NULL before the write.
+        match (unsafe { (this as *mut QkdPlugin).as_mut() }, out.is_null()) {
             (Some(plugin), false) => {
-                *out = plugin.features.as_mut_ptr();
+                // SAFETY: `out` is non-NULL and points to charon's result variable.
+                unsafe { *out = plugin.features.as_mut_ptr() };
                 plugin.features.len() as c_int
             }
             _ => 0,
@@ -156,33 +141,9 @@ unsafe extern "C" fn get_features(this: *mut plugin_t, out: *mut *mut plugin_fea
     })
 }
 
-/// `swanctl --reload-settings`: new exchanges use the new settings. The method ID and the
-/// ECDH dependency are fixed in the feature table, so changing them needs a restart.
+/// `swanctl --reload-settings` (policy in [`runtime::reload`]).
 unsafe extern "C" fn reload(_: *mut plugin_t) -> bool {
-    boundary("reload", false, || {
-        let new = match load_runtime() {
-            Ok(rt) => rt,
-            Err(e) => {
-                log::error!(target: "cfg", "qkd: keeping the previous settings: {e}");
-                return false;
-            }
-        };
-        let mut current = RUNTIME.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = current.as_ref() {
-            if (old.config.method_id, old.config.dh_group)
-                != (new.config.method_id, new.config.dh_group)
-            {
-                log::error!(
-                    target: "cfg",
-                    "qkd: {PREFIX}.method_id and dh_group only change on restart; keeping the previous settings"
-                );
-                return false;
-            }
-        }
-        log::info!(target: "cfg", "qkd: settings reloaded ({} peer(s))", new.config.peers.len());
-        *current = Some(Arc::new(new));
-        true
-    })
+    boundary("reload", false, runtime::reload)
 }
 
 unsafe extern "C" fn destroy(this: *mut plugin_t) {
@@ -190,13 +151,18 @@ unsafe extern "C" fn destroy(this: *mut plugin_t) {
         if this.is_null() {
             return;
         }
-        let plugin = Box::from_raw(this as *mut QkdPlugin);
+        // SAFETY: a non-NULL `this` is the Box qkd_plugin_create leaked; charon destroys a
+        // plugin once.
+        let plugin = unsafe { Box::from_raw(this as *mut QkdPlugin) };
         if let (Some(mut name), Some(names)) = (plugin.method_name, symbols::enum_names()) {
-            (names.remove)(
-                names.key_exchange_methods,
-                &mut *name as *mut MethodName as *mut enum_name_t,
-            );
+            // SAFETY: removes the entry register_names added to the same live list.
+            unsafe {
+                (names.remove)(
+                    names.key_exchange_methods,
+                    &mut *name as *mut MethodName as *mut enum_name_t,
+                )
+            };
         }
-        RUNTIME.write().unwrap_or_else(|e| e.into_inner()).take();
+        runtime::uninstall();
     })
 }

@@ -1,6 +1,7 @@
 //! [`SettingsSource`] over strongSwan's `lib->settings`.
 
 use super::abi::settings_t;
+use super::symbols;
 use crate::config::SettingsSource;
 use std::ffi::{c_char, CStr, CString};
 use std::ptr;
@@ -17,6 +18,38 @@ impl CharonSettings {
             settings,
             ns: ns.to_owned(),
         })
+    }
+
+    /// `lib->settings` under `lib->ns`.
+    pub(crate) fn from_lib() -> Result<CharonSettings, String> {
+        let lib = symbols::lib().ok_or("libstrongswan's `lib` not found")?;
+        if lib.ns.is_null() {
+            return Err("lib->ns not set".into());
+        }
+        // SAFETY: lib->ns is non-NULL and a NUL-terminated string owned by the library.
+        let ns = unsafe { CStr::from_ptr(lib.ns) };
+        CharonSettings::new(lib.settings, ns).ok_or_else(|| "lib->settings not set".into())
+    }
+
+    /// `<ns>.plugins.qkd.<key>` read with strongSwan's own `get_bool`, so yes/no, true/false,
+    /// enabled/disabled and 1/0 mean what they mean everywhere else in strongswan.conf.
+    pub(crate) fn flag(&self, key: &str, default: bool) -> bool {
+        let Ok(fmt) = CString::new(format!("%s.plugins.qkd.{key}")) else {
+            return default;
+        };
+        // SAFETY: valid settings object; the format's one %s gets the NUL-terminated ns.
+        // `key` is one of our own constants and holds no '%'.
+        unsafe {
+            match (*self.settings).get_bool {
+                Some(get_bool) => get_bool(
+                    self.settings,
+                    fmt.as_ptr() as *mut _,
+                    default.into(),
+                    self.ns.as_ptr(),
+                ),
+                None => default,
+            }
+        }
     }
 
     fn string(value: *const c_char) -> Option<String> {

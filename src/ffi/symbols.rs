@@ -39,6 +39,11 @@ pub(crate) fn has_wch_group() -> bool {
     !lookup(c"library_init_register").is_null()
 }
 
+/// strongSwan >= 6.0.0: key exchanges (not 5.x's diffie_hellman_t) and their name list.
+pub(crate) fn has_key_exchange_method_names() -> bool {
+    !lookup(c"key_exchange_method_names").is_null()
+}
+
 /// Path of the loaded libstrongswan (found via a symbol only >= 6.0.2 exports).
 pub(crate) fn libstrongswan_path() -> Option<String> {
     let sym = lookup(c"library_init_register");

@@ -4,9 +4,19 @@
 //!
 //! The tag key is derived from the QKD key under its own label, so the key itself is only
 //! ever used as input to IKE's key derivation and to this one derivation.
+//!
+//! Key hygiene. Wiped: the derived confirmation key, which HMAC writes straight into a
+//! `Zeroizing` buffer (no other copy is made here). Not wiped: the state hmac 0.12 keeps
+//! inside `Hmac` (the SHA-256 chaining values after the key XOR ipad/opad blocks, which are
+//! as good as the key for computing HMACs under it) and the padded key block it builds in
+//! `new_from_slice`. hmac 0.12 and sha2 0.10 have no zeroize feature, and their state cannot
+//! be wiped from outside without unsafe code. These values live only in this function's
+//! stack frame (never on the heap: tests/key_hygiene.rs scans freed heap blocks) and are
+//! overwritten by the next calls on this worker thread's stack.
 
 use crate::ids::{KeyId, SaeId};
 use crate::wire::TAG_LEN;
+use hmac::digest::{FixedOutput, Output};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
@@ -20,9 +30,10 @@ const CONFIRM_KEY_LABEL: &[u8] = b"strongswan-qkd v1 key confirmation";
 pub fn tag(qkd_key: &[u8], master: &SaeId, slave: &SaeId, key_ids: &[KeyId]) -> [u8; TAG_LEN] {
     let mut kdf = HmacSha256::new_from_slice(qkd_key).expect("HMAC takes any key length");
     kdf.update(CONFIRM_KEY_LABEL);
-    let confirm_key = Zeroizing::new(kdf.finalize().into_bytes().to_vec());
+    let mut confirm_key = Zeroizing::new([0u8; 32]);
+    kdf.finalize_into(Output::<HmacSha256>::from_mut_slice(&mut confirm_key[..]));
 
-    let mut mac = HmacSha256::new_from_slice(&confirm_key).expect("HMAC takes any key length");
+    let mut mac = HmacSha256::new_from_slice(&confirm_key[..]).expect("HMAC takes any key length");
     for sae in [master, slave] {
         mac.update(&[sae.as_str().len() as u8]);
         mac.update(sae.as_str().as_bytes());

@@ -79,6 +79,7 @@ int main(void)
 	S(chunk_t);
 	S(key_exchange_method_t);
 	S(transform_type_t);
+	S(ike_sa_state_t);
 	S(rng_quality_t);
 	S(level_t);
 	S(debug_t);
@@ -242,7 +243,10 @@ int main(void)
 	M(host_t, equals);
 	M(host_t, destroy);
 
-	/* ike_sa_t: leading slots only, so no sizeof */
+	/* ike_sa_state_t, ike_sa_t (leading slots only, so no sizeof) */
+	E(IKE_ESTABLISHED);
+	E(IKE_REKEYING);
+	E(IKE_REKEYED);
 	M(ike_sa_t, get_id);
 	M(ike_sa_t, get_version);
 	M(ike_sa_t, get_unique_id);

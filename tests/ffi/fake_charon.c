@@ -5,16 +5,21 @@
  *
  * It exports the globals the plugin looks up with dlsym(RTLD_DEFAULT, ...) (link with
  * -rdynamic): `lib`, `dbg`, `charon`, `key_exchange_method_names`, `enum_add_enum_names`,
- * `enum_remove_enum_names` and, built with -DSTRONGSWAN_6_1, `library_init_register`.
- * In that build the only version-shaped string in this executable is "6.1.0" (strongSwan's
- * VERSION), as in 6.1.0's libstrongswan; the plugin must find it by reading the file that
- * defines library_init_register. The 6.1.0 loader's version check is emulated too.
+ * `enum_remove_enum_names` and, built with -DSTRONGSWAN_VERSION='"6.1.0"' (or any other
+ * version), `library_init_register`. In that build the only version-shaped string in this
+ * executable is STRONGSWAN_VERSION, as in a >= 6.0.2 libstrongswan; the plugin must find it
+ * by reading the file that defines library_init_register. The >= 6.0.3 loader's version
+ * check is emulated too, unless --no-version-check (6.0.2, or a constructor found through
+ * RTLD_DEFAULT). Built without it, the fake plays 6.0.1: no library_init_register, no check.
  *
  * Usage: fake_charon PLUGIN.so SETTINGS MODE [--conn NAME] [--remote A.B.C.D]
- *                    [--reload-settings SETTINGS2]
+ *                    [--reload-settings SETTINGS2] [--no-version-check] [--hold]
  *   SETTINGS: lines "full.key=value" (e.g. charon.plugins.qkd.sae_id=sae-a), '#' comments.
  *   MODE: initiator | responder (one role of one exchange, data as hex lines on
- *         stdin/stdout) | probe (defensive paths, reload, no KME traffic).
+ *         stdin/stdout) | probe (defensive paths, reload, no KME traffic). --hold: print
+ *         "HOLD reloading" before the reloads and "HOLD unloading" before the unload, and
+ *         each time wait for a line (or EOF) on stdin, so that the test can watch what the
+ *         loaded plugin does meanwhile (e.g. how many keys its key buffers fetch).
  *
  * stdout, one fact per line (tests/ffi_charon.rs asserts on them):
  *   version S      value of qkd_plugin_version after dlopen
@@ -36,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include "strongswan_abi.h"
@@ -129,7 +135,7 @@ static bool chunk_equals(chunk_t a, chunk_t b)
 
 /* ---- dbg ------------------------------------------------------------------------------- */
 
-#ifdef STRONGSWAN_6_1
+#ifdef STRONGSWAN_VERSION
 /* >= 6.0.2: DBG_WCH inserted at 5 */
 static const char *group_names[] = { "DMN", "MGR", "IKE", "CHD", "JOB", "WCH", "CFG", "KNL", "NET",
 	"ASN", "ENC", "TNC", "IMC", "IMV", "PTS", "TLS", "APP", "ESP", "LIB" };
@@ -159,9 +165,9 @@ static void fake_dbg(debug_t group, level_t level, char *fmt, ...)
 
 dbg_fn_t dbg = fake_dbg;
 
-#ifdef STRONGSWAN_6_1
-/* The running version; 6.1.0's loader compares it with <name>_plugin_version. */
-static const char VERSION[] = "6.1.0";
+#ifdef STRONGSWAN_VERSION
+/* The running version; the >= 6.0.3 loader compares it with <name>_plugin_version. */
+static const char VERSION[] = STRONGSWAN_VERSION;
 
 /* Exported only by >= 6.0.2; the plugin locates libstrongswan's file through it. */
 void library_init_register(void *init)
@@ -323,6 +329,34 @@ static char *settings_get_str(settings_t *this, char *key, char *def, ...)
 	return value ? value : def;
 }
 
+/* As settings_value_as_bool(): yes/true/enabled/1, no/false/disabled/0, else the default. */
+static bool settings_get_bool(settings_t *this, char *key, int def, ...)
+{
+	static const char *yes[] = { "1", "yes", "true", "enabled" };
+	static const char *no[] = { "0", "no", "false", "disabled" };
+	char buf[512];
+	va_list args;
+	char *value;
+
+	(void)this;
+	va_start(args, def);
+	vsnprintf(buf, sizeof(buf), key, args);
+	va_end(args);
+	value = lookup(buf);
+	for (size_t i = 0; value && i < sizeof(yes) / sizeof(yes[0]); i++)
+	{
+		if (strcasecmp(value, yes[i]) == 0)
+		{
+			return true;
+		}
+		if (strcasecmp(value, no[i]) == 0)
+		{
+			return false;
+		}
+	}
+	return def;
+}
+
 typedef struct {
 	enumerator_t public;
 	char **names;
@@ -400,6 +434,7 @@ static enumerator_t *settings_create_section_enumerator(settings_t *this, char *
 
 static settings_t settings = {
 	.get_str = settings_get_str,
+	.get_bool = settings_get_bool,
 	.create_section_enumerator = settings_create_section_enumerator,
 };
 
@@ -871,7 +906,24 @@ static void responder(int method)
 
 /* ---- defensive paths ------------------------------------------------------------------- */
 
-static void probe(plugin_t *plugin, int method, const char *reload_settings)
+/* --hold: says what comes next and waits for the test's go (a line, or EOF). */
+static void hold_until(bool hold, const char *next)
+{
+	int c;
+
+	if (!hold)
+	{
+		return;
+	}
+	fact("HOLD %s", next);
+	do
+	{
+		c = getchar();
+	}
+	while (c != EOF && c != '\n');
+}
+
+static void probe(plugin_t *plugin, int method, const char *reload_settings, bool hold)
 {
 	u_char garbage[] = "this is not KE data";
 	chunk_t out = chunk_empty;
@@ -923,6 +975,7 @@ static void probe(plugin_t *plugin, int method, const char *reload_settings)
 		chunk_free(&big);
 	}
 
+	hold_until(hold, "reloading");
 	fact("reload %d", plugin->reload ? plugin->reload(plugin) : -1);
 	if (reload_settings)
 	{
@@ -936,6 +989,7 @@ static void probe(plugin_t *plugin, int method, const char *reload_settings)
 			ke->destroy(ke);
 		}
 	}
+	hold_until(hold, "unloading");
 }
 
 /* ---- main -------------------------------------------------------------------------------- */
@@ -943,6 +997,7 @@ static void probe(plugin_t *plugin, int method, const char *reload_settings)
 int main(int argc, char *argv[])
 {
 	const char *plugin_path, *mode, *reload_settings = NULL;
+	bool check_version = true, hold = false;
 	plugin_t *(*create)(void);
 	const char **version;
 	plugin_t *plugin;
@@ -957,9 +1012,23 @@ int main(int argc, char *argv[])
 	plugin_path = argv[1];
 	load_table(&table, argv[2]);
 	mode = argv[3];
-	for (int i = 4; i + 1 < argc; i += 2)
+	for (int i = 4; i < argc; i += 2)
 	{
-		if (strcmp(argv[i], "--conn") == 0)
+		if (strcmp(argv[i], "--no-version-check") == 0)
+		{
+			check_version = false;
+			i--;
+		}
+		else if (strcmp(argv[i], "--hold") == 0)
+		{
+			hold = true;
+			i--;
+		}
+		else if (i + 1 >= argc)
+		{
+			die("option without a value");
+		}
+		else if (strcmp(argv[i], "--conn") == 0)
 		{
 			connection_name = argv[i + 1];
 		}
@@ -995,13 +1064,15 @@ int main(int argc, char *argv[])
 		return 3;
 	}
 	fact("version %s", *version);
-#ifdef STRONGSWAN_6_1
-	if (strcmp(*version, VERSION) != 0)
+#ifdef STRONGSWAN_VERSION
+	if (check_version && strcmp(*version, VERSION) != 0)
 	{
 		fprintf(stderr, "plugin 'qkd': failed to load - plugin version %s doesn't match version %s\n",
 				*version, VERSION);
 		return 3;
 	}
+#else
+	(void)check_version; /* 6.0.1 checks no version */
 #endif
 	create = (plugin_t *(*)(void))dlsym(handle, "qkd_plugin_create");
 	if (!create)
@@ -1041,7 +1112,7 @@ int main(int argc, char *argv[])
 	}
 	else if (strcmp(mode, "probe") == 0)
 	{
-		probe(plugin, method, reload_settings);
+		probe(plugin, method, reload_settings, hold);
 	}
 	else
 	{

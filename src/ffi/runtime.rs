@@ -1,0 +1,391 @@
+//! The runtime every new key exchange picks up (settings, KME clients, key buffers): how it
+//! is built from charon's settings, and what `swanctl --reload-settings` replaces.
+//!
+//! Key economy on reload: the new settings are loaded and validated, and compared with the
+//! running ones, before anything that talks to a KME is built, so a refused reload consumes
+//! no key. Identical settings (and unchanged PEM files) keep the running runtime as it is,
+//! its key buffers included. Otherwise every KME client is built before `Runtime::new`, and
+//! the clients of peers whose KME settings did not change are kept ([`kept_key_sources`]).
+
+use super::settings::CharonSettings;
+use crate::config::{Config, KmeSettings, PeerConfig, PREFIX};
+use crate::ke::Runtime;
+use crate::kme::{Etsi014Client, KeySource};
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+/// The runtime every new key exchange picks up, and what its KME clients were built from.
+pub(crate) struct Installed {
+    runtime: Arc<Runtime>,
+    pem_files: Vec<(KmeSettings, PemFiles)>,
+}
+
+/// Replaced on reload, dropped on unload. Exchanges in flight keep the runtime they started
+/// with (they hold an `Arc`).
+static INSTALLED: RwLock<Option<Installed>> = RwLock::new(None);
+
+pub(crate) fn current() -> Option<Arc<Runtime>> {
+    Some(INSTALLED.read().ok()?.as_ref()?.runtime.clone())
+}
+
+fn load_config() -> Result<Config, String> {
+    let settings = CharonSettings::from_lib()?;
+    Config::load(&settings).map_err(|e| e.to_string())
+}
+
+/// Identity of one file's contents as the file system tells it, without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    inode: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+/// The CA, certificate and key files of one KME's settings (None: unreadable). A client
+/// read them when it was built: a certificate renewed under the same path needs a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PemFiles([Option<FileStamp>; 3]);
+
+impl PemFiles {
+    fn of(kme: &KmeSettings) -> PemFiles {
+        PemFiles([&kme.ca, &kme.cert, &kme.key].map(|path| {
+            std::fs::metadata(path).ok().map(|m| FileStamp {
+                inode: m.ino(),
+                len: m.len(),
+                modified: m.modified().ok(),
+            })
+        }))
+    }
+}
+
+impl Installed {
+    fn new(runtime: Runtime) -> Installed {
+        let mut pem_files: Vec<(KmeSettings, PemFiles)> = Vec::new();
+        for peer in &runtime.config.peers {
+            let kme = runtime.config.kme_for(peer);
+            if !pem_files.iter().any(|(s, _)| s == kme) {
+                pem_files.push((kme.clone(), PemFiles::of(kme)));
+            }
+        }
+        Installed {
+            runtime: Arc::new(runtime),
+            pem_files,
+        }
+    }
+
+    /// Whether the client built for `kme` would be built the same way today.
+    fn pem_files_unchanged(&self, kme: &KmeSettings) -> bool {
+        self.pem_files
+            .iter()
+            .any(|(s, files)| s == kme && *files == PemFiles::of(kme))
+    }
+
+    /// Whether the KME client built for `old_peer` can serve `new_peer` under `new` exactly
+    /// as before: the same connection asking the same KME (URL, credentials and their
+    /// files, timeout) for keys for the same SAE IDs, of the same size.
+    fn key_source_unchanged(
+        &self,
+        old_peer: &PeerConfig,
+        new: &Config,
+        new_peer: &PeerConfig,
+    ) -> bool {
+        let old = &self.runtime.config;
+        old_peer.name == new_peer.name
+            && old_peer.sae_id == new_peer.sae_id
+            && old.kme_for(old_peer) == new.kme_for(new_peer)
+            && (&old.sae_id, old.key_size) == (&new.sae_id, new.key_size)
+            && self.pem_files_unchanged(old.kme_for(old_peer))
+    }
+}
+
+/// For each peer of `new` (in the order of `new.peers`), the key source the installed
+/// runtime uses for that peer if it can keep serving it unchanged
+/// ([`Installed::key_source_unchanged`]), else None.
+///
+/// A peer whose KME settings did not change keeps its client (and its TLS session). Its
+/// buffered keys survive only a reload that changes nothing at all ([`ReloadPlan::Keep`]):
+/// the key supply belongs to one runtime.
+pub(crate) fn kept_key_sources(
+    installed: &Installed,
+    new: &Config,
+) -> Vec<Option<Arc<dyn KeySource>>> {
+    let old = &installed.runtime;
+    new.peers
+        .iter()
+        .map(|new_peer| {
+            old.config
+                .peers
+                .iter()
+                .find(|old_peer| installed.key_source_unchanged(old_peer, new, new_peer))
+                .map(|old_peer| old.source(old.peer_index(old_peer)).clone())
+        })
+        .collect()
+}
+
+/// Builds the runtime for `config`, keeping the clients `previous` may pass on. Every KME
+/// client is built (which may fail) before `Runtime::new`, and the key supply starts only
+/// with the first exchange, so a failure here consumes no key.
+fn build(config: Config, previous: Option<&Installed>) -> Result<Runtime, String> {
+    let kept = match previous {
+        Some(installed) => kept_key_sources(installed, &config),
+        None => vec![None; config.peers.len()],
+    };
+    let mut clients: Vec<(KmeSettings, Arc<dyn KeySource>)> = Vec::new();
+    for (peer, kept) in config.peers.iter().zip(kept) {
+        let settings = config.kme_for(peer);
+        if clients.iter().any(|(s, _)| s == settings) {
+            continue;
+        }
+        let client: Arc<dyn KeySource> = match kept {
+            Some(source) => source,
+            None => Arc::new(Etsi014Client::new(settings).map_err(|e| e.to_string())?),
+        };
+        clients.push((settings.clone(), client));
+    }
+    Runtime::new(config, |settings| {
+        match clients.iter().find(|(s, _)| s == settings) {
+            Some((_, client)) => Ok(client.clone()),
+            None => Ok(Arc::new(Etsi014Client::new(settings)?) as Arc<dyn KeySource>),
+        }
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// `qkd_plugin_create`: loads the settings and installs the first runtime.
+pub(crate) fn install() -> Result<Arc<Runtime>, String> {
+    let installed = Installed::new(build(load_config()?, None)?);
+    let runtime = installed.runtime.clone();
+    *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = Some(installed);
+    Ok(runtime)
+}
+
+/// What a reload of `current` to `new` does.
+#[derive(Debug, PartialEq, Eq)]
+enum ReloadPlan {
+    /// A setting fixed in charon's feature table changed: keep everything.
+    Refuse(String),
+    /// Nothing changed: keep the running runtime with its clients and key buffers.
+    Keep,
+    Replace,
+}
+
+fn plan(current: &Installed, new: &Config) -> ReloadPlan {
+    let old = &current.runtime.config;
+    if (old.method_id, old.dh_group) != (new.method_id, new.dh_group) {
+        ReloadPlan::Refuse(format!(
+            "{PREFIX}.method_id and dh_group only change on restart; keeping the previous settings"
+        ))
+    } else if old == new
+        && current
+            .pem_files
+            .iter()
+            .all(|(kme, _)| current.pem_files_unchanged(kme))
+    {
+        ReloadPlan::Keep
+    } else {
+        ReloadPlan::Replace
+    }
+}
+
+/// `swanctl --reload-settings`: new exchanges use the new settings. The method ID and the
+/// ECDH dependency are fixed in the feature table, so changing them needs a restart.
+pub(crate) fn reload() -> bool {
+    let new = match load_config() {
+        Ok(config) => config,
+        Err(e) => {
+            log::error!(target: "cfg", "qkd: keeping the previous settings: {e}");
+            return false;
+        }
+    };
+    // Held across the build: a concurrent reload must not interleave with this one.
+    let mut installed = INSTALLED.write().unwrap_or_else(|e| e.into_inner());
+    match installed.as_ref().map(|current| plan(current, &new)) {
+        Some(ReloadPlan::Refuse(why)) => {
+            log::error!(target: "cfg", "qkd: {why}");
+            return false;
+        }
+        Some(ReloadPlan::Keep) => {
+            log::info!(
+                target: "cfg",
+                "qkd: settings reloaded ({} peer(s)), unchanged: keeping the KME clients and key buffers",
+                new.peers.len()
+            );
+            return true;
+        }
+        Some(ReloadPlan::Replace) | None => {}
+    }
+    let peers = new.peers.len();
+    match build(new, installed.as_ref()) {
+        Ok(runtime) => {
+            log::info!(target: "cfg", "qkd: settings reloaded ({peers} peer(s))");
+            *installed = Some(Installed::new(runtime));
+            true
+        }
+        Err(e) => {
+            log::error!(target: "cfg", "qkd: keeping the previous settings: {e}");
+            false
+        }
+    }
+}
+
+/// Plugin unload: new exchanges find no runtime; the last exchange in flight drops it.
+pub(crate) fn uninstall() {
+    INSTALLED.write().unwrap_or_else(|e| e.into_inner()).take();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::MapSettings;
+    use crate::ids::{KeyId, SaeId};
+    use crate::kme::{KmeError, QkdKey};
+    use std::time::Instant;
+
+    const BASE: &[(&str, &str)] = &[
+        ("sae_id", "sae-a"),
+        ("kme.url", "https://kme-a.test"),
+        ("kme.ca", "ca"),
+        ("kme.cert", "cert"),
+        ("kme.key", "key"),
+        ("peers.gw-b.sae_id", "sae-b"),
+        ("peers.gw-c.sae_id", "sae-c"),
+    ];
+
+    fn config(changes: &[(&str, &str)]) -> Config {
+        let mut settings = MapSettings::new(BASE);
+        for (k, v) in changes {
+            settings.0.insert(k.to_string(), v.to_string());
+        }
+        Config::load(&settings).unwrap()
+    }
+
+    /// A key source that is never asked for keys: only its identity matters here.
+    struct Unused;
+
+    impl KeySource for Unused {
+        fn enc_keys(
+            &self,
+            _: &SaeId,
+            _: u32,
+            _: usize,
+            _: Instant,
+        ) -> Result<Vec<Vec<QkdKey>>, KmeError> {
+            unreachable!("the reload policy never fetches keys")
+        }
+        fn dec_keys(&self, _: &SaeId, _: &[KeyId], _: Instant) -> Result<Vec<QkdKey>, KmeError> {
+            unreachable!("the reload policy never fetches keys")
+        }
+        fn keys_per_set(&self, _: &SaeId, _: u32, _: Instant) -> Result<usize, KmeError> {
+            unreachable!("the reload policy never fetches keys")
+        }
+        fn url(&self) -> &str {
+            "https://kme.test"
+        }
+    }
+
+    fn installed(config: Config) -> Installed {
+        Installed::new(
+            Runtime::new(config, |_| Ok(Arc::new(Unused) as Arc<dyn KeySource>)).unwrap(),
+        )
+    }
+
+    /// Which peers of `new` keep the installed sources, by name.
+    fn kept(installed: &Installed, new: &Config) -> Vec<String> {
+        let kept = kept_key_sources(installed, new);
+        let old = &installed.runtime;
+        assert_eq!(kept.len(), new.peers.len());
+        new.peers
+            .iter()
+            .zip(kept)
+            .filter_map(|(peer, source)| {
+                let source = source?;
+                let old_peer = old.config.peer_named(&peer.name).unwrap();
+                assert!(Arc::ptr_eq(&source, old.source(old.peer_index(old_peer))));
+                Some(peer.name.clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unchanged_peers_keep_their_key_source() {
+        let old = installed(config(&[]));
+        assert_eq!(kept(&old, &config(&[])), ["gw-b", "gw-c"]);
+        // Settings that do not reach the KME leave the sources alone.
+        let unrelated = config(&[("fallback", "dh"), ("peers.gw-b.remote", "192.0.2.2")]);
+        assert_eq!(kept(&old, &unrelated), ["gw-b", "gw-c"]);
+        // One peer's KME or SAE ID changed: only that peer gets a new source.
+        let own_kme = config(&[
+            ("peers.gw-c.kme.url", "https://kme-c.test"),
+            ("peers.gw-c.kme.ca", "ca"),
+            ("peers.gw-c.kme.cert", "cert"),
+            ("peers.gw-c.kme.key", "key"),
+        ]);
+        assert_eq!(kept(&old, &own_kme), ["gw-b"]);
+        assert_eq!(
+            kept(&old, &config(&[("peers.gw-b.sae_id", "sae-x")])),
+            ["gw-c"]
+        );
+        // A peer added under a new name has nothing to keep.
+        assert_eq!(
+            kept(&old, &config(&[("peers.gw-d.sae_id", "sae-d")])),
+            ["gw-b", "gw-c"]
+        );
+    }
+
+    #[test]
+    fn what_every_buffer_depends_on_changes_every_source() {
+        let old = installed(config(&[]));
+        for change in [
+            ("kme.url", "https://kme-a2.test"),
+            ("kme.cert", "other-cert"),
+            ("kme.timeout", "7s"),
+            ("sae_id", "sae-a2"),
+            ("key_size", "512"),
+        ] {
+            assert!(kept(&old, &config(&[change])).is_empty(), "{change:?}");
+        }
+    }
+
+    #[test]
+    fn reload_refuses_restart_settings_and_keeps_identical_ones() {
+        let current = installed(config(&[]));
+        assert!(matches!(
+            plan(&current, &config(&[("method_id", "1111")])),
+            ReloadPlan::Refuse(_)
+        ));
+        assert!(matches!(
+            plan(&current, &config(&[("dh_group", "none")])),
+            ReloadPlan::Refuse(_)
+        ));
+        assert_eq!(plan(&current, &config(&[])), ReloadPlan::Keep);
+        assert_eq!(
+            plan(&current, &config(&[("buffer", "2")])),
+            ReloadPlan::Replace
+        );
+    }
+
+    #[test]
+    fn a_renewed_certificate_under_the_same_path_needs_a_new_client() {
+        let dir = std::env::temp_dir().join(format!("qkd-runtime-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+        for name in ["ca.pem", "sae.pem", "sae.key"] {
+            std::fs::write(path(name), "old").unwrap();
+        }
+        let files = [
+            ("kme.ca", path("ca.pem")),
+            ("kme.cert", path("sae.pem")),
+            ("kme.key", path("sae.key")),
+        ];
+        let files: Vec<(&str, &str)> = files.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let current = installed(config(&files));
+        assert_eq!(plan(&current, &config(&files)), ReloadPlan::Keep);
+        assert_eq!(kept(&current, &config(&files)), ["gw-b", "gw-c"]);
+
+        std::fs::write(path("sae.pem"), "renewed").unwrap();
+        assert_eq!(plan(&current, &config(&files)), ReloadPlan::Replace);
+        assert!(kept(&current, &config(&files)).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
