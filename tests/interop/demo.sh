@@ -1,7 +1,9 @@
 # desc: demo: tunnel up (hybrid x25519 + QKD when the plugin and simulator are built), SAs, ping
 if have_plugin && have_kme_sim; then
+    # The recommended layout (README): qkd in IKE_INTERMEDIATE, and as the CHILD rekeys'
+    # own key exchange (with its in-method x25519), where a dry KME costs no SA.
     IKE_PROPOSALS=aes256gcm16-prfsha384-x25519-ke1_qkd
-    ESP_PROPOSALS=aes256gcm16-x25519-ke1_qkd
+    ESP_PROPOSALS=aes256gcm16-qkd
     kme_up
 else
     note "QKD plugin or simulator not built: demo with plain x25519"
@@ -17,7 +19,7 @@ if have_plugin && have_kme_sim; then
     # The first CHILD SA is keyed in IKE_AUTH without a KE; a PFS rekey fetches its own QKD key.
     rekey_child gw-a
     echo; echo "  \$ docker exec gw-a swanctl --list-sas   (after a PFS CHILD rekey)"
-    list_sas gw-a | grep -E 'KE1_QKD' | sed 's/^/  /'
+    list_sas gw-a | grep -E 'QKD' | sed 's/^/  /'
     echo; echo "  QKD keys the gateways used (charon logs):"
     for gw in gw-a gw-b; do
         { log_grep "$gw" 'qkd: .*key IDs' || true; } | sed -E "s/^/  $gw: /"

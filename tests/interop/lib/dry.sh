@@ -11,13 +11,26 @@ read -ra DRY_FAULTS <<<"${QKD_DRY_FAULTS:-503 unreachable 404}"
 # Seconds each fault is held.
 DRY_SECONDS=${DRY_SECONDS:-22}
 
+# kme_up_for_faults: the simulator for kme_fault: a small pool (8 keys) that says 404 when
+# it is empty, as some real KMEs do.
+kme_up_for_faults() { kme_up --no-key-answer 404 --max-key-count 8; }
+
 kme_fault() { # FAULT on|off
-    case "$1" in
-        503) kme_admin fail-503 "$2" >/dev/null ;;
-        unreachable) kme_admin drop "$2" >/dev/null ;;
-        404) kme_admin fail-404 "$2" >/dev/null ;;
+    case "$1/$2" in
+        503/*) kme_admin fail-503 "$2" >/dev/null ;;
+        unreachable/*) kme_admin drop "$2" >/dev/null ;;
+        404/on) kme_admin pause >/dev/null && kme_drain ;;
+        404/off) kme_admin resume >/dev/null ;;
         *) fail "unknown KME fault $1" ;;
     esac || fail "kme admin: could not turn $1 $2"
+}
+# kme_drain: take the paused pool's keys (as gw-a, for sae-b) until the KME answers 404.
+kme_drain() {
+    local n
+    for n in $(seq 1 12); do
+        etsi_in gw-a "$(gw_var A QKD_PEER_SAE_ID)/enc_keys?number=1" >/dev/null 2>&1 || return 0
+    done
+    fail "the KME still hands out keys after $n requests with key generation paused"
 }
 
 # ping_start FROM: a ping (5 per second) through the tunnel in the background, until
@@ -60,7 +73,7 @@ watch_start() {
     # shellcheck disable=SC2064 # this watcher's pid
     trap "kill $WATCH_PID 2>/dev/null || true" EXIT
 }
-# watch_check: fail if a gateway was ever seen without an established IKE SA.
+# watch_check: fail if a gateway was ever seen without an IKE SA carrying the tunnel.
 watch_check() {
     local out="$QKD_INTEROP_SCEN_DIR/ike-watch.log" gaps
     kill "$WATCH_PID" 2>/dev/null; wait "$WATCH_PID" 2>/dev/null || true

@@ -10,7 +10,7 @@ gateways_up
 kme_stop
 initiate gw-a 30
 expect_tunnel_up
-expect_log gw-a "qkd: .*KME https://192.0.2.30:8443.* unreachable.*offering an ECDH-only secret \(fallback = dh\)"
+expect_log gw-a "qkd: .*KME https://192.0.2.30:8443.* unreachable.*the peer may accept an ECDH-only secret \(fallback = dh\)"
 expect_log gw-a "WARNING: shared secret is ECDH only, without QKD key \(DH fallback #1\)"
 expect_log gw-b "WARNING: shared secret is ECDH only, without QKD key \(DH fallback #1\)"
 ping_through gw-a
@@ -19,7 +19,7 @@ step "both sides allow dh: ECDH-only SA, warned and counted"
 # gw-b insists on QKD: no silent downgrade.
 restart_gateways_with A_QKD_FALLBACK=dh B_QKD_FALLBACK=none
 if try_initiate gw-a 20; then fail "gw-b accepted an ECDH-only secret with fallback = none"; fi
-expect_log gw-b "offered no QKD key .*fallback = none: QKD is mandatory"
+expect_log gw-b "started the exchange without QKD key .*fallback = none: QKD is mandatory: refusing it in-band"
 expect_charon_alive gw-a
 expect_charon_alive gw-b
 step "only gw-a allows dh: refused by gw-b"

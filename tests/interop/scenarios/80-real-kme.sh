@@ -7,6 +7,8 @@ use_hybrid_proposals
 # The harness names its SAEs sae-a/sae-b (certificates, kme command line, qkd.conf), so the
 # profile's integer SAE IDs stay off here.
 kme_up --profile real-kme --integer-sae-ids off --key-rate 0 --max-key-count 2
+# Every exchange asks the KME itself, so the two keys go where the steps say.
+QKD_BUFFER=0
 deviations=$(kme_admin stats | json_get deviations)
 [ "$(json_get no_key_answer <<<"$deviations")" = 404 ] && [ "$(json_get service_time_ms <<<"$deviations")" = 25 ] \
     || fail "the KME does not play the real-KME profile: $deviations"

@@ -7,7 +7,7 @@ require_kme_sim
 . "$QKD_INTEROP_DIR/lib/dry-scenario.sh"
 IKE_PROPOSALS=aes256-sha384-qkd
 ESP_PROPOSALS=aes256gcm16-qkd
-kme_up
+kme_up_for_faults
 QKD_BUFFER=0
 gateways_up
 no_half_open_after_failed_initiate 503

@@ -6,7 +6,7 @@ require_kme_sim
 . "$QKD_INTEROP_DIR/lib/dry.sh"
 use_hybrid_proposals
 QKD_BUFFER=0
-kme_up
+kme_up_for_faults
 for suite in "" forky; do
     GW_SUITE=$suite
     gateways_up

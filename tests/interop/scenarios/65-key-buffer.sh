@@ -1,0 +1,39 @@
+# desc: buffer = 16 on both gateways: after one rekey each way (the announcements), both KMEs fail (503) for 30 s while the CHILD SA is rekeyed every 2 s from alternating sides: 0 failed rekeys, 0 lost pings, every key from the buffers
+require_plugin
+require_kme_sim
+. "$QKD_INTEROP_DIR/lib/qkd.sh"
+. "$QKD_INTEROP_DIR/lib/dry.sh"
+IKE_PROPOSALS=aes256gcm16-prfsha384-x25519-ke1_qkd
+ESP_PROPOSALS=aes256gcm16-qkd
+QKD_BUFFER=16
+kme_up
+gateways_up
+initiate gw-a
+# Each side announces its outbound queue in the rekeys it takes part in; the peer fetches
+# the announced keys into its inbound cache in the background.
+rekey_child gw-a
+rekey_child gw-b
+sleep 2
+ping_start gw-a
+log_mark
+kme_admin fail-503 on >/dev/null
+step "both KMEs answer 503 from now on"
+t0=$SECONDS n=0
+while [ $((SECONDS - t0)) -lt 30 ]; do
+    if [ $((n % 2)) = 0 ]; then gw=gw-a; else gw=gw-b; fi
+    t=$SECONDS
+    rekey_child "$gw" >/dev/null
+    n=$((n + 1))
+    sleep $((2 - (SECONDS - t) > 0 ? 2 - (SECONDS - t) : 0))
+done
+kme_admin fail-503 off >/dev/null
+ping_stop
+for gw in gw-a gw-b; do
+    expect_no_log "$gw" "rekeying failed|starting the exchange without QKD key|$REFUSED_RE"
+done
+outbound=$(( $(log_grep gw-a "from the outbound queue" | wc -l) + $(log_grep gw-b "from the outbound queue" | wc -l) ))
+inbound=$(( $(log_grep gw-a "from the inbound cache" | wc -l) + $(log_grep gw-b "from the inbound cache" | wc -l) ))
+[ "$outbound" = "$n" ] && [ "$inbound" = "$n" ] \
+    || fail "$n rekeys, but $outbound took the master's key from its queue and $inbound the slave's from its cache"
+[ "$PING_LOST" = 0 ] || fail "$PING_LOST of $PING_SENT pings lost"
+step "$n CHILD rekeys in $((SECONDS - t0))s with both KMEs down: 0 failed; keys from the outbound queues ($outbound) and inbound caches ($inbound); 0 of $PING_SENT pings lost"
