@@ -1,9 +1,9 @@
 # desc: demo: tunnel up (hybrid x25519 + QKD when the plugin and simulator are built), SAs, ping
 if have_plugin && have_kme_sim; then
-    # The recommended layout (README): qkd in IKE_INTERMEDIATE, and as the CHILD rekeys'
-    # own key exchange (with its in-method x25519), where a dry KME costs no SA.
-    IKE_PROPOSALS=aes256gcm16-prfsha384-x25519-ke1_qkd
-    ESP_PROPOSALS=aes256gcm16-qkd
+    . "$QKD_INTEROP_DIR/lib/qkd.sh"
+    # The README's layout: qkd in IKE_INTERMEDIATE, and as the CHILD rekeys' own key
+    # exchange (with its in-method x25519), where a dry KME costs no SA.
+    use_recommended_proposals
     kme_up
 else
     note "QKD plugin or simulator not built: demo with plain x25519"

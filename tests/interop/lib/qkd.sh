@@ -2,11 +2,18 @@
 
 QKD_SECRETS="$QKD_INTEROP_DIR/lib/secrets.py"
 
-# The proposals that matter most: x25519 in IKE_SA_INIT, qkd in IKE_INTERMEDIATE, and a
-# fresh QKD key on every CHILD rekey (PFS) and IKE rekey.
+# x25519 in IKE_SA_INIT, qkd in IKE_INTERMEDIATE, and a fresh QKD key on every CHILD rekey
+# (PFS) and IKE rekey, each in an additional key exchange (RFC 9370).
 use_hybrid_proposals() {
     IKE_PROPOSALS=aes256gcm16-prfsha384-x25519-ke1_qkd
     ESP_PROPOSALS=aes256gcm16-x25519-ke1_qkd
+}
+# The README's recommended layout: as above for the IKE SA, but qkd (with its in-method
+# x25519) as the CREATE_CHILD_SA's own key exchange, where strongSwan keeps the CHILD SA
+# when a rekey is refused for lack of a key.
+use_recommended_proposals() {
+    IKE_PROPOSALS=aes256gcm16-prfsha384-x25519-ke1_qkd
+    ESP_PROPOSALS=aes256gcm16-qkd
 }
 
 # last_key_id GW ROLE: key ID of GW's last QKD round (since the mark) as master/slave.

@@ -1,8 +1,8 @@
-# desc: QKD link slower than the rekeys (one 256-bit key per 4 s): 503 fails a rekey without wait_timeout; with wait_timeout rekeys wait for keys
+# desc: QKD link slower than the rekeys (one 256-bit key per 4 s): 503 refuses a rekey in-band without wait_timeout (the CHILD SA keeps carrying traffic); with wait_timeout rekeys wait for keys
 require_plugin
 require_kme_sim
 . "$QKD_INTEROP_DIR/lib/qkd.sh"
-use_hybrid_proposals
+use_recommended_proposals
 # 64 bit/s and room for one key: each 256-bit key takes 4 s to appear.
 kme_up --key-rate 64 --max-key-count 1
 # Every exchange asks the KME itself (the key buffer has its own scenario).

@@ -3,8 +3,7 @@ require_plugin
 require_kme_sim
 . "$QKD_INTEROP_DIR/lib/qkd.sh"
 . "$QKD_INTEROP_DIR/lib/dry.sh"
-IKE_PROPOSALS=aes256gcm16-prfsha384-x25519-ke1_qkd
-ESP_PROPOSALS=aes256gcm16-qkd
+use_recommended_proposals
 QKD_BUFFER=16
 kme_up
 gateways_up

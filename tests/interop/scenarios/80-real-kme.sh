@@ -2,7 +2,7 @@
 require_plugin
 require_kme_sim
 . "$QKD_INTEROP_DIR/lib/qkd.sh"
-use_hybrid_proposals
+use_recommended_proposals
 # Two keys on the link, none generated later: one for the IKE SA, one for the CHILD rekey.
 # The harness names its SAEs sae-a/sae-b (certificates, kme command line, qkd.conf), so the
 # profile's integer SAE IDs stay off here.

@@ -5,8 +5,7 @@ require_kme_sim
 . "$QKD_INTEROP_DIR/lib/qkd.sh"
 . "$QKD_INTEROP_DIR/lib/dry.sh"
 . "$QKD_INTEROP_DIR/lib/dry-scenario.sh"
-IKE_PROPOSALS=aes256gcm16-prfsha384-x25519-ke1_qkd
 # qkd is the CREATE_CHILD_SA's own key exchange (with its in-method x25519: PFS stays).
-ESP_PROPOSALS=aes256gcm16-qkd
+use_recommended_proposals
 kme_up_for_faults
 survive_dry_kme child

@@ -5,8 +5,7 @@ require_kme_sim
 . "$QKD_INTEROP_DIR/lib/qkd.sh"
 . "$QKD_INTEROP_DIR/lib/dry.sh"
 . "$QKD_INTEROP_DIR/lib/dry-scenario.sh"
-IKE_PROPOSALS=aes256gcm16-prfsha384-x25519-ke1_qkd
-ESP_PROPOSALS=aes256gcm16-qkd
+use_recommended_proposals
 kme_up_for_faults
 QKD_BUFFER=0
 gateways_up
