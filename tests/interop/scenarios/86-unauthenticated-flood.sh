@@ -1,0 +1,55 @@
+# desc: mallory (own charon, plugin and KME) fires 200 concurrent exchanges at gw-b claiming gw-a's SAE ID, with key IDs gw-b's KME (answering after 5 s) does not know: without remote binding at most max_kme_requests of gw-b's workers wait for the KME, the rest are refused at once, workers stay free; the real tunnel rekeys from its buffers and answers DPD meanwhile; with remote binding no KME request is made for mallory
+require_plugin
+require_kme_sim
+. "$QKD_INTEROP_DIR/lib/qkd.sh"
+. "$QKD_INTEROP_DIR/lib/mallory.sh"
+use_recommended_proposals
+# gw-b answers IKE from gw-a and from mallory's address, like a responder open to several peers.
+B_REMOTE_ADDR=192.0.2.10,192.0.2.40
+B_QKD_KME_TIMEOUT=8s
+# gw-a checks gw-b's liveness every second while it has no traffic.
+A_EXTRA_CONN='        dpd_delay = 1s'
+kme_up
+for binding in "" 192.0.2.10; do
+    B_QKD_PEER_REMOTE=$binding
+    gateways_up
+    initiate gw-a
+    # The rekeys carry each side's announcements: the next rekeys need no KME.
+    rekey_child gw-a >/dev/null
+    rekey_child gw-b >/dev/null
+    [ -n "$(child_ids gw-a)" ] || fail "no CHILD SA after the warm-up rekeys"
+    mallory_up
+    kme_admin latency 5000 >/dev/null
+    step "gw-b's KME answers after 5 s; peers.tunnel.remote on gw-b: ${binding:-none}"
+    log_mark
+    mallory_fire
+    idle_min=16
+    for _ in 1 2 3; do
+        sleep 0.5
+        idle=$(worker_idle gw-b); [ -n "$idle" ] || fail "no worker line in gw-b's --stats"
+        [ "$idle" -lt "$idle_min" ] && idle_min=$idle
+    done
+    # The real peer's rekey while the flood is on: its keys are in gw-b's inbound cache.
+    QKD_REKEY_TIMEOUT=4 rekey_child gw-a >/dev/null
+    expect_log gw-b "slave for SAE 'sae-a' \(connection 'tunnel'\): got 256 bits from the inbound cache"
+    idle=$(worker_idle gw-b); [ "$idle" -lt "$idle_min" ] && idle_min=$idle
+    wait "$MALLORY_PID" || true
+    kme_admin latency 0 >/dev/null
+    sleep 3
+    expect_no_log gw-a "retransmit .* of request"
+    [ -n "$(ike_ids gw-a)" ] && [ -n "$(child_ids gw-a)" ] || fail "the real tunnel did not survive the flood"
+    ping_through gw-a
+    busy=$(log_grep gw-b "KME requests already in flight" | wc -l)
+    if [ -z "$binding" ]; then
+        [ "$busy" -gt 0 ] || fail "gw-b never hit max_kme_requests under the flood"
+        step "no binding: $busy of mallory's exchanges refused at once (max_kme_requests = 4 in flight), fewest idle workers seen on gw-b: $idle_min of 16"
+    else
+        bound=$(log_grep gw-b "SAE ID 'sae-a' is bound to another address" | wc -l)
+        [ "$bound" -gt 0 ] || fail "gw-b did not refuse mallory's claims by address"
+        [ "$busy" = 0 ] || fail "gw-b still sent $busy of mallory's exchanges towards its KME"
+        step "remote binding: $bound claims refused by address before any KME request; fewest idle workers on gw-b: $idle_min of 16"
+    fi
+    [ "$idle_min" -gt 0 ] || fail "all of gw-b's workers were busy"
+    step "during the flood: gw-a's CHILD rekey from the buffers, DPD answered (no retransmits), ping through the tunnel"
+    compose rm -s -f mallory >/dev/null 2>&1 || true
+done
