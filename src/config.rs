@@ -332,8 +332,16 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
     let n: f64 = num
         .parse()
         .map_err(|_| format!("'{v}' is not a duration"))?;
-    Ok(Duration::from_secs_f64(n * factor))
+    // Digits and dots only, so n is finite and not negative; a century bounds the rest
+    // (Duration::from_secs_f64 panics on values it cannot hold).
+    let secs = n * factor;
+    if secs > MAX_DURATION_SECS {
+        return Err(format!("'{v}' is longer than any timeout makes sense for"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
+
+const MAX_DURATION_SECS: f64 = 100.0 * 365.0 * 86400.0;
 
 fn parse_dh_group(v: &str) -> Result<Option<u16>, String> {
     Ok(Some(match v {
@@ -624,5 +632,7 @@ pub(crate) mod tests {
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86400));
         assert!(parse_duration("s").is_err());
+        // Found by the config_parse fuzz target: from_secs_f64 used to panic on this.
+        assert!(parse_duration("9".repeat(400).as_str()).unwrap_err().contains("longer"));
     }
 }
