@@ -214,8 +214,11 @@ impl QkdKeyExchange {
         let cfg = &rt.config;
         let peer = initiator_peer(cfg, &self.ctx)?;
         let source = rt.source_for(peer);
-        let qkd = match wait_for_keys(cfg.wait_timeout, || {
-            source.enc_keys(&peer.sae_id, cfg.key_size)
+        let kme_timeout = cfg.kme_for(peer).timeout;
+        let qkd = match wait_for_keys(cfg.wait_timeout, kme_timeout, |deadline| {
+            source
+                .enc_keys(&peer.sae_id, cfg.key_size, 1, deadline)
+                .map(|sets| sets.into_iter().next().unwrap_or_default())
         }) {
             Ok(keys) => {
                 let qkd = QkdMaterial::from_keys(keys);
@@ -313,8 +316,9 @@ impl QkdKeyExchange {
             None
         } else {
             let source = rt.source_for(peer);
-            match wait_for_keys(cfg.wait_timeout, || {
-                source.dec_keys(&request.sender, &request.key_ids)
+            let kme_timeout = cfg.kme_for(peer).timeout;
+            match wait_for_keys(cfg.wait_timeout, kme_timeout, |deadline| {
+                source.dec_keys(&request.sender, &request.key_ids, deadline)
             }) {
                 Ok(keys) => {
                     let qkd = QkdMaterial::from_keys(keys);
@@ -486,15 +490,17 @@ fn authorize<'a>(
 }
 
 /// AQUA's WAIT_QKD: retry transient KME failures (no key yet, KME briefly down) until
-/// `wait_timeout` has passed.
+/// `wait_timeout` has passed. Each attempt may run until the later of that and
+/// `kme_timeout` from its start, so a short wait_timeout still allows one whole request.
 fn wait_for_keys(
     wait_timeout: Duration,
-    fetch: impl Fn() -> Result<Vec<QkdKey>, KmeError>,
+    kme_timeout: Duration,
+    fetch: impl Fn(Instant) -> Result<Vec<QkdKey>, KmeError>,
 ) -> Result<Vec<QkdKey>, KmeError> {
     let deadline = Instant::now() + wait_timeout;
     let mut pause = Duration::from_millis(50);
     loop {
-        match fetch() {
+        match fetch(deadline.max(Instant::now() + kme_timeout)) {
             Err(e) if e.is_transient() && Instant::now() + pause < deadline => {
                 log::debug!("qkd: {e}; retrying in {pause:?} (wait_timeout)");
                 std::thread::sleep(pause);

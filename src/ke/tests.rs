@@ -27,7 +27,13 @@ struct FakeKme {
 }
 
 impl KeySource for FakeKme {
-    fn enc_keys(&self, slave: &SaeId, size_bits: u32) -> Result<Vec<QkdKey>, KmeError> {
+    fn enc_keys(
+        &self,
+        slave: &SaeId,
+        size_bits: u32,
+        _sets: usize,
+        _deadline: Instant,
+    ) -> Result<Vec<Vec<QkdKey>>, KmeError> {
         if self.link.enc_503s.load(Ordering::SeqCst) > 0 {
             self.link.enc_503s.fetch_sub(1, Ordering::SeqCst);
             return Err(KmeError::NoKeyAvailable {
@@ -45,13 +51,18 @@ impl KeySource for FakeKme {
             .lock()
             .unwrap()
             .insert(id, (slave.to_string(), material.clone()));
-        Ok(vec![QkdKey {
+        Ok(vec![vec![QkdKey {
             id,
             material: Zeroizing::new(material),
-        }])
+        }]])
     }
 
-    fn dec_keys(&self, _master: &SaeId, ids: &[KeyId]) -> Result<Vec<QkdKey>, KmeError> {
+    fn dec_keys(
+        &self,
+        _master: &SaeId,
+        ids: &[KeyId],
+        _deadline: Instant,
+    ) -> Result<Vec<QkdKey>, KmeError> {
         if *self.link.dec_down.lock().unwrap() {
             return Err(KmeError::Unreachable {
                 url: self.url().into(),
@@ -83,6 +94,10 @@ impl KeySource for FakeKme {
                 })
             })
             .collect()
+    }
+
+    fn keys_per_set(&self, _: &SaeId, _: u32, _: Instant) -> Result<usize, KmeError> {
+        Ok(1)
     }
 
     fn url(&self) -> &str {

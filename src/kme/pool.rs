@@ -10,7 +10,7 @@ use super::{KeyId, KeySource, KmeError, QkdKey, SaeId};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A [`KeySource`] that serves `enc_keys` for one slave and size from a buffer.
 pub struct PrefetchPool {
@@ -29,6 +29,9 @@ struct Shared {
 
 /// Longest pause between refill attempts while the KME has no key or is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Bound on one refill call; each KME request in it is bounded by kme.timeout anyway.
+const REFILL_DEADLINE: Duration = Duration::from_secs(30);
 
 impl PrefetchPool {
     pub fn new(
@@ -80,8 +83,14 @@ fn refill(weak: Weak<Shared>) {
                 continue;
             }
         }
-        match shared.source.enc_keys(&shared.slave, shared.size_bits) {
-            Ok(keys) => {
+        match shared.source.enc_keys(
+            &shared.slave,
+            shared.size_bits,
+            1,
+            Instant::now() + REFILL_DEADLINE,
+        ) {
+            Ok(sets) => {
+                let keys = sets.into_iter().next().unwrap_or_default();
                 backoff = Duration::from_millis(100);
                 let ids: Vec<String> = keys.iter().map(|k| k.id.to_string()).collect();
                 let mut ready = shared.ready.lock().unwrap_or_else(|e| e.into_inner());
@@ -108,7 +117,13 @@ fn refill(weak: Weak<Shared>) {
 }
 
 impl KeySource for PrefetchPool {
-    fn enc_keys(&self, slave: &SaeId, size_bits: u32) -> Result<Vec<QkdKey>, KmeError> {
+    fn enc_keys(
+        &self,
+        slave: &SaeId,
+        size_bits: u32,
+        sets: usize,
+        deadline: Instant,
+    ) -> Result<Vec<Vec<QkdKey>>, KmeError> {
         let s = &self.shared;
         if slave == &s.slave && size_bits == s.size_bits {
             let taken = s
@@ -118,14 +133,28 @@ impl KeySource for PrefetchPool {
                 .pop_front();
             if let Some(keys) = taken {
                 s.wake.notify_all();
-                return Ok(keys);
+                return Ok(vec![keys]);
             }
         }
-        s.source.enc_keys(slave, size_bits)
+        s.source.enc_keys(slave, size_bits, sets, deadline)
     }
 
-    fn dec_keys(&self, master: &SaeId, ids: &[KeyId]) -> Result<Vec<QkdKey>, KmeError> {
-        self.shared.source.dec_keys(master, ids)
+    fn dec_keys(
+        &self,
+        master: &SaeId,
+        ids: &[KeyId],
+        deadline: Instant,
+    ) -> Result<Vec<QkdKey>, KmeError> {
+        self.shared.source.dec_keys(master, ids, deadline)
+    }
+
+    fn keys_per_set(
+        &self,
+        peer: &SaeId,
+        size_bits: u32,
+        deadline: Instant,
+    ) -> Result<usize, KmeError> {
+        self.shared.source.keys_per_set(peer, size_bits, deadline)
     }
 
     fn url(&self) -> &str {
@@ -137,7 +166,6 @@ impl KeySource for PrefetchPool {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
-    use std::time::Instant;
     use zeroize::Zeroizing;
 
     /// Hands out numbered keys; fails while `down` is set.
@@ -148,7 +176,13 @@ mod tests {
     }
 
     impl KeySource for CountingKme {
-        fn enc_keys(&self, _: &SaeId, size_bits: u32) -> Result<Vec<QkdKey>, KmeError> {
+        fn enc_keys(
+            &self,
+            _: &SaeId,
+            size_bits: u32,
+            _: usize,
+            _: Instant,
+        ) -> Result<Vec<Vec<QkdKey>>, KmeError> {
             if *self.down.lock().unwrap() {
                 return Err(KmeError::NoKeyAvailable {
                     url: "k".into(),
@@ -156,13 +190,16 @@ mod tests {
                 });
             }
             let n = self.issued.fetch_add(1, Ordering::SeqCst);
-            Ok(vec![QkdKey {
+            Ok(vec![vec![QkdKey {
                 id: KeyId([n as u8; 16]),
                 material: Zeroizing::new(vec![n as u8; size_bits as usize / 8]),
-            }])
+            }]])
         }
-        fn dec_keys(&self, _: &SaeId, _: &[KeyId]) -> Result<Vec<QkdKey>, KmeError> {
+        fn dec_keys(&self, _: &SaeId, _: &[KeyId], _: Instant) -> Result<Vec<QkdKey>, KmeError> {
             Err(KmeError::Protocol("not used".into()))
+        }
+        fn keys_per_set(&self, _: &SaeId, _: u32, _: Instant) -> Result<usize, KmeError> {
+            Ok(1)
         }
         fn url(&self) -> &str {
             "k"
@@ -177,6 +214,10 @@ mod tests {
         }
     }
 
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
     fn sae(s: &str) -> SaeId {
         SaeId::new(s).unwrap()
     }
@@ -188,7 +229,10 @@ mod tests {
         wait_for(|| pool.ready() == 3);
         thread::sleep(Duration::from_millis(50));
         assert_eq!(kme.issued.load(Ordering::SeqCst), 3, "stops at the target");
-        let first = pool.enc_keys(&sae("sae-b"), 256).unwrap();
+        let first = pool
+            .enc_keys(&sae("sae-b"), 256, 1, soon())
+            .unwrap()
+            .remove(0);
         assert_eq!(first[0].id, KeyId([0; 16]));
         assert_eq!(first[0].material.len(), 32);
         wait_for(|| kme.issued.load(Ordering::SeqCst) == 4 && pool.ready() == 3);
@@ -200,11 +244,13 @@ mod tests {
         let pool = PrefetchPool::new(kme.clone(), sae("sae-b"), 256, 1);
         wait_for(|| pool.ready() == 1);
         assert_eq!(
-            pool.enc_keys(&sae("sae-c"), 256).unwrap()[0].id,
+            pool.enc_keys(&sae("sae-c"), 256, 1, soon()).unwrap()[0][0].id,
             KeyId([1; 16])
         );
         assert_eq!(
-            pool.enc_keys(&sae("sae-b"), 512).unwrap()[0].material.len(),
+            pool.enc_keys(&sae("sae-b"), 512, 1, soon()).unwrap()[0][0]
+                .material
+                .len(),
             64
         );
         assert_eq!(pool.ready(), 1);
@@ -218,7 +264,7 @@ mod tests {
         thread::sleep(Duration::from_millis(50));
         assert_eq!(pool.ready(), 0);
         assert!(matches!(
-            pool.enc_keys(&sae("sae-b"), 256),
+            pool.enc_keys(&sae("sae-b"), 256, 1, soon()),
             Err(KmeError::NoKeyAvailable { .. })
         ));
         *kme.down.lock().unwrap() = false;
