@@ -570,10 +570,11 @@ fn error_from_answer(
         ));
     }
     let hint = match (code, operation) {
-        (400, _) if html && lower.contains("certificate") => format!(
+        (400, _) if html && lower.contains("certificate") => {
             "the KME's web server refused our client certificate (an HTTP error page instead \
              of a TLS alert): check kme.cert / kme.key and that the KME trusts their CA"
-        ),
+                .to_owned()
+        }
         (401, _) => format!(
             "the KME does not accept our client certificate for SAE '{sae}': check that \
              kme.cert is the certificate the KME registered for this gateway's sae_id, and \
