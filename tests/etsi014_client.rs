@@ -11,6 +11,40 @@ use strongswan_qkd::config::KmeSettings;
 use strongswan_qkd::ids::{KeyId, SaeId};
 use strongswan_qkd::kme::{Etsi014Client, KeySource, KmeError, QkdKey};
 
+/// Key material no other test uses: a freed heap block that still holds it is a copy the
+/// client left behind unwiped.
+const KEY_PATTERN: [u8; 32] = *b"\xa5 QKD key hygiene pattern \x5a\x01\x02\x03\x04\x05";
+
+/// Blocks freed while still holding [`KEY_PATTERN`].
+static UNWIPED_FREES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The system allocator, scanning every block it frees for [`KEY_PATTERN`]. `realloc` is
+/// GlobalAlloc's default (alloc, copy, dealloc), so the old block of a growing buffer is
+/// scanned too.
+struct ScanningAllocator;
+
+// SAFETY: every call is passed on unchanged to the system allocator; `dealloc` only reads
+// the block it is handed, which is live and `layout.size()` bytes long until it is freed.
+unsafe impl std::alloc::GlobalAlloc for ScanningAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, block: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `block` is live for `layout.size()` bytes (GlobalAlloc contract).
+        let bytes = unsafe { std::slice::from_raw_parts(block, layout.size()) };
+        if bytes.windows(16).any(|w| w == &KEY_PATTERN[..16]) {
+            UNWIPED_FREES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.dealloc(block, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: ScanningAllocator = ScanningAllocator;
+
 fn sae(id: &str) -> SaeId {
     SaeId::new(id).unwrap()
 }
@@ -849,6 +883,54 @@ fn a_key_size_beyond_the_wire_limit_is_refused_before_any_key_is_consumed() {
         }
     }
     assert_eq!(kme.requests("enc_keys"), 0);
+}
+
+#[test]
+fn no_copy_of_a_key_is_freed_unwiped() {
+    use base64::Engine;
+    // The KME side sends base64 text only; raw key bytes exist only in the client.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(KEY_PATTERN);
+    let kme = ScriptedKme::start(ServerCert::Valid, move |path, body| {
+        if path.ends_with("/status") {
+            return Reply::status_256();
+        }
+        let request: Value = serde_json::from_str(body).unwrap();
+        let ids: Vec<String> = if path.ends_with("/enc_keys") {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            (0..request["number"].as_u64().unwrap())
+                .map(|_| {
+                    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    format!("11111111-0000-4000-8000-{n:012x}")
+                })
+                .collect()
+        } else {
+            request["key_IDs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["key_ID"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let keys: Vec<Value> = ids
+            .iter()
+            .map(|id| serde_json::json!({"key_ID": id, "key": b64}))
+            .collect();
+        Reply::Answer(200, serde_json::json!({ "keys": keys }).to_string())
+    });
+    let client = Etsi014Client::new(&kme.settings(Duration::from_secs(5))).unwrap();
+    for _ in 0..3 {
+        let sets = client.enc_keys(&sae("sae-b"), 512, 2, soon()).unwrap();
+        assert_eq!(sets.len(), 2);
+        let set_ids = ids(&sets[0]);
+        assert!(sets.iter().flatten().all(|k| k.material[..] == KEY_PATTERN));
+        let got = client.dec_keys(&sae("sae-a"), &set_ids, soon()).unwrap();
+        assert!(got.iter().all(|k| k.material[..] == KEY_PATTERN));
+    }
+    assert_eq!(
+        UNWIPED_FREES.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "heap blocks freed with key material still in them"
+    );
 }
 
 /// The server certificate a [`ScriptedKme`] presents.
