@@ -15,7 +15,7 @@ use std::marker::PhantomData;
 use zeroize::{Zeroize, Zeroizing};
 
 /// Longest KME-provided text we put into an error message.
-pub const MAX_MESSAGE: usize = 300;
+const MAX_MESSAGE: usize = 300;
 
 /// Error `details` longer than this are left out of log lines (the `message` is kept).
 const MAX_DETAILS: usize = 200;
@@ -311,7 +311,7 @@ fn html_text(html: &str) -> String {
 }
 
 /// KME text goes into charon's log: one line, bounded, no control characters.
-pub fn printable(text: &str) -> String {
+fn printable(text: &str) -> String {
     let mut out: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

@@ -3,16 +3,16 @@
 //! The key exchange (`crate::ke`) only sees the [`KeySource`] trait; the ETSI GS QKD 014
 //! client ([`Etsi014Client`]) is the production implementation, tests use fakes.
 //!
-//! The client is split along its jobs: [`tls`] (PEM files, rustls configuration, what a
-//! refused certificate means), [`plan`] (KME `status` → how many keys of which size in which
-//! requests), [`json`] (parsing what a KME sends: status, key containers, error bodies) and
-//! `client` (HTTP, deadlines, the [`KeySource`] implementation).
+//! The client is split along its jobs: `tls` (PEM files, rustls configuration, what a
+//! refused certificate means), `plan` (KME `status` → how many keys of which size per set),
+//! [`json`] (parsing what a KME sends: status, key containers, error bodies; public for the
+//! fuzz targets) and `client` (HTTP, deadlines, the [`KeySource`] implementation).
 
 mod client;
 pub mod json;
-pub mod plan;
+mod plan;
 mod pool;
-pub mod tls;
+mod tls;
 
 pub use client::Etsi014Client;
 pub use json::Status;
