@@ -490,17 +490,20 @@ fn authorize<'a>(
 }
 
 /// AQUA's WAIT_QKD: retry transient KME failures (no key yet, KME briefly down) until
-/// `wait_timeout` has passed. Each attempt may run until the later of that and
-/// `kme_timeout` from its start, so a short wait_timeout still allows one whole request.
+/// `wait_timeout` has passed. All attempts together end by one deadline, the later of
+/// `wait_timeout` and `kme_timeout` from the start, so a short wait_timeout still allows one
+/// whole request.
 fn wait_for_keys(
     wait_timeout: Duration,
     kme_timeout: Duration,
     fetch: impl Fn(Instant) -> Result<Vec<QkdKey>, KmeError>,
 ) -> Result<Vec<QkdKey>, KmeError> {
-    let deadline = Instant::now() + wait_timeout;
+    let start = Instant::now();
+    let deadline = start + wait_timeout;
+    let hard_deadline = deadline.max(start + kme_timeout);
     let mut pause = Duration::from_millis(50);
     loop {
-        match fetch(deadline.max(Instant::now() + kme_timeout)) {
+        match fetch(hard_deadline) {
             Err(e) if e.is_transient() && Instant::now() + pause < deadline => {
                 log::debug!("qkd: {e}; retrying in {pause:?} (wait_timeout)");
                 std::thread::sleep(pause);
