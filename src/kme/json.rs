@@ -211,7 +211,11 @@ pub fn parse_error(body: &[u8]) -> ErrorText {
     }
     let text = String::from_utf8_lossy(body);
     let trimmed = text.trim_start();
-    let lower_start: String = trimmed.chars().take(15).collect::<String>().to_lowercase();
+    let lower_start = trimmed
+        .chars()
+        .take(15)
+        .collect::<String>()
+        .to_ascii_lowercase();
     if lower_start.starts_with("<!doctype html") || lower_start.starts_with("<html") {
         return ErrorText {
             text: printable(&html_text(trimmed)),
@@ -281,10 +285,11 @@ fn detail_text(detail: &serde_json::Value) -> String {
 
 /// An HTML page's `<title>`, or else its text without tags.
 fn html_text(html: &str) -> String {
-    let lower = html.to_lowercase();
+    // ASCII-only lowering keeps byte offsets valid in `html`.
+    let lower = html.to_ascii_lowercase();
     if let (Some(start), Some(end)) = (lower.find("<title>"), lower.find("</title>")) {
         let start = start + "<title>".len();
-        if start <= end && html.is_char_boundary(start) && html.is_char_boundary(end) {
+        if start <= end {
             let title = html[start..end].trim();
             if !title.is_empty() {
                 return format!("HTML page \"{title}\"");
@@ -473,6 +478,11 @@ mod tests {
         );
         assert!(e.html);
         assert_eq!(e.text, "HTML page \"Internal Server Error\"");
+        // Characters whose lower case is longer, and a closing tag before the opening one.
+        let e = parse_error("<HTML><TITLE>İSTANBUL İ</TITLE></HTML>".as_bytes());
+        assert_eq!(e.text, "HTML page \"İSTANBUL İ\"");
+        let e = parse_error("<html>İ</title><title>x".as_bytes());
+        assert_eq!(e.text, "HTML page \"İ x\"");
     }
 
     #[test]
