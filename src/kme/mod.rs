@@ -2,10 +2,20 @@
 //!
 //! The key exchange (`crate::ke`) only sees the [`KeySource`] trait; the ETSI GS QKD 014
 //! client ([`Etsi014Client`]) is the production implementation, tests use fakes.
+//!
+//! The client is split along its jobs: `tls` (PEM files, rustls configuration, what a
+//! refused certificate means), `plan` (KME `status` → how many keys of which size per set),
+//! [`json`] (parsing what a KME sends: status, key containers, error bodies; public for the
+//! fuzz targets) and `client` (HTTP, deadlines, the [`KeySource`] implementation).
 
-mod etsi014;
+mod client;
+pub mod json;
+mod plan;
+mod tls;
 
-pub use etsi014::{Etsi014Client, KmeTlsConfig, Status};
+pub use client::Etsi014Client;
+pub use json::Status;
+pub use tls::KmeTlsConfig;
 
 use crate::config::KmeSettings;
 use crate::ids::{KeyId, SaeId};
@@ -26,15 +36,21 @@ impl fmt::Debug for QkdKey {
     }
 }
 
-/// Why a KME did not deliver keys. Every variant names the KME URL so that a log line
-/// tells the operator which box to look at.
+/// Why a KME did not deliver keys. Every variant names the KME URL (or the setting) so
+/// that a log line tells the operator which box or which line to look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KmeError {
-    /// TCP/TLS/timeout: the KME could not be reached or did not answer in time.
+    /// TCP failure, closed connection or no (complete) answer in time: the KME could not be
+    /// reached. Retrying may help.
     Unreachable { url: String, reason: String },
-    /// HTTP 503: the KME has no key (yet). Retrying may help (`wait_timeout`).
+    /// The TLS handshake was refused (certificate verification on either side, a TLS alert):
+    /// nothing changes until a certificate is re-issued or a setting fixed, so never retried.
+    Tls { url: String, reason: String },
+    /// The KME has no key (yet): 503 per the spec, or what some KMEs send instead (404
+    /// "Element not found", 400 "... Try again later."). Retrying may help (`wait_timeout`).
     NoKeyAvailable { url: String, message: String },
-    /// Any other non-200 answer (400 unknown key ID, 401 wrong SAE, ...).
+    /// Any other non-200 answer (400 unknown key ID, 401 wrong SAE, ...); `message` says
+    /// what the operator should check.
     Rejected {
         url: String,
         status: u16,
@@ -42,12 +58,13 @@ pub enum KmeError {
     },
     /// A 200 answer we cannot use (bad JSON, wrong key count or size, bad base64, ...).
     Protocol(String),
-    /// Local setup problem (unreadable PEM file, ...).
+    /// Local setup problem (unreadable PEM file, a key_size the KME cannot serve, ...).
     Config(String),
 }
 
 impl KmeError {
-    /// True when waiting and asking again may succeed.
+    /// True when waiting and asking again may succeed: the KME had no key, or could not be
+    /// reached in time. Certificate, configuration and protocol errors stay as they are.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
@@ -60,8 +77,9 @@ impl fmt::Display for KmeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KmeError::Unreachable { url, reason } => write!(f, "KME {url} unreachable: {reason}"),
+            KmeError::Tls { url, reason } => write!(f, "KME {url}: {reason}"),
             KmeError::NoKeyAvailable { url, message } => {
-                write!(f, "KME {url} has no key available (503: {message})")
+                write!(f, "KME {url} has no key available ({message})")
             }
             KmeError::Rejected {
                 url,
@@ -78,10 +96,12 @@ impl fmt::Display for KmeError {
 impl std::error::Error for KmeError {}
 
 /// What the key exchange needs from a KME. Implementations must be usable from any of
-/// charon's worker threads and return by the caller's deadline.
+/// charon's worker threads, and every call returns by its `deadline` (a charon worker waits
+/// in it).
 pub trait KeySource: Send + Sync {
-    /// Master side: up to `sets` key sets for `slave`, each exactly `size_bits` bits (as
-    /// many keys per set as the KME's status requires); at least one set or an error.
+    /// Master: up to `sets` key sets for `slave`, each exactly `size_bits` bits (as many keys
+    /// per set as the KME's status requires), in as few enc_keys requests as
+    /// max_key_per_request allows; at least one set or an error; returns by `deadline`.
     fn enc_keys(
         &self,
         slave: &SaeId,
@@ -90,7 +110,8 @@ pub trait KeySource: Send + Sync {
         deadline: Instant,
     ) -> Result<Vec<Vec<QkdKey>>, KmeError>;
 
-    /// Slave side: the keys `master` obtained under `ids`, in the same order.
+    /// Slave: the keys `master` obtained under `ids`, in the same order (batched per
+    /// max_key_per_request); returns by `deadline`.
     fn dec_keys(
         &self,
         master: &SaeId,
@@ -98,8 +119,10 @@ pub trait KeySource: Send + Sync {
         deadline: Instant,
     ) -> Result<Vec<QkdKey>, KmeError>;
 
-    /// Key IDs one set of `size_bits` takes at this KME for `peer`, so a request with more
-    /// IDs is refused before any dec_keys.
+    /// Key IDs one set of `size_bits` takes at this KME for `peer` (cached status; one status
+    /// request if not cached). Lets callers refuse a peer's request with more IDs before any
+    /// dec_keys, and check key_size (incl. the wire limit of 16 IDs,
+    /// [`crate::wire::MAX_KEY_IDS`]) before any enc_keys consumes keys.
     fn keys_per_set(
         &self,
         peer: &SaeId,
