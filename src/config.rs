@@ -4,6 +4,7 @@
 //! charon, a map in tests) and parsed here, so every refusal names the exact key.
 
 use crate::ids::SaeId;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -357,49 +358,60 @@ fn parse_dh_group(v: &str) -> Result<Option<u16>, String> {
     }))
 }
 
+/// Settings as flat `key = value` pairs relative to `plugins.qkd` (`peers.<name>.<key>` for
+/// peer sections): the [`SettingsSource`] of tests, benches and the fuzz target.
+#[derive(Debug, Clone, Default)]
+pub struct MapSettings(pub BTreeMap<String, String>);
+
+impl MapSettings {
+    pub fn new(pairs: &[(&str, &str)]) -> MapSettings {
+        MapSettings(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    /// One `key=value` per line; lines without `=` are skipped.
+    pub fn from_lines(text: &str) -> MapSettings {
+        MapSettings(
+            text.lines()
+                .filter_map(|line| line.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+    }
+}
+
+impl SettingsSource for MapSettings {
+    fn get(&self, peer: Option<&str>, key: &str) -> Option<String> {
+        let full = match peer {
+            Some(p) => format!("peers.{p}.{key}"),
+            None => key.to_owned(),
+        };
+        self.0.get(&full).cloned()
+    }
+
+    fn peers(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .0
+            .keys()
+            .filter_map(|k| {
+                k.strip_prefix("peers.")?
+                    .split('.')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .collect();
+        names.dedup();
+        names
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    /// Settings as flat `key = value` pairs relative to plugins.qkd (peers.<name>.<key>).
-    pub struct MapSettings(pub BTreeMap<String, String>);
-
-    impl MapSettings {
-        pub fn new(pairs: &[(&str, &str)]) -> MapSettings {
-            MapSettings(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            )
-        }
-    }
-
-    impl SettingsSource for MapSettings {
-        fn get(&self, peer: Option<&str>, key: &str) -> Option<String> {
-            let full = match peer {
-                Some(p) => format!("peers.{p}.{key}"),
-                None => key.to_owned(),
-            };
-            self.0.get(&full).cloned()
-        }
-
-        fn peers(&self) -> Vec<String> {
-            let mut names: Vec<String> = self
-                .0
-                .keys()
-                .filter_map(|k| {
-                    k.strip_prefix("peers.")?
-                        .split('.')
-                        .next()
-                        .map(str::to_owned)
-                })
-                .collect();
-            names.dedup();
-            names
-        }
-    }
 
     pub const MINIMAL: &[(&str, &str)] = &[
         ("sae_id", "sae-a"),
@@ -633,6 +645,8 @@ pub(crate) mod tests {
         assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86400));
         assert!(parse_duration("s").is_err());
         // Found by the config_parse fuzz target: from_secs_f64 used to panic on this.
-        assert!(parse_duration("9".repeat(400).as_str()).unwrap_err().contains("longer"));
+        assert!(parse_duration("9".repeat(400).as_str())
+            .unwrap_err()
+            .contains("longer"));
     }
 }

@@ -13,12 +13,11 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use strongswan_qkd::config::{Config, KmeSettings, SettingsSource};
+use strongswan_qkd::config::{Config, KmeSettings, MapSettings};
 use strongswan_qkd::ids::{KeyId, SaeId};
 use strongswan_qkd::ke::{Ecdh, ExchangeContext, QkdKeyExchange, Runtime};
 use strongswan_qkd::kme::{KeySource, KmeError, QkdKey};
@@ -212,33 +211,6 @@ impl Ecdh for FakeEcdh {
     }
 }
 
-struct Settings(BTreeMap<String, String>);
-
-impl SettingsSource for Settings {
-    fn get(&self, peer: Option<&str>, key: &str) -> Option<String> {
-        let key = match peer {
-            Some(peer) => format!("peers.{peer}.{key}"),
-            None => key.to_owned(),
-        };
-        self.0.get(&key).cloned()
-    }
-
-    fn peers(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .0
-            .keys()
-            .filter_map(|k| {
-                k.strip_prefix("peers.")?
-                    .split('.')
-                    .next()
-                    .map(String::from)
-            })
-            .collect();
-        names.dedup();
-        names
-    }
-}
-
 fn runtime(
     me: &str,
     peer_conn: &str,
@@ -246,7 +218,7 @@ fn runtime(
     key_bits: u32,
     key_bytes: usize,
 ) -> Arc<Runtime> {
-    let settings = Settings(
+    let settings = MapSettings(
         [
             ("sae_id", me),
             ("key_size", &key_bits.to_string()),

@@ -237,7 +237,7 @@ pub(crate) fn uninstall() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tests::MapSettings;
+    use crate::config::MapSettings;
     use crate::ids::{KeyId, SaeId};
     use crate::kme::{KmeError, QkdKey};
     use std::time::Instant;

@@ -1,9 +1,9 @@
 //! State machine tests: two `QkdKeyExchange`s (gw-a, gw-b) against an in-memory KME pair.
 
 use super::*;
-use crate::config::tests::MapSettings;
 use crate::config::Config;
 use crate::config::KmeSettings;
+use crate::config::MapSettings;
 use crate::kme::KeySource;
 use crate::wire::{Keys, NoKeyReason, Request, Response};
 use sha2::{Digest, Sha256};

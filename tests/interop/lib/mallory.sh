@@ -54,6 +54,8 @@ mallory_up() {
                 local_ts = 198.51.100.66/32
                 remote_ts = 203.0.113.1/32
                 esp_proposals = $ESP_PROPOSALS
+                # Loading the connections (mallory_fire) starts them all at once.
+                start_action = start
             }
         }
     }
@@ -72,19 +74,17 @@ CONN
         --kme-b-listen 127.0.0.1:9444 --kme-b-cert /etc/mallory/certs/kme-b.pem --kme-b-key /etc/mallory/certs/kme-b.key --kme-b-saes sae-b \
         >/var/log/strongswan/kme.log 2>&1 &' || fail "mallory: could not start its simulator"
     wait_until 30 charon_ready mallory || fail "mallory's charon did not come up"
-    swanctl_in mallory --load-all >"$d/load-all.out" 2>&1 || { tail -n 5 "$d/load-all.out" >&2; fail "mallory: --load-all failed"; }
     step "mallory up: its own KME, $MALLORY_CONNS connections claiming SAE 'sae-a' towards gw-b"
 }
 
-# mallory_fire: initiate every connection at once (in the background: wait with
-# `wait $MALLORY_PID`).
-MALLORY_PID=""
+# mallory_fire: load mallory's connections; start_action = start makes its charon initiate
+# every one of them at once.
 mallory_fire() {
-    # shellcheck disable=SC2016 # expanded by mallory's shell
-    in_node mallory sh -c 'for n in $(seq 0 $(($1 - 1))); do
-        swanctl --initiate --ike mal$n --child net --timeout 2 >/dev/null 2>&1 & done; wait' fire "$MALLORY_CONNS" &
-    MALLORY_PID=$!
+    swanctl_in mallory --load-all >"$QKD_INTEROP_SCEN_DIR/mallory/load-all.out" 2>&1 \
+        || { tail -n 5 "$QKD_INTEROP_SCEN_DIR/mallory/load-all.out" >&2; fail "mallory: --load-all failed"; }
 }
+# mallory_started: how many IKE SAs mallory's charon has initiated so far.
+mallory_started() { grep -c "initiating IKE_SA" "$QKD_INTEROP_SCEN_DIR/mallory/log/charon.log" || true; }
 
 # worker_idle GW: idle worker threads of GW's charon, from swanctl --stats.
 worker_idle() { swanctl_in "$1" --stats | sed -nE 's/.*worker threads: [0-9]+ total, ([0-9]+) idle.*/\1/p'; }
