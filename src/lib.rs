@@ -3,7 +3,8 @@
 //! (ETSI GS QKD 014 KME), hybridised with an ephemeral ECDH secret.
 //!
 //! Layers, lowest first: `ids` (key and SAE IDs); `wire` (KE data codec) and `config`
-//! (settings); `kme` (key sources, the ETSI 014 client); `ke` (the exchange state machine).
+//! (settings); `kme` (key sources, the ETSI 014 client); `supply` (keys in place before an
+//! exchange needs them); `ke` (the exchange state machine).
 //! All raw-pointer code, the charon ABI and the exported symbols live in `ffi`.
 
 // Every unsafe operation sits in its own `unsafe` block with a SAFETY line, also inside
