@@ -86,7 +86,7 @@ gw_image() {
 # qkd.conf and swanctl.conf, start charon, wait for vici, `swanctl --load-all`. Earlier logs
 # of the scenario are kept as charon.log.1, .2, ...
 gateways_up() {
-    local gw side d n
+    local gw side d n qkd_conf
     for gw in gw-a gw-b; do
         side=$(side_of "$gw"); d="$QKD_INTEROP_SCEN_DIR/$gw"
         mkdir -p "$d/log"
@@ -96,7 +96,9 @@ gateways_up() {
         fi
         : >"$d/log/charon.log"
         render "$side" "$QKD_INTEROP_DIR/conf/strongswan.conf.tmpl" >"$d/strongswan.conf"
-        render "$side" "$QKD_INTEROP_DIR/conf/qkd.conf.tmpl" >"$d/qkd.conf"
+        qkd_conf=$(gw_var "$side" QKD_CONF_FILE) || exit 1
+        if [ -n "$qkd_conf" ]; then cp "$qkd_conf" "$d/qkd.conf"
+        else render "$side" "$QKD_INTEROP_DIR/conf/qkd.conf.tmpl" >"$d/qkd.conf"; fi
         render "$side" "$QKD_INTEROP_DIR/conf/swanctl.conf.tmpl" >"$d/swanctl.conf"
     done
     QKD_INTEROP_GW_A_IMAGE=$(gw_image gw-a) || exit 1

@@ -41,9 +41,10 @@ mallory_up() {
         local_addrs = 192.0.2.40
         remote_addrs = 192.0.2.20
         proposals = $IKE_PROPOSALS
+        # A distinct identity per connection: equal peer configs would share one IKE SA.
         local {
             auth = psk
-            id = gw-a
+            id = mal$n
         }
         remote {
             auth = psk
@@ -63,7 +64,7 @@ CONN
         done
         echo "}"
         # Mallory does not know the PSK.
-        printf 'secrets {\n    ike-guess {\n        id-a = gw-a\n        id-b = gw-b\n        secret = 0x%s\n    }\n}\n' \
+        printf 'secrets {\n    ike-guess {\n        id-b = gw-b\n        secret = 0x%s\n    }\n}\n' \
             "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
     } >"$d/swanctl.conf"
     compose up -d --no-deps --force-recreate mallory >>"$QKD_INTEROP_SCEN_DIR/compose.log" 2>&1 \
