@@ -21,15 +21,22 @@ t0=$SECONDS n=0
 while [ $((SECONDS - t0)) -lt 30 ]; do
     if [ $((n % 2)) = 0 ]; then gw=gw-a; else gw=gw-b; fi
     t=$SECONDS
-    rekey_child "$gw" >/dev/null
+    # Rekey the installed CHILD SA (not one still REKEYED from the last round), and do not
+    # wait for the old one's delete: one rekey every 2 s.
+    id=$(child_ids "$gw" | tail -n 1)
+    [ -n "$id" ] || fail "$gw has no installed CHILD SA after $n rekeys"
+    swanctl_in "$gw" --rekey --child-id "$id" >/dev/null || fail "swanctl --rekey on $gw failed"
     n=$((n + 1))
     sleep $((2 - (SECONDS - t) > 0 ? 2 - (SECONDS - t) : 0))
 done
+sleep 3
 kme_admin fail-503 off >/dev/null
 ping_stop
 for gw in gw-a gw-b; do
     expect_no_log "$gw" "rekeying failed|starting the exchange without QKD key|$REFUSED_RE"
 done
+confirmed=$(log_grep gw-a "qkd: key IDs .* confirmed" | wc -l)
+[ "$confirmed" = "$n" ] || fail "$n rekeys started, gw-a confirmed $confirmed QKD keys"
 outbound=$(( $(log_grep gw-a "from the outbound queue" | wc -l) + $(log_grep gw-b "from the outbound queue" | wc -l) ))
 inbound=$(( $(log_grep gw-a "from the inbound cache" | wc -l) + $(log_grep gw-b "from the inbound cache" | wc -l) ))
 [ "$outbound" = "$n" ] && [ "$inbound" = "$n" ] \
