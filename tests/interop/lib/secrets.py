@@ -7,11 +7,14 @@ followed by hex-dump lines `NN[IKE] <conn|n>    0: AB CD ...` from the same thre
   secrets.py dump LOG                     print "LABEL HEX" per logged secret
   secrets.py key-prefix JOURNAL KEY_ID LABEL LOG...
         the QKD key KEY_ID (from `qkd-kme-sim admin journal` JSON) must begin a secret
-        logged under LABEL in every LOG
+        logged under LABEL in every LOG; with SECRET_OFFSET=N in the environment, begin at
+        byte N of it (a QKD round after others, e.g. ke2_qkd after ke1_mlkem768: the
+        additional secrets are concatenated in order)
   secrets.py same LABEL LOG LOG           both logs hold the same list of LABEL secrets
 """
 import base64
 import json
+import os
 import re
 import sys
 
@@ -57,12 +60,14 @@ def main(argv):
             print(f"key ID {key_id} is not in the KME journal")
             return 1
         key = base64.b64decode(entries[0]["key"])
+        offset = int(os.environ.get("SECRET_OFFSET", "0"))
+        where = f" at byte {offset}" if offset else ""
         for log in logs:
-            matching = [d for lbl, d in secrets(log) if lbl == label and d.startswith(key)]
+            matching = [d for lbl, d in secrets(log) if lbl == label and d[offset:].startswith(key)]
             if not matching:
-                print(f"{log}: no '{label}' begins with the {len(key)}-byte QKD key {key_id}")
+                print(f"{log}: no '{label}' has the {len(key)}-byte QKD key {key_id}{where}")
                 return 1
-            print(f"{log}: '{label}' ({len(matching[0])} bytes) begins with QKD key {key_id} "
+            print(f"{log}: '{label}' ({len(matching[0])} bytes) has QKD key {key_id}{where or ' first'} "
                   f"({key[:4].hex()}...)")
         return 0
     if cmd == "same" and len(argv) == 5:
