@@ -405,6 +405,12 @@ impl QkdKeyExchange {
         let rt = self.rt.clone();
         let cfg = &rt.config;
         let request = Request::decode(data)?;
+        if request.sender == cfg.sae_id {
+            return Err(KeError::Peer(format!(
+                "peer claims our own SAE ID '{}': check {PREFIX}.sae_id on both gateways",
+                cfg.sae_id
+            )));
+        }
         let peer_cfg = authorize(cfg, &self.ctx, &request.sender)?;
         let peer = rt.peer_index(peer_cfg);
         let both_allow_dh =

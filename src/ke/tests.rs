@@ -573,6 +573,19 @@ fn different_key_sizes_are_refused_as_a_configuration_mismatch() {
 }
 
 #[test]
+fn a_peer_with_our_own_sae_id_is_a_configuration_error_not_a_key_mismatch() {
+    let link = Arc::new(FakeLink::default());
+    let a = Gateway::new(&link, "sae-a", "sae-b", &[]);
+    // gw-b misconfigured with gw-a's SAE ID (and that as its peer's).
+    let b = Gateway::new(&link, "sae-a", "sae-a", &[]);
+    let err = run(&mut a.initiator("sae-b", 1), &mut b.responder(2))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("peer claims our own SAE ID 'sae-a'"), "{err}");
+    assert_eq!(link.dec_calls.load(Ordering::SeqCst), 0);
+}
+
+#[test]
 fn initiator_finds_peer_by_name_or_remote() {
     let (_link, a, _b) = pair(&[("peers.sae-b.remote", "192.0.2.20")], &[]);
     let mut i = a.initiator("other-conn", 1);

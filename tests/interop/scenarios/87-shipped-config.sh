@@ -21,7 +21,7 @@ example=$(awk '/^2\. Edit `\/etc\/strongswan.d\/charon\/qkd.conf`/ { on = 1 } on
 grep -q '^qkd {' <<<"$example" || fail "no qkd.conf example found in README.md step 2"
 for side in A B; do
     me=$(gw_var "$side" QKD_SAE_ID); peer=$(gw_var "$side" QKD_PEER_SAE_ID)
-    sed -e "s|sae_id = sae-a|sae_id = $me|" -e "s|sae_id = sae-b|sae_id = $peer|" \
+    sed -e "s|^    sae_id = sae-a|    sae_id = $me|" -e "s|^            sae_id = sae-b|            sae_id = $peer|" \
         -e "s|https://kme-a.example:8443|$(gw_var "$side" QKD_KME_URL)|" \
         -e "s|/etc/swanctl/qkd/ca.pem|/etc/qkd/certs/ca.pem|" \
         -e "s|/etc/swanctl/qkd/sae-a.pem|/etc/qkd/certs/$me.pem|" -e "s|/etc/swanctl/qkd/sae-a.key|/etc/qkd/certs/$me.key|" \
