@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// After an answer that waiting cannot change (unknown SAE, refused certificate, bad
+/// settings): the KME is asked again this much later, so many such peers cannot flood it.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(60);
 /// Longest sleep with nothing to do: expiry is checked at least this often.
 const IDLE: Duration = Duration::from_secs(1);
 
@@ -179,7 +182,11 @@ fn recovered(buffers: &mut Buffers) {
 
 fn failed(shared: &Shared, peer: usize, buffers: &mut Buffers, what: &str, e: &KmeError) {
     let first = buffers.backoff.is_zero();
-    buffers.backoff = (buffers.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+    buffers.backoff = if e.is_transient() {
+        (buffers.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF)
+    } else {
+        REFUSED_BACKOFF
+    };
     buffers.retry_at = Some(Instant::now() + buffers.backoff);
     let message = format!(
         "qkd: {what} for SAE '{}': {e}; retrying in {:?}",

@@ -12,6 +12,8 @@ struct NumberingKme {
     enc_calls: AtomicU32,
     dec_calls: AtomicU32,
     down: AtomicBool,
+    /// Answers like a KME that does not know the SAE: waiting does not help.
+    refusing: AtomicBool,
 }
 
 impl NumberingKme {
@@ -23,6 +25,13 @@ impl NumberingKme {
     }
 
     fn fail_if_down(&self) -> Result<(), KmeError> {
+        if self.refusing.load(Ordering::SeqCst) {
+            return Err(KmeError::Rejected {
+                url: "https://kme.test".into(),
+                status: 400,
+                message: "unknown slave SAE ID".into(),
+            });
+        }
         if self.down.load(Ordering::SeqCst) {
             return Err(KmeError::NoKeyAvailable {
                 url: "https://kme.test".into(),
@@ -215,4 +224,18 @@ fn a_failing_kme_is_retried_with_backoff_and_the_buffer_recovers() {
     assert!(s.take_outbound(0).is_none());
     kme.down.store(false, Ordering::SeqCst);
     wait_for("recovered", || s.levels(0).outbound_sets == 2);
+}
+
+#[test]
+fn a_kme_that_refuses_the_peer_is_asked_again_only_after_a_long_pause() {
+    let kme = Arc::new(NumberingKme::default());
+    kme.refusing.store(true, Ordering::SeqCst);
+    let s = supply(&kme, 2, Duration::from_secs(60));
+    s.start();
+    thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        kme.enc_calls.load(Ordering::SeqCst),
+        1,
+        "no retry within 0.6 s"
+    );
 }
