@@ -35,7 +35,7 @@ extra+="
     }"
 A_EXTRA_QKD=$extra
 measure "$((peers + 1)) peers"
-log_grep gw-a 'qkd: SAE' | head -n 2 | sed 's/^/      /'
+grep 'qkd: SAE' "$(log_file gw-a)" | head -n 2 | sed 's/^/      /' || true
 field() { awk -v k="$1" '{ for (i = 1; i < NF; i++) if ($i == k) print $(i + 1) }' <<<"$2"; }
 t0=$(field Threads "$base") r0=$(field VmRSS "$base")
 t1=$(field Threads "$A_STATUS") r1=$(field VmRSS "$A_STATUS")
