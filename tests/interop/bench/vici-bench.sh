@@ -1,7 +1,8 @@
 # desc: benchmark (not part of the test run): IKE+CHILD setup and PFS CHILD rekey over vici from one host process, x25519 / x25519-ke1_mlkem768 / x25519-ke1_qkd / recommended (x25519-ke1_qkd + esp qkd) / qkd alone, KME +0 and +25 ms, alternated in rounds, ratios to the floors measured side by side
 # suites: forky
 #   tests/interop/run.sh --no-setup tests/interop/bench/vici-bench.sh
-#   QKD_BENCH_ROUNDS (default 3), QKD_BENCH_SETUPS (5), QKD_BENCH_REKEYS (6), QKD_BENCH_WARMUP (2),
+#   QKD_BENCH_ROUNDS (default 3), QKD_BENCH_SETUPS (5), QKD_BENCH_REKEYS (6), QKD_BENCH_WARMUP (2), QKD_BENCH_GAP (0.1 s untimed pause before each timed operation),
+#   QKD_BENCH_NO_ANNOUNCE=1 (setups back to back, no untimed rekey after each),
 #   QKD_BENCH_LATENCIES (0,25), QKD_BENCH_CONFIGS (all); set QKD_SCENARIO_TIMEOUT for long runs.
 # Both gateways run strongSwan 6.1.0 (forky): ML-KEM is in its openssl plugin only. Each
 # charon's vici socket is in its log directory, which is bind-mounted to the host, so
@@ -47,7 +48,7 @@ for side in A B; do
 done
 python3 "$QKD_INTEROP_DIR/bench/vici_bench.py" \
     --rounds "${QKD_BENCH_ROUNDS:-3}" --setups "${QKD_BENCH_SETUPS:-5}" --rekeys "${QKD_BENCH_REKEYS:-6}" \
-    --warmup "${QKD_BENCH_WARMUP:-2}" --latencies "${QKD_BENCH_LATENCIES:-0,25}" \
+    --warmup "${QKD_BENCH_WARMUP:-2}" --gap "${QKD_BENCH_GAP:-0.1}" ${QKD_BENCH_NO_ANNOUNCE:+--no-announce} --latencies "${QKD_BENCH_LATENCIES:-0,25}" \
     --configs "${QKD_BENCH_CONFIGS:-}" --json "$QKD_INTEROP_SCEN_DIR/samples.json" \
     || fail "vici_bench.py failed"
 step "load after: $(uptime)"

@@ -180,13 +180,29 @@ def rekey_once(initiator, responder):
     return dt
 
 
-def rekeys(gws, n, timed=True):
+def rekeys(gws, n, gap, timed=True):
     a, b = gws
     out = []
     for i in range(n):
         ini, resp = (a, b) if i % 2 == 0 else (b, a)
+        time.sleep(gap)
         out.append(rekey_once(ini, resp))
     return out if timed else []
+
+
+def setups(gws, n, gap, announce):
+    out = []
+    for _ in range(n):
+        time.sleep(gap)
+        out.append(setup_once(gws))
+        if announce:
+            # Untimed: one CHILD rekey from gw-a in the new, established IKE SA, where gw-a
+            # announces its outbound queue, so that gw-b can fetch the keys the next
+            # setup's IKE_INTERMEDIATE will name (an initial exchange carries no
+            # announcement: without this, only the first `buffer` setups after a rekey find
+            # the slave's keys cached).
+            rekey_once(gws[0], gws[1])
+    return out
 
 
 def med_ms(xs):
@@ -203,6 +219,10 @@ def main():
     ap.add_argument("--setups", type=int, default=5, help="timed IKE+CHILD setups per config and round")
     ap.add_argument("--rekeys", type=int, default=6, help="timed CHILD rekeys per config and round")
     ap.add_argument("--warmup", type=int, default=2, help="untimed rekeys from each side before timing")
+    ap.add_argument("--gap", type=float, default=0.1,
+                    help="untimed pause before each setup/rekey (s): the refill thread's time to top up the buffers")
+    ap.add_argument("--no-announce", action="store_true",
+                    help="setups back to back, without the untimed rekey after each that carries announcements")
     ap.add_argument("--latencies", default="0,25")
     ap.add_argument("--configs", default="", help="comma-separated names (default: all)")
     ap.add_argument("--json", help="write all samples here")
@@ -234,10 +254,10 @@ def main():
                     gw.load(ike, esp)
                 # Warm-up: one untimed setup and rekeys both ways fill and announce the buffers.
                 setup_once(gws)
-                rekeys(gws, 2 * args.warmup, timed=False)
-                setup = [setup_once(gws) for _ in range(args.setups)]
-                rekeys(gws, 2 * args.warmup, timed=False)
-                rk = rekeys(gws, args.rekeys)
+                rekeys(gws, 2 * args.warmup, args.gap, timed=False)
+                setup = setups(gws, args.setups, args.gap, not args.no_announce)
+                rekeys(gws, 2 * args.warmup, args.gap, timed=False)
+                rk = rekeys(gws, args.rekeys, args.gap)
                 samples[lat][name].append({"setup": setup, "rekey": rk})
             # Per-round line: ratios of this round's medians.
             parts = []
@@ -256,7 +276,8 @@ def main():
     elapsed = time.time() - t_start
 
     # Summary tables.
-    print(f"\n    {args.rounds} rounds in {elapsed:.0f} s; per round and config {args.setups} setups, {args.rekeys} rekeys (alternating sides), {args.warmup} warm-up rekeys per side before each")
+    print(f"\n    {args.rounds} rounds in {elapsed:.0f} s; per round and config {args.setups} setups, {args.rekeys} rekeys (alternating sides), {args.warmup} warm-up rekeys per side before each; {args.gap * 1000:.0f} ms untimed pause before each setup/rekey; "
+          + ("setups back to back" if args.no_announce else "an untimed rekey from gw-a after each setup (announcements)"))
     for lat in latencies:
         print(f"\n    KME +{lat} ms | setup p50 / p90 | setup ratio vs {SETUP_FLOOR} | rekey p50 / p90 | rekey ratio vs {REKEY_FLOOR}")
         for name, _, _ in configs:
