@@ -19,6 +19,7 @@ measure() { # LABEL
     sleep 5
     A_STATUS=$(charon_status gw-a)
     step "$1: gw-a charon: $A_STATUS"
+    note "threads by name: $(in_node gw-a sh -c 'for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = charon ] && cat $p/task/*/comm; done' | sort | uniq -c | awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }')"
 }
 kme_up --key-rate 1000000000
 measure "1 peer"
