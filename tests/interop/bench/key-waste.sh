@@ -4,6 +4,7 @@
 # the end: KME deliveries (admin stats: enc_keys to the masters + dec_keys to the slaves),
 # the keys both gateways used ('qkd: key IDs ... confirmed', one line per side and exchange),
 # the keys the plugin wiped unused ('wiped N unused', DBG2) and what is still buffered.
+# shellcheck shell=bash disable=SC2034 # variables feed conf/*.tmpl via helpers.sh
 require_plugin
 require_kme_sim
 secs=${QKD_BENCH_SECONDS:-180}
@@ -15,7 +16,7 @@ gateways_up
 initiate gw-a
 t0=$SECONDS n=0
 while [ $((SECONDS - t0)) -lt "$secs" ]; do
-    if [ $((n % 2)) = 0 ]; then gw=gw-a; else gw=gw-b; fi
+    if [ $((n % 2)) = 0 ]; then gw="gw-a"; else gw="gw-b"; fi
     swanctl_in "$gw" --rekey --child "$CHILD_NAME" >/dev/null || fail "swanctl --rekey on $gw failed"
     n=$((n + 1))
     # One rekey per second of wall clock.

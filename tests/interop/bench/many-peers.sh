@@ -2,6 +2,7 @@
 #   tests/interop/run.sh --no-setup tests/interop/bench/many-peers.sh     (QKD_BENCH_PEERS, default 1000)
 # The extra peers have SAE IDs the KME does not serve (their refills fail and back off),
 # like gateways configured for peers that are not up.
+# shellcheck shell=bash disable=SC2034,SC2016 # variables feed conf/*.tmpl via helpers.sh; single quotes: the container shell expands
 require_plugin
 require_kme_sim
 peers=${QKD_BENCH_PEERS:-1000}

@@ -8,6 +8,7 @@
 # charon's vici socket is in its log directory, which is bind-mounted to the host, so
 # lib/../bench/vici_bench.py (strongSwan's `vici` package from PyPI) drives both charons from
 # one process; nothing timed goes through swanctl or docker exec.
+# shellcheck shell=bash disable=SC2034 # variables feed conf/*.tmpl via helpers.sh
 require_plugin
 require_kme_sim
 A_GW_SUITE=forky

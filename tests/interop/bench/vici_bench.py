@@ -209,10 +209,6 @@ def med_ms(xs):
     return statistics.median(xs) * 1000.0
 
 
-def fmt_ratio(x):
-    return f"{x:.3f}"
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -296,7 +292,6 @@ def main():
                     row.append("-")
             print("    | " + " | ".join(row) + " |")
     print("\n    targets (median over rounds of the per-round ratio):")
-    verdicts = []
     for lat in latencies:
         limit = TARGETS.get(lat)
         for metric, name, floor in TARGET_ROWS:
@@ -308,7 +303,6 @@ def main():
             ]
             m = statistics.median(ratios)
             ok = "met" if m <= limit else f"MISSED by {(m / limit - 1) * 100:.0f} %"
-            verdicts.append(ok)
             print(f"      KME +{lat} ms, {metric} {name} / {floor}: {m:.3f} (target <= {limit:.2f}): {ok}")
     if args.json:
         with open(args.json, "w") as f:
