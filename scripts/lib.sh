@@ -4,6 +4,10 @@
 
 QKD_REPO_ROOT="${QKD_REPO_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 QKD_CACHE_DIR="${QKD_CACHE_DIR:-$QKD_REPO_ROOT/.cache}"
+# Resolved: a worktree whose .cache is a symlink to another checkout's must name the private
+# dockerd's pidfile and socket exactly as that checkout does, or dockerd.sh would not
+# recognise the running engine and would remove its socket while starting a second one.
+if [ -d "$QKD_CACHE_DIR" ]; then QKD_CACHE_DIR=$(cd "$QKD_CACHE_DIR" && pwd -P); fi
 
 # Suites and package set of the test rootfs; the cache key of a rootfs tarball is derived
 # from its suite and the package list, so changing them rebuilds it. The main suite (trixie,
