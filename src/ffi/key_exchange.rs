@@ -4,7 +4,7 @@ use super::abi::{
     chunk_t, key_exchange_method_t, key_exchange_t, IKE_ESTABLISHED, IKE_REKEYED, IKE_REKEYING,
 };
 use super::ecdh::CharonEcdh;
-use super::{boundary, chunk, runtime, symbols};
+use super::{boundary, chunk, runtime, status, symbols};
 use crate::ke::{Ecdh, ExchangeContext, KeError, QkdKeyExchange};
 use std::ffi::CStr;
 use std::net::IpAddr;
@@ -28,6 +28,8 @@ pub(crate) unsafe extern "C" fn create(method: key_exchange_method_t) -> *mut ke
         if method != rt.config.method_id as key_exchange_method_t {
             return std::ptr::null_mut();
         }
+        // Worker thread: charon has dropped its capabilities (see ffi/status.rs).
+        status::ensure(rt.config.status_socket.as_deref(), false);
         let ecdh = match rt.config.dh_group.map(CharonEcdh::create).transpose() {
             Ok(ecdh) => ecdh.map(|e| Box::new(e) as Box<dyn Ecdh>),
             Err(e) => {
