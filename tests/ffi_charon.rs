@@ -578,6 +578,17 @@ fn exchange_secret_is_the_journal_key_then_the_ecdh_secret() {
     i.assert_clean(Strongswan::V6_1_0);
     r.assert_clean(Strongswan::V6_0_1);
     assert_qkd_secret(&link, &i, &r, 256);
+    let key_id = &journal(&link)[0].0;
+    i.assert_logged(&format!(
+        "qkd-audit: ike_sa=gw-b[1] exchange=initial role=initiator peer_sae=sae-b \
+         key_ids={key_id} kme={} result=qkd",
+        link.kme_a_url.trim_end_matches('/')
+    ));
+    r.assert_logged(&format!(
+        "qkd-audit: ike_sa=(unnamed)[1] exchange=initial role=responder peer_sae=sae-a \
+         key_ids={key_id} kme={} result=qkd",
+        link.kme_b_url.trim_end_matches('/')
+    ));
     // DBG_CFG is 6 on 6.1.0 and 5 on 6.0.1: the plugin picks the right one at run time.
     i.assert_logged("dbg[CFG:1] qkd: SAE 'sae-a', method 1042 (QKD), 256-bit keys");
     r.assert_logged("dbg[CFG:1] qkd: SAE 'sae-b', method 1042 (QKD), 256-bit keys");
@@ -625,6 +636,13 @@ fn assert_refused_in_band(i: &Outcome, r: &Outcome, reason: NoKeyReason, why: &s
     );
     r.assert_logged("qkd: SAE 'sae-a' started the exchange without QKD key");
     r.assert_logged("refusing it in-band");
+    // The audit lines: charon drops the initiator's object without a response.
+    i.assert_logged(
+        "qkd-audit: ike_sa=gw-b[1] exchange=initial role=initiator peer_sae=sae-b key_ids=- kme=",
+    );
+    i.assert_logged(" result=no-key-sent");
+    r.assert_logged("qkd-audit: ike_sa=(unnamed)[1] exchange=initial role=responder peer_sae=sae-a key_ids=- kme=");
+    r.assert_logged(" result=refused-no-key");
 }
 
 #[test]

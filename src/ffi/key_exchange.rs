@@ -59,8 +59,8 @@ pub(crate) unsafe extern "C" fn create(method: key_exchange_method_t) -> *mut ke
 fn exchange_context() -> ExchangeContext {
     let mut ctx = ExchangeContext::default();
     // SAFETY: charon's bus and the checked-out IKE SA are valid for the duration of this
-    // call; get_name/get_other_host return NULL or borrowed objects we only read, and the
-    // address chunk points into the host object.
+    // call; get_unique_id returns a number; get_name/get_other_host return NULL or
+    // borrowed objects we only read, and the address chunk points into the host object.
     unsafe {
         let Some(bus) = symbols::charon().and_then(|c| c.bus.as_mut()) else {
             return ctx;
@@ -74,6 +74,7 @@ fn exchange_context() -> ExchangeContext {
                 ctx.connection = Some(name.into_owned());
             }
         }
+        ctx.unique_id = ike_sa.get_unique_id.map(|f| f(ike_sa));
         // ESTABLISHED, or REKEYING/REKEYED while an IKE rekey runs on it: authenticated.
         ctx.established = ike_sa.get_state.is_some_and(|get_state| {
             matches!(

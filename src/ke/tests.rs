@@ -227,8 +227,8 @@ impl Gateway {
         self.exchange_with(
             ExchangeContext {
                 connection: Some(peer.into()),
-                remote: None,
                 established: true,
+                ..Default::default()
             },
             seed,
         )
