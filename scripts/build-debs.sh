@@ -126,6 +126,6 @@ for root in "$P" "$S"; do
 	dpkg-deb --root-owner-group -Zxz --build "$root" "$OUT" >/dev/null
 done
 ls -l "$OUT"/*.deb
-if command -v lintian >/dev/null; then
+if [ "${QKD_DEB_LINTIAN:-1}" = 1 ] && command -v lintian >/dev/null; then
 	lintian --info --display-info "$OUT"/*.deb || true
 fi
