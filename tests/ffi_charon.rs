@@ -931,6 +931,7 @@ fn status_socket_shows_the_buffers_and_kme_after_the_first_exchange() {
     // was timed.
     assert_eq!(journal(&link).len(), 2);
     assert!(kme.requests >= 1 && kme.errors == 0, "{kme:?}");
+    assert_eq!(kme.keys, 2, "{kme:?}");
     assert!(
         kme.latency.is_some() && kme.last_success_unix.is_some(),
         "{kme:?}"

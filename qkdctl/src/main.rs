@@ -93,3 +93,39 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<(PathBuf, Output)>, String> {
+        parse_args(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn commands_options_and_errors() {
+        let (path, output) = parse(&["status"]).unwrap().unwrap();
+        assert_eq!(path, PathBuf::from("/var/run/charon.qkd"));
+        assert!(matches!(output, Output::Table));
+        let (path, output) = parse(&["-s", "unix:///tmp/q", "status", "--json"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(path, PathBuf::from("/tmp/q"));
+        assert!(matches!(output, Output::Json));
+        assert!(matches!(
+            parse(&["metrics"]).unwrap().unwrap().1,
+            Output::Metrics
+        ));
+        assert!(parse(&["help"]).unwrap().is_none());
+        for bad in [
+            &["metrics", "--json"][..],
+            &[],
+            &["status", "status"],
+            &["--socket"],
+            &["--socket", "/no/scheme", "status"],
+            &["frobnicate"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

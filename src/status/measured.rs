@@ -21,6 +21,7 @@ pub struct KmeStats {
 struct StatsState {
     requests: u64,
     errors: u64,
+    keys: u64,
     total: Duration,
     recent: VecDeque<Duration>,
     last_success: Option<SystemTime>,
@@ -28,8 +29,9 @@ struct StatsState {
 }
 
 impl KmeStats {
-    /// One key request (enc_keys or dec_keys) that took `elapsed`.
-    pub fn record_request(&self, elapsed: Duration, outcome: Result<(), &KmeError>) {
+    /// One key request (enc_keys or dec_keys) that took `elapsed` and, if it succeeded,
+    /// delivered `keys` keys.
+    pub fn record_request(&self, elapsed: Duration, outcome: Result<usize, &KmeError>) {
         let mut s = self.lock();
         s.requests += 1;
         s.total += elapsed;
@@ -38,7 +40,10 @@ impl KmeStats {
         }
         s.recent.push_back(elapsed);
         match outcome {
-            Ok(()) => s.last_success = Some(SystemTime::now()),
+            Ok(keys) => {
+                s.keys += keys as u64;
+                s.last_success = Some(SystemTime::now());
+            }
             Err(e) => {
                 s.errors += 1;
                 s.last_error = Some((SystemTime::now(), e.to_string()));
@@ -60,6 +65,7 @@ impl KmeStats {
             url: url.to_owned(),
             requests: s.requests,
             errors: s.errors,
+            keys: s.keys,
             latency_us_total: micros(s.total),
             latency: (!recent.is_empty()).then(|| Latency {
                 samples: recent.len(),
@@ -105,11 +111,16 @@ impl MeasuredSource {
         MeasuredSource { inner, stats }
     }
 
-    fn timed<T>(&self, request: impl FnOnce() -> Result<T, KmeError>) -> Result<T, KmeError> {
+    /// Runs `request`, recording its time and the number of keys (`count`) it delivered.
+    fn timed<T>(
+        &self,
+        request: impl FnOnce() -> Result<T, KmeError>,
+        count: impl FnOnce(&T) -> usize,
+    ) -> Result<T, KmeError> {
         let started = Instant::now();
         let result = request();
         self.stats
-            .record_request(started.elapsed(), result.as_ref().map(|_| ()));
+            .record_request(started.elapsed(), result.as_ref().map(count));
         result
     }
 }
@@ -122,7 +133,10 @@ impl KeySource for MeasuredSource {
         sets: usize,
         deadline: Instant,
     ) -> Result<Vec<Vec<QkdKey>>, KmeError> {
-        self.timed(|| self.inner.enc_keys(slave, size_bits, sets, deadline))
+        self.timed(
+            || self.inner.enc_keys(slave, size_bits, sets, deadline),
+            |sets| sets.iter().map(Vec::len).sum(),
+        )
     }
 
     fn dec_keys(
@@ -131,7 +145,7 @@ impl KeySource for MeasuredSource {
         ids: &[KeyId],
         deadline: Instant,
     ) -> Result<Vec<QkdKey>, KmeError> {
-        self.timed(|| self.inner.dec_keys(master, ids, deadline))
+        self.timed(|| self.inner.dec_keys(master, ids, deadline), Vec::len)
     }
 
     fn keys_per_set(

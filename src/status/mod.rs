@@ -67,9 +67,13 @@ pub struct BufferCounters {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KmeStatus {
     pub url: String,
-    /// enc_keys and dec_keys requests, answered or not.
+    /// enc_keys and dec_keys requests of the plugin, answered or not. One request for a
+    /// batch of key sets may be several HTTP requests (the client follows the KME's
+    /// max_key_per_request), so a KME may count more.
     pub requests: u64,
     pub errors: u64,
+    /// Keys the KME delivered (to exchanges and to the buffers).
+    pub keys: u64,
     /// Time spent in those requests, in microseconds (integers: JSON keeps them exact).
     pub latency_us_total: u64,
     /// Over the most recent requests; None before the first.
@@ -340,8 +344,8 @@ pub fn render_table(s: &Snapshot) -> String {
     for k in &s.kmes {
         let _ = write!(
             out,
-            "KME {}: {} requests, {} errors",
-            k.url, k.requests, k.errors
+            "KME {}: {} requests, {} keys, {} errors",
+            k.url, k.requests, k.keys, k.errors
         );
         match &k.last_error {
             Some(err) => {
@@ -457,8 +461,14 @@ pub fn render_metrics(s: &Snapshot) -> String {
     family(
         "kme_requests_total",
         "counter",
-        "enc_keys and dec_keys requests to the KME.",
+        "enc_keys and dec_keys requests to the KME (one may be several HTTP requests).",
         per_kme(&|k| Some(k.requests.to_string())),
+    );
+    family(
+        "kme_keys_total",
+        "counter",
+        "Keys the KME delivered (to exchanges and into the buffers).",
+        per_kme(&|k| Some(k.keys.to_string())),
     );
     family(
         "kme_errors_total",

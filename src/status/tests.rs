@@ -94,7 +94,7 @@ fn snapshot_counts_and_times_kme_requests() {
     // Two peers, one KME client: one KME entry.
     assert_eq!(s.kmes.len(), 1);
     let kme = &s.kmes[0];
-    assert_eq!((kme.requests, kme.errors), (4, 1));
+    assert_eq!((kme.requests, kme.errors, kme.keys), (4, 1, 3));
     assert_eq!(kme.latency.as_ref().unwrap().samples, 4);
     assert!(kme.last_success_unix.is_some());
     let err = kme.last_error.as_ref().unwrap();
@@ -115,13 +115,13 @@ fn snapshot_counts_and_times_kme_requests() {
 fn percentiles_are_nearest_rank() {
     let stats = KmeStats::default();
     for ms in 1..=100 {
-        stats.record_request(std::time::Duration::from_millis(ms), Ok(()));
+        stats.record_request(std::time::Duration::from_millis(ms), Ok(1));
     }
     let l = stats.status("u").latency.unwrap();
     assert_eq!((l.p50_us, l.p99_us), (50_000, 99_000));
     // The window keeps the most recent requests only.
     for _ in 0..300 {
-        stats.record_request(std::time::Duration::from_millis(2), Ok(()));
+        stats.record_request(std::time::Duration::from_millis(2), Ok(1));
     }
     let status = stats.status("u");
     assert_eq!(status.requests, 400);
@@ -166,6 +166,7 @@ fn metrics_are_prometheus_text_with_help_and_type() {
         text.contains("strongswan_qkd_outbound_key_sets{peer=\"gw-b\",peer_sae_id=\"sae-b\"} 0\n")
     );
     assert!(text.contains("strongswan_qkd_kme_requests_total{kme=\"https://kme-a.test:8443\"} 4\n"));
+    assert!(text.contains("strongswan_qkd_kme_keys_total{kme=\"https://kme-a.test:8443\"} 3\n"));
     assert!(text.contains(
         "strongswan_qkd_kme_latency_seconds{kme=\"https://kme-a.test:8443\",quantile=\"0.99\"} "
     ));
@@ -204,7 +205,7 @@ fn table_has_one_row_per_peer_and_the_last_kme_error() {
     assert!(lines[5].starts_with("gw-c "), "{table}");
     assert!(
         lines[6].contains(
-            "4 requests, 1 errors; last error 0s ago: KME https://kme-a.test:8443 has no key"
+            "4 requests, 3 keys, 1 errors; last error 0s ago: KME https://kme-a.test:8443 has no key"
         ),
         "{table}"
     );
