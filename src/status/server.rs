@@ -10,6 +10,7 @@ use super::{answer, Snapshot, MAX_REQUEST};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -95,8 +96,13 @@ fn serve(listener: UnixListener, stop: &AtomicBool, snapshot: &SnapshotFn) {
         }
         match conn {
             Ok(stream) => {
-                if let Err(e) = handle(stream, snapshot) {
-                    log::debug!("qkd: status client: {e}");
+                // A bug in one answer must not end the server (nor reach charon).
+                match catch_unwind(AssertUnwindSafe(|| handle(stream, snapshot))) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => log::debug!("qkd: status client: {e}"),
+                    Err(_) => log::error!(
+                        "qkd: internal error answering a status request (please report this bug)"
+                    ),
                 }
             }
             Err(e) => {
