@@ -255,6 +255,9 @@ impl QkdKeyExchange {
                 if !matches!(e, KeError::PeerHasNoKey(_)) {
                     Counters::bump(&self.rt.counters.failures);
                 }
+                if matches!(e, KeError::KeyMismatch { .. }) {
+                    Counters::bump(&self.rt.counters.key_mismatches);
+                }
                 let initiator = self.is_initiator();
                 self.audit
                     .emit(&self.ctx, initiator, &audit::failure_result(e));

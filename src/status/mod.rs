@@ -53,6 +53,8 @@ pub struct ExchangeCounters {
     pub no_key_sent: u64,
     pub no_key_refused: u64,
     pub failures: u64,
+    /// Of the failures: key confirmation found different keys under the same key IDs.
+    pub key_mismatches: u64,
 }
 
 /// [`crate::supply::SupplyCounters`]: buffered keys (counted per key, not per set).
@@ -123,6 +125,7 @@ impl From<&Counters> for ExchangeCounters {
             no_key_sent: load(&c.no_key_sent),
             no_key_refused: load(&c.no_key_refused),
             failures: load(&c.failures),
+            key_mismatches: load(&c.key_mismatches),
         }
     }
 }
@@ -284,8 +287,8 @@ pub fn render_table(s: &Snapshot) -> String {
     );
     let _ = writeln!(
         out,
-        "exchanges: {} QKD secrets, {} DH fallbacks, {} started without key, {} refused (peer had no key), {} failed",
-        e.qkd_secrets, e.dh_fallbacks, e.no_key_sent, e.no_key_refused, e.failures
+        "exchanges: {} QKD secrets, {} DH fallbacks, {} started without key, {} refused (peer had no key), {} failed ({} key mismatches)",
+        e.qkd_secrets, e.dh_fallbacks, e.no_key_sent, e.no_key_refused, e.failures, e.key_mismatches
     );
     let _ = writeln!(
         out,
@@ -412,6 +415,7 @@ pub fn render_metrics(s: &Snapshot) -> String {
         ("no_key_sent_total", "Exchanges this gateway started without a QKD key (no key in the buffer or from the KME).", e.no_key_sent),
         ("no_key_refused_total", "Exchanges refused in-band because the peer had no QKD key.", e.no_key_refused),
         ("failures_total", "Key exchanges that failed for another reason (see the qkd-audit log lines).", e.failures),
+        ("key_mismatches_total", "Failed exchanges whose KMEs delivered different keys under the same key IDs.", e.key_mismatches),
         ("keys_buffered_total", "Keys a KME delivered into the outbound queues and inbound caches.", b.buffered),
         ("keys_used_total", "Buffered keys taken by an exchange.", b.used),
         ("keys_wasted_total", "Buffered keys wiped unused (expired after key_ttl, or dropped on reload).", b.wasted),
