@@ -2,7 +2,7 @@
 PLUGINDIR ?= /usr/lib/ipsec/plugins
 CONFDIR   ?= /etc/strongswan.d/charon
 
-.PHONY: build install uninstall test
+.PHONY: build install uninstall test deb
 
 build:
 	cargo build --release -p strongswan-qkd
@@ -17,3 +17,7 @@ uninstall:
 
 test:
 	./tests/run-all.sh
+
+# Debian packages strongswan-qkd and qkd-kme-sim in target/debian/ (see packaging/).
+deb:
+	./scripts/build-debs.sh

@@ -75,8 +75,8 @@ fn gateways(link: &TestLink, key_size: u32, buffer: usize) -> (Arc<Runtime>, Arc
 fn ctx(name: &str) -> ExchangeContext {
     ExchangeContext {
         connection: Some(name.into()),
-        remote: None,
         established: true,
+        ..Default::default()
     }
 }
 

@@ -7,6 +7,7 @@ use crate::ids::SaeId;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Settings for talking to one KME.
@@ -82,6 +83,8 @@ pub struct Config {
     /// KME requests charon's worker threads may have in flight at once; beyond it an
     /// exchange fails fast instead of tying up another thread.
     pub max_kme_requests: usize,
+    /// Where `qkdctl` reads status and metrics (a UNIX socket); None = no status socket.
+    pub status_socket: Option<PathBuf>,
     pub kme: Option<KmeSettings>,
     pub peers: Vec<PeerConfig>,
 }
@@ -93,6 +96,8 @@ pub const DEFAULT_BUFFER: usize = 4;
 const DEFAULT_KEY_TTL: Duration = Duration::from_secs(3600);
 /// Well below charon's 16 worker threads, so DPD, rekeys and vici keep threads.
 const DEFAULT_MAX_KME_REQUESTS: usize = 4;
+/// Next to charon's own `charon.vici` (Debian: /var/run -> /run).
+pub const DEFAULT_STATUS_SOCKET: &str = "unix:///var/run/charon.qkd";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -208,6 +213,9 @@ impl Config {
         let max_kme_requests = global
             .parse("max_kme_requests", |v| parse_count(v, 1, 64, "requests"))?
             .unwrap_or(DEFAULT_MAX_KME_REQUESTS);
+        let status_socket = global
+            .parse("socket", parse_status_socket)?
+            .unwrap_or_else(|| parse_status_socket(DEFAULT_STATUS_SOCKET).expect("valid default"));
         let kme = global.kme()?;
 
         let mut peers = Vec::new();
@@ -252,6 +260,7 @@ impl Config {
             buffer,
             key_ttl,
             max_kme_requests,
+            status_socket,
             kme,
             peers,
         })
@@ -295,6 +304,19 @@ fn parse_key_size(v: &str) -> Result<u32, String> {
         ));
     }
     Ok(bits)
+}
+
+/// `unix:///absolute/path` (the form of charon.vici's `socket`), or `none`.
+pub fn parse_status_socket(v: &str) -> Result<Option<PathBuf>, String> {
+    if v == "none" {
+        return Ok(None);
+    }
+    match v.strip_prefix("unix://") {
+        Some(path) if path.starts_with('/') && path.len() > 1 => Ok(Some(PathBuf::from(path))),
+        _ => Err(format!(
+            "'{v}': use unix:///absolute/path (e.g. {DEFAULT_STATUS_SOCKET}) or none"
+        )),
+    }
 }
 
 fn parse_count(v: &str, min: usize, max: usize, what: &str) -> Result<usize, String> {
@@ -412,6 +434,7 @@ impl SettingsSource for MapSettings {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::path::Path;
 
     pub const MINIMAL: &[(&str, &str)] = &[
         ("sae_id", "sae-a"),
@@ -446,12 +469,38 @@ pub(crate) mod tests {
         assert_eq!(c.buffer, DEFAULT_BUFFER);
         assert_eq!(c.key_ttl, Duration::from_secs(3600));
         assert_eq!(c.max_kme_requests, 4);
+        assert_eq!(
+            c.status_socket.as_deref(),
+            Some(Path::new("/var/run/charon.qkd"))
+        );
         let kme = c.kme.as_ref().unwrap();
         assert_eq!(kme.url, "https://192.0.2.30:8443");
         assert_eq!(kme.timeout, Duration::from_secs(5));
         assert_eq!(c.peers.len(), 1);
         assert_eq!(c.peer_named("gw-b").unwrap().sae_id.as_str(), "sae-b");
         assert_eq!(c.kme_for(&c.peers[0]).url, kme.url);
+    }
+
+    #[test]
+    fn status_socket_is_a_unix_uri_or_none() {
+        let c = load_with(&[("socket", "unix:///run/qkd/status")]).unwrap();
+        assert_eq!(
+            c.status_socket.as_deref(),
+            Some(Path::new("/run/qkd/status"))
+        );
+        assert_eq!(
+            load_with(&[("socket", "none")]).unwrap().status_socket,
+            None
+        );
+        for bad in [
+            "/run/charon.qkd",
+            "unix://relative",
+            "tcp://127.0.0.1:1",
+            "unix://",
+        ] {
+            let e = load_with(&[("socket", bad)]).unwrap_err();
+            assert_eq!(e.key, "socket", "{bad}");
+        }
     }
 
     #[test]

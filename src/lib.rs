@@ -15,6 +15,7 @@ pub mod config;
 pub mod ids;
 pub mod ke;
 pub mod kme;
+pub mod status;
 pub mod supply;
 pub mod version;
 pub mod wire;

@@ -173,6 +173,11 @@ impl Site {
         if !extra.iter().any(|(k, _)| *k == "buffer") {
             lines.push(("buffer".to_owned(), "0".to_owned()));
         }
+        // The status socket of each fake charon in its own test directory, not in /var/run.
+        if !extra.iter().any(|(k, _)| *k == "socket") {
+            let socket = format!("unix://{}", self.file(&format!("{name}.qkd")));
+            lines.push(("socket".to_owned(), socket));
+        }
         lines.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let text: String = lines
             .iter()
@@ -573,6 +578,17 @@ fn exchange_secret_is_the_journal_key_then_the_ecdh_secret() {
     i.assert_clean(Strongswan::V6_1_0);
     r.assert_clean(Strongswan::V6_0_1);
     assert_qkd_secret(&link, &i, &r, 256);
+    let key_id = &journal(&link)[0].0;
+    i.assert_logged(&format!(
+        "qkd-audit: ike_sa=gw-b[1] exchange=initial role=initiator peer_sae=sae-b \
+         key_ids={key_id} kme={} result=qkd",
+        link.kme_a_url.trim_end_matches('/')
+    ));
+    r.assert_logged(&format!(
+        "qkd-audit: ike_sa=(unnamed)[1] exchange=initial role=responder peer_sae=sae-a \
+         key_ids={key_id} kme={} result=qkd",
+        link.kme_b_url.trim_end_matches('/')
+    ));
     // DBG_CFG is 6 on 6.1.0 and 5 on 6.0.1: the plugin picks the right one at run time.
     i.assert_logged("dbg[CFG:1] qkd: SAE 'sae-a', method 1042 (QKD), 256-bit keys");
     r.assert_logged("dbg[CFG:1] qkd: SAE 'sae-b', method 1042 (QKD), 256-bit keys");
@@ -620,6 +636,13 @@ fn assert_refused_in_band(i: &Outcome, r: &Outcome, reason: NoKeyReason, why: &s
     );
     r.assert_logged("qkd: SAE 'sae-a' started the exchange without QKD key");
     r.assert_logged("refusing it in-band");
+    // The audit lines: charon drops the initiator's object without a response.
+    i.assert_logged(
+        "qkd-audit: ike_sa=gw-b[1] exchange=initial role=initiator peer_sae=sae-b key_ids=- kme=",
+    );
+    i.assert_logged(" result=no-key-sent");
+    r.assert_logged("qkd-audit: ike_sa=(unnamed)[1] exchange=initial role=responder peer_sae=sae-a key_ids=- kme=");
+    r.assert_logged(" result=refused-no-key");
 }
 
 #[test]
@@ -868,4 +891,59 @@ fn reloads_that_change_nothing_or_are_refused_consume_no_keys() {
         2,
         "only the first outbound queue's 2 key sets were fetched: {keys:?}\n{p}"
     );
+}
+
+#[test]
+fn status_socket_shows_the_buffers_and_kme_after_the_first_exchange() {
+    use std::os::unix::fs::PermissionsExt;
+    use strongswan_qkd::status::server::request_status;
+
+    let link = TestLink::start(SimOptions::default());
+    let site = Site::new("status");
+    let (a, _) = two_gateways(&site, &link, &[("buffer", "2")]);
+    let socket = PathBuf::from(site.file("gw-a.conf.qkd"));
+    let mut p = Proc::spawn(Strongswan::V6_1_0, &a, "probe", &["--hold"]);
+    // The probe's key exchange objects started the status server and the key supply.
+    assert_eq!(p.next("HOLD").as_deref(), Some("reloading"));
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        let status = request_status(&socket).expect("the plugin serves its status socket");
+        if status.peers[0].outbound_sets == 2 {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the outbound queue never filled: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "owner only, like charon.vici");
+    assert_eq!(status.sae_id, GW_A.sae);
+    let peer = &status.peers[0];
+    assert_eq!(
+        (peer.name.as_str(), peer.peer_sae_id.as_str()),
+        (GW_A.peer_conn, GW_A.peer_sae)
+    );
+    let kme = status.kme(&peer.kme).expect("the peer's KME is listed");
+    assert_eq!(kme.url, link.kme_a_url.trim_end_matches('/'));
+    // The journal counts the keys the KME handed out; each request of the refill thread
+    // was timed.
+    assert_eq!(journal(&link).len(), 2);
+    assert!(kme.requests >= 1 && kme.errors == 0, "{kme:?}");
+    assert_eq!(kme.keys, 2, "{kme:?}");
+    assert!(
+        kme.latency.is_some() && kme.last_success_unix.is_some(),
+        "{kme:?}"
+    );
+    assert_eq!(status.buffered_keys.buffered, 2);
+
+    p.send("GO", "reload");
+    assert_eq!(p.next("HOLD").as_deref(), Some("unloading"));
+    // An unchanged reload keeps the runtime and its counters.
+    assert_eq!(request_status(&socket).unwrap().buffered_keys.buffered, 2);
+    let p = p.finish();
+    p.assert_clean(Strongswan::V6_1_0);
+    p.assert_logged("qkd: status socket unix://");
+    assert!(!socket.exists(), "unload removes the socket");
 }

@@ -4,7 +4,7 @@ use super::abi::{
     chunk_t, key_exchange_method_t, key_exchange_t, IKE_ESTABLISHED, IKE_REKEYED, IKE_REKEYING,
 };
 use super::ecdh::CharonEcdh;
-use super::{boundary, chunk, runtime, symbols};
+use super::{boundary, chunk, runtime, status, symbols};
 use crate::ke::{Ecdh, ExchangeContext, KeError, QkdKeyExchange};
 use std::ffi::CStr;
 use std::net::IpAddr;
@@ -28,6 +28,8 @@ pub(crate) unsafe extern "C" fn create(method: key_exchange_method_t) -> *mut ke
         if method != rt.config.method_id as key_exchange_method_t {
             return std::ptr::null_mut();
         }
+        // Worker thread: charon has dropped its capabilities (see ffi/status.rs).
+        status::ensure(rt.config.status_socket.as_deref(), false);
         let ecdh = match rt.config.dh_group.map(CharonEcdh::create).transpose() {
             Ok(ecdh) => ecdh.map(|e| Box::new(e) as Box<dyn Ecdh>),
             Err(e) => {
@@ -57,8 +59,8 @@ pub(crate) unsafe extern "C" fn create(method: key_exchange_method_t) -> *mut ke
 fn exchange_context() -> ExchangeContext {
     let mut ctx = ExchangeContext::default();
     // SAFETY: charon's bus and the checked-out IKE SA are valid for the duration of this
-    // call; get_name/get_other_host return NULL or borrowed objects we only read, and the
-    // address chunk points into the host object.
+    // call; get_unique_id returns a number; get_name/get_other_host return NULL or
+    // borrowed objects we only read, and the address chunk points into the host object.
     unsafe {
         let Some(bus) = symbols::charon().and_then(|c| c.bus.as_mut()) else {
             return ctx;
@@ -72,6 +74,7 @@ fn exchange_context() -> ExchangeContext {
                 ctx.connection = Some(name.into_owned());
             }
         }
+        ctx.unique_id = ike_sa.get_unique_id.map(|f| f(ike_sa));
         // ESTABLISHED, or REKEYING/REKEYED while an IKE rekey runs on it: authenticated.
         ctx.established = ike_sa.get_state.is_some_and(|get_state| {
             matches!(

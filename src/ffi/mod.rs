@@ -27,6 +27,7 @@ mod log;
 mod plugin;
 mod runtime;
 mod settings;
+mod status;
 mod symbols;
 mod version;
 

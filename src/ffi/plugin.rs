@@ -5,7 +5,7 @@ use super::abi::{
     enum_name_t, key_exchange_method_t, plugin_feature_t, plugin_t, FEATURE_DEPENDS, FEATURE_KE,
     FEATURE_PROVIDE, FEATURE_REGISTER, KEY_EXCHANGE_METHOD,
 };
-use super::{boundary, key_exchange, log as charon_log, runtime, symbols, version};
+use super::{boundary, key_exchange, log as charon_log, runtime, status, symbols, version};
 use crate::config::Config;
 use std::ffi::{c_char, c_int, c_void};
 
@@ -142,8 +142,16 @@ unsafe extern "C" fn get_features(this: *mut plugin_t, out: *mut *mut plugin_fea
 }
 
 /// `swanctl --reload-settings` (policy in [`runtime::reload`]).
+/// Also (re)starts the status socket: reloads run in a worker thread, after charon dropped
+/// its capabilities (see ffi/status.rs).
 unsafe extern "C" fn reload(_: *mut plugin_t) -> bool {
-    boundary("reload", false, runtime::reload)
+    boundary("reload", false, || {
+        let reloaded = runtime::reload();
+        if let Some(rt) = runtime::current() {
+            status::ensure(rt.config.status_socket.as_deref(), true);
+        }
+        reloaded
+    })
 }
 
 unsafe extern "C" fn destroy(this: *mut plugin_t) {
@@ -163,6 +171,7 @@ unsafe extern "C" fn destroy(this: *mut plugin_t) {
                 )
             };
         }
+        status::stop();
         runtime::uninstall();
     })
 }

@@ -11,6 +11,7 @@ use super::settings::CharonSettings;
 use crate::config::{Config, KmeSettings, PeerConfig, PREFIX};
 use crate::ke::Runtime;
 use crate::kme::{Etsi014Client, KeySource};
+use crate::status::{KmeStats, MeasuredSource, Snapshot};
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -19,6 +20,10 @@ use std::time::SystemTime;
 pub(crate) struct Installed {
     runtime: Arc<Runtime>,
     pem_files: Vec<(KmeSettings, PemFiles)>,
+    /// The statistics of each KME client (a [`MeasuredSource`]), by client identity:
+    /// a client kept across a reload keeps its statistics.
+    kme_stats: Vec<(Arc<dyn KeySource>, Arc<KmeStats>)>,
+    built: SystemTime,
 }
 
 /// Replaced on reload, dropped on unload. Exchanges in flight keep the runtime they started
@@ -27,6 +32,17 @@ static INSTALLED: RwLock<Option<Installed>> = RwLock::new(None);
 
 pub(crate) fn current() -> Option<Arc<Runtime>> {
     Some(INSTALLED.read().ok()?.as_ref()?.runtime.clone())
+}
+
+/// What `qkdctl status` shows about the installed runtime.
+pub(crate) fn snapshot() -> Option<Snapshot> {
+    let installed = INSTALLED.read().unwrap_or_else(|e| e.into_inner());
+    let installed = installed.as_ref()?;
+    Some(Snapshot::collect(
+        &installed.runtime,
+        installed.built,
+        |source| installed.stats_of(source),
+    ))
 }
 
 fn load_config() -> Result<Config, String> {
@@ -60,7 +76,7 @@ impl PemFiles {
 }
 
 impl Installed {
-    fn new(runtime: Runtime) -> Installed {
+    fn new(runtime: Runtime, kme_stats: Vec<(Arc<dyn KeySource>, Arc<KmeStats>)>) -> Installed {
         let mut pem_files: Vec<(KmeSettings, PemFiles)> = Vec::new();
         for peer in &runtime.config.peers {
             let kme = runtime.config.kme_for(peer);
@@ -71,7 +87,16 @@ impl Installed {
         Installed {
             runtime: Arc::new(runtime),
             pem_files,
+            kme_stats,
+            built: SystemTime::now(),
         }
+    }
+
+    fn stats_of(&self, source: &Arc<dyn KeySource>) -> Option<Arc<KmeStats>> {
+        self.kme_stats
+            .iter()
+            .find(|(s, _)| Arc::ptr_eq(s, source))
+            .map(|(_, stats)| stats.clone())
     }
 
     /// Whether the client built for `kme` would be built the same way today.
@@ -125,36 +150,48 @@ pub(crate) fn kept_key_sources(
 
 /// Builds the runtime for `config`, keeping the clients `previous` may pass on. Every KME
 /// client is built (which may fail) before `Runtime::new`, and the key supply starts only
-/// with the first exchange, so a failure here consumes no key.
-fn build(config: Config, previous: Option<&Installed>) -> Result<Runtime, String> {
+/// with the first exchange, so a failure here consumes no key. New clients are wrapped in
+/// a [`MeasuredSource`] for `qkdctl`; kept ones keep theirs.
+fn build(config: Config, previous: Option<&Installed>) -> Result<Installed, String> {
     let kept = match previous {
         Some(installed) => kept_key_sources(installed, &config),
         None => vec![None; config.peers.len()],
     };
     let mut clients: Vec<(KmeSettings, Arc<dyn KeySource>)> = Vec::new();
+    let mut kme_stats = Vec::new();
     for (peer, kept) in config.peers.iter().zip(kept) {
         let settings = config.kme_for(peer);
         if clients.iter().any(|(s, _)| s == settings) {
             continue;
         }
-        let client: Arc<dyn KeySource> = match kept {
-            Some(source) => source,
-            None => Arc::new(Etsi014Client::new(settings).map_err(|e| e.to_string())?),
+        let (client, stats) = match kept {
+            Some(source) => {
+                let stats = previous.and_then(|p| p.stats_of(&source));
+                (source, stats.unwrap_or_default())
+            }
+            None => {
+                let stats = Arc::new(KmeStats::default());
+                let client = Etsi014Client::new(settings).map_err(|e| e.to_string())?;
+                let measured = MeasuredSource::new(Arc::new(client), stats.clone());
+                (Arc::new(measured) as Arc<dyn KeySource>, stats)
+            }
         };
+        kme_stats.push((client.clone(), stats));
         clients.push((settings.clone(), client));
     }
-    Runtime::new(config, |settings| {
+    let runtime = Runtime::new(config, |settings| {
         match clients.iter().find(|(s, _)| s == settings) {
             Some((_, client)) => Ok(client.clone()),
             None => Ok(Arc::new(Etsi014Client::new(settings)?) as Arc<dyn KeySource>),
         }
     })
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    Ok(Installed::new(runtime, kme_stats))
 }
 
 /// `qkd_plugin_create`: loads the settings and installs the first runtime.
 pub(crate) fn install() -> Result<Arc<Runtime>, String> {
-    let installed = Installed::new(build(load_config()?, None)?);
+    let installed = build(load_config()?, None)?;
     let runtime = installed.runtime.clone();
     *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = Some(installed);
     Ok(runtime)
@@ -217,9 +254,9 @@ pub(crate) fn reload() -> bool {
     }
     let peers = new.peers.len();
     match build(new, installed.as_ref()) {
-        Ok(runtime) => {
+        Ok(built) => {
             log::info!(target: "cfg", "qkd: settings reloaded ({peers} peer(s))");
-            *installed = Some(Installed::new(runtime));
+            *installed = Some(built);
             true
         }
         Err(e) => {
@@ -287,6 +324,7 @@ mod tests {
     fn installed(config: Config) -> Installed {
         Installed::new(
             Runtime::new(config, |_| Ok(Arc::new(Unused) as Arc<dyn KeySource>)).unwrap(),
+            Vec::new(),
         )
     }
 

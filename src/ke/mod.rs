@@ -6,6 +6,7 @@
 //! (enc_keys), the responder the slave (dec_keys), so roles are per exchange: whoever starts
 //! a rekey fetches the new key.
 
+mod audit;
 mod confirm;
 mod runtime;
 
@@ -40,6 +41,8 @@ pub struct ExchangeContext {
     /// The IKE SA is established, i.e. the peer is authenticated and the exchange is
     /// encrypted (a rekey). Announcements are sent and honoured only then.
     pub established: bool,
+    /// charon's unique ID of the IKE SA (`<conn|ID>` in its log), for the audit line.
+    pub unique_id: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -173,6 +176,7 @@ pub struct QkdKeyExchange {
     own_data: Option<Vec<u8>>,
     secret: Option<Zeroizing<Vec<u8>>>,
     failed: bool,
+    audit: audit::Audit,
 }
 
 impl QkdKeyExchange {
@@ -190,6 +194,7 @@ impl QkdKeyExchange {
             own_data: None,
             secret: None,
             failed: false,
+            audit: audit::Audit::default(),
         }
     }
 
@@ -250,9 +255,20 @@ impl QkdKeyExchange {
                 if !matches!(e, KeError::PeerHasNoKey(_)) {
                     Counters::bump(&self.rt.counters.failures);
                 }
+                if matches!(e, KeError::KeyMismatch { .. }) {
+                    Counters::bump(&self.rt.counters.key_mismatches);
+                }
+                let initiator = self.is_initiator();
+                self.audit
+                    .emit(&self.ctx, initiator, &audit::failure_result(e));
             }
         }
         result
+    }
+
+    /// Only a responder starts with set_public_key (and marks itself at once).
+    fn is_initiator(&self) -> bool {
+        !matches!(self.role, Some(Role::Responder))
     }
 
     /// The hard deadline of this exchange's on-demand KME calls in charon's thread:
@@ -269,6 +285,8 @@ impl QkdKeyExchange {
         // fails here, loudly, rather than a key shortage.
         let peer_cfg = initiator_peer(cfg, &self.ctx)?;
         let peer = rt.peer_index(peer_cfg);
+        self.audit.peer_sae = Some(peer_cfg.sae_id.clone());
+        self.audit.kme = Some(rt.source(peer).url().to_owned());
         let keys = match rt.supply.take_outbound(peer) {
             Some(set) => {
                 let qkd = QkdMaterial::from_keys(set.keys);
@@ -285,9 +303,11 @@ impl QkdKeyExchange {
         let (qkd, request_keys) = match keys {
             Ok(qkd) => {
                 let ids = Keys::Ids(qkd.key_ids.clone());
+                self.audit.key_ids = qkd.key_ids.clone();
                 (Some(qkd), ids)
             }
             Err(error) => {
+                self.audit.sent_no_key = true;
                 let reason = no_key_reason(&error);
                 let n = Counters::bump(&rt.counters.no_key_sent);
                 log::warn!(
@@ -413,6 +433,11 @@ impl QkdKeyExchange {
         }
         let peer_cfg = authorize(cfg, &self.ctx, &request.sender)?;
         let peer = rt.peer_index(peer_cfg);
+        self.audit.peer_sae = Some(request.sender.clone());
+        self.audit.kme = Some(rt.source(peer).url().to_owned());
+        if let Keys::Ids(ids) = &request.keys {
+            self.audit.key_ids = ids.clone();
+        }
         let both_allow_dh =
             cfg.fallback == Fallback::Dh && request.allows_dh_fallback && self.ecdh.is_some();
         let obtained = match &request.keys {
@@ -555,6 +580,9 @@ impl QkdKeyExchange {
             secret.extend_from_slice(e);
         }
         self.secret = Some(secret);
+        let result = if qkd.is_some() { "qkd" } else { "dh-fallback" };
+        let initiator = self.is_initiator();
+        self.audit.emit(&self.ctx, initiator, result);
         Ok(())
     }
 
@@ -602,6 +630,16 @@ impl QkdKeyExchange {
             ))),
             (Some(_), None) => Err(KeError::Peer("peer sent no ECDH share but dh_group is set here; configure the same dh_group on both".into())),
             (None, Some(_)) => Err(KeError::Peer("peer sent an ECDH share but dh_group = none here; configure the same dh_group on both".into())),
+        }
+    }
+}
+
+impl Drop for QkdKeyExchange {
+    /// An exchange charon drops before it completed still gets its audit line.
+    fn drop(&mut self) {
+        if self.role.is_some() {
+            let initiator = self.is_initiator();
+            self.audit.emit_unfinished(&self.ctx, initiator);
         }
     }
 }

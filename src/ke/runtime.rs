@@ -26,6 +26,8 @@ pub struct Counters {
     /// Exchanges refused in-band because the peer had no QKD key.
     pub no_key_refused: AtomicU64,
     pub failures: AtomicU64,
+    /// Of the failures: both KMEs delivered keys for the same IDs, but different keys.
+    pub key_mismatches: AtomicU64,
 }
 
 impl Counters {

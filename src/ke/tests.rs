@@ -227,8 +227,8 @@ impl Gateway {
         self.exchange_with(
             ExchangeContext {
                 connection: Some(peer.into()),
-                remote: None,
                 established: true,
+                ..Default::default()
             },
             seed,
         )
@@ -327,6 +327,9 @@ fn key_mismatch_is_reported_as_such() {
     assert!(err
         .to_string()
         .contains("key confirmation failed for key IDs 00000000-0000-0000-0000-000000000000"));
+    // The initiator detects it: counted as a failure and as a mismatch.
+    assert_eq!(counter(&a.rt.counters.key_mismatches), 1);
+    assert_eq!(counter(&a.rt.counters.failures), 1);
 }
 
 #[test]

@@ -24,4 +24,6 @@ if have_plugin && have_kme_sim; then
     for gw in gw-a gw-b; do
         { log_grep "$gw" 'qkd: .*key IDs' || true; } | sed -E "s/^/  $gw: /"
     done
+    echo; echo "  \$ docker exec gw-a qkdctl status"
+    in_node gw-a qkdctl status | sed 's/^/  /'
 fi

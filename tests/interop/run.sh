@@ -158,7 +158,12 @@ trap 'on_signal 143' TERM
 T0=$SECONDS
 if [ "$MODE" != down ]; then
     [ "$SETUP" = 1 ] && "$SCRIPTS/setup-host.sh" packages
-    [ "$BUILD" = 1 ] && "$SCRIPTS/setup-host.sh" build
+    if [ "$BUILD" = 1 ]; then
+    "$SCRIPTS/setup-host.sh" build
+    # The gateways install the plugin and the simulator from these packages.
+    QKD_DEB_LINTIAN=0 "$SCRIPTS/build-debs.sh" >"${QKD_CACHE_DIR:-$REPO_ROOT/.cache}/build-debs.log" 2>&1 \
+        || log "build: scripts/build-debs.sh failed (see build-debs.log): staging the binaries instead"
+fi
 fi
 if [ "$MODE" = down ]; then
     # --down stops the private dockerd although this invocation did not start it.
@@ -210,14 +215,27 @@ ctx="$INTEROP_CACHE/context"
 rm -rf "$ctx"; mkdir -p "$ctx/rootfs/usr/local/sbin" "$ctx/rootfs/usr/local/bin" "$ctx/rootfs/usr/lib/ipsec/plugins"
 cp "$INTEROP_DIR/image/Dockerfile" "$ctx/Dockerfile"
 cp "$INTEROP_DIR/image/gw-entry.sh" "$ctx/rootfs/usr/local/sbin/gw-entry"
-export QKD_INTEROP_HAVE_PLUGIN=0 QKD_INTEROP_HAVE_SIM=0
-if [ -f "$PLUGIN_SO" ]; then
+export QKD_INTEROP_HAVE_PLUGIN=0 QKD_INTEROP_HAVE_SIM=0 QKD_INTEROP_FROM_DEB=0
+mkdir -p "$ctx/debs"
+DEB_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debian"
+deb_of() { ls -1t "$DEB_DIR/$1"_*.deb 2>/dev/null | head -n 1; }
+PLUGIN_DEB=$(deb_of strongswan-qkd) SIM_DEB=$(deb_of qkd-kme-sim)
+# The packages, when they hold the current build: the image then runs what users install
+# (dpkg -i in the Dockerfile); otherwise the bare binaries are staged as an overlay.
+if [ -n "$PLUGIN_DEB" ] && [ -n "$SIM_DEB" ] && [ -f "$PLUGIN_SO" ] \
+        && [ ! "$PLUGIN_SO" -nt "$PLUGIN_DEB" ] && [ ! "$SIM_BIN" -nt "$SIM_DEB" ]; then
+    cp "$PLUGIN_DEB" "$SIM_DEB" "$ctx/debs/"
+    QKD_INTEROP_HAVE_PLUGIN=1 QKD_INTEROP_FROM_DEB=1
+    log "images: plugin and simulator from $(basename "$PLUGIN_DEB") and $(basename "$SIM_DEB")"
+elif [ -f "$PLUGIN_SO" ]; then
     cp "$PLUGIN_SO" "$ctx/rootfs/usr/lib/ipsec/plugins/libstrongswan-qkd.so"
+    [ -x "$TARGET_DIR/qkdctl" ] && cp "$TARGET_DIR/qkdctl" "$ctx/rootfs/usr/local/sbin/qkdctl"
     QKD_INTEROP_HAVE_PLUGIN=1
+    log "images: no up-to-date .deb in $DEB_DIR (scripts/build-debs.sh): staging $PLUGIN_SO"
 else
     log "images: $PLUGIN_SO not built: gateways run without the QKD plugin"
 fi
-[ -x "$SIM_BIN" ] && cp "$SIM_BIN" "$ctx/rootfs/usr/local/bin/qkd-kme-sim"
+[ "$QKD_INTEROP_FROM_DEB" = 0 ] && [ -x "$SIM_BIN" ] && cp "$SIM_BIN" "$ctx/rootfs/usr/local/bin/qkd-kme-sim"
 # --network host: RUN steps (only used with a registry base) need a network even when the
 # engine has no default bridge. The legacy builder is used where buildx is missing.
 if ! docker buildx version >/dev/null 2>&1; then export DOCKER_BUILDKIT=0; fi

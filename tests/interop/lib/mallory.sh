@@ -12,7 +12,7 @@ mallory_up() {
     local d="$QKD_INTEROP_SCEN_DIR/mallory" n
     mkdir -p "$d/log" "$d/certs"
     sed 's/^# Generated .*/# mallory (rendered from gw-a'"'"'s)/' "$QKD_INTEROP_SCEN_DIR/gw-a/strongswan.conf" >"$d/strongswan.conf"
-    docker run --rm --network none --entrypoint /usr/local/bin/qkd-kme-sim -v "$d/certs:/out" "$QKD_INTEROP_IMAGE" \
+    docker run --rm --network none --entrypoint qkd-kme-sim -v "$d/certs:/out" "$QKD_INTEROP_IMAGE" \
         gen-certs --out /out --kme kme-a:127.0.0.1 --kme kme-b:127.0.0.1 --sae sae-a --sae sae-b \
         >"$d/gen-certs.log" 2>&1 || { cat "$d/gen-certs.log" >&2; fail "mallory: gen-certs failed"; }
     {

@@ -1,0 +1,254 @@
+use super::server::{request_status, StatusServer};
+use super::*;
+use crate::config::Config;
+use crate::config::MapSettings;
+use crate::ids::{KeyId, SaeId};
+use crate::kme::{KmeError, QkdKey};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+use zeroize::Zeroizing;
+
+/// Delivers one key per set, or a 503 while `dry`.
+#[derive(Default)]
+struct TinyKme {
+    dry: AtomicBool,
+}
+
+impl KeySource for TinyKme {
+    fn enc_keys(
+        &self,
+        _: &SaeId,
+        bits: u32,
+        _: usize,
+        _: Instant,
+    ) -> Result<Vec<Vec<QkdKey>>, KmeError> {
+        if self.dry.load(Ordering::SeqCst) {
+            return Err(KmeError::NoKeyAvailable {
+                url: self.url().into(),
+                message: "503: no key".into(),
+            });
+        }
+        Ok(vec![vec![QkdKey {
+            id: KeyId([7; 16]),
+            material: Zeroizing::new(vec![0; bits as usize / 8]),
+        }]])
+    }
+    fn dec_keys(&self, _: &SaeId, _: &[KeyId], _: Instant) -> Result<Vec<QkdKey>, KmeError> {
+        Err(KmeError::Rejected {
+            url: self.url().into(),
+            status: 400,
+            message: "unknown key ID".into(),
+        })
+    }
+    fn keys_per_set(&self, _: &SaeId, _: u32, _: Instant) -> Result<usize, KmeError> {
+        Ok(1)
+    }
+    fn url(&self) -> &str {
+        "https://kme-a.test:8443"
+    }
+}
+
+fn runtime_with_stats() -> (Runtime, Arc<TinyKme>, Arc<KmeStats>) {
+    let config = Config::load(&MapSettings::new(&[
+        ("sae_id", "sae-a"),
+        ("kme.url", "https://kme-a.test:8443"),
+        ("kme.ca", "ca"),
+        ("kme.cert", "cert"),
+        ("kme.key", "key"),
+        ("buffer", "0"),
+        ("peers.gw-b.sae_id", "sae-b"),
+        ("peers.gw-c.sae_id", "sae-c"),
+    ]))
+    .unwrap();
+    let kme = Arc::new(TinyKme::default());
+    let stats = Arc::new(KmeStats::default());
+    let measured: Arc<dyn KeySource> = Arc::new(MeasuredSource::new(kme.clone(), stats.clone()));
+    let rt = Runtime::new(config, |_| Ok(measured.clone())).unwrap();
+    (rt, kme, stats)
+}
+
+fn snapshot_after_traffic() -> Snapshot {
+    let (rt, kme, stats) = runtime_with_stats();
+    let far = Instant::now() + std::time::Duration::from_secs(5);
+    let sae_b = SaeId::new("sae-b").unwrap();
+    for _ in 0..3 {
+        rt.source(0).enc_keys(&sae_b, 256, 1, far).unwrap();
+    }
+    kme.dry.store(true, Ordering::SeqCst);
+    assert!(rt.source(0).enc_keys(&sae_b, 256, 1, far).is_err());
+    Counters::bump(&rt.counters.qkd_secrets);
+    Counters::bump(&rt.counters.no_key_sent);
+    Snapshot::collect(&rt, SystemTime::now(), |_| Some(stats.clone()))
+}
+
+#[test]
+fn snapshot_counts_and_times_kme_requests() {
+    let s = snapshot_after_traffic();
+    assert_eq!(s.protocol, PROTOCOL);
+    assert_eq!(s.sae_id, "sae-a");
+    assert_eq!(s.exchanges.qkd_secrets, 1);
+    assert_eq!(s.exchanges.no_key_sent, 1);
+    // Two peers, one KME client: one KME entry.
+    assert_eq!(s.kmes.len(), 1);
+    let kme = &s.kmes[0];
+    assert_eq!((kme.requests, kme.errors, kme.keys), (4, 1, 3));
+    assert_eq!(kme.latency.as_ref().unwrap().samples, 4);
+    assert!(kme.last_success_unix.is_some());
+    let err = kme.last_error.as_ref().unwrap();
+    assert!(err.message.contains("503"), "{}", err.message);
+    let names: Vec<_> = s
+        .peers
+        .iter()
+        .map(|p| (p.name.as_str(), p.peer_sae_id.as_str()))
+        .collect();
+    assert_eq!(names, [("gw-b", "sae-b"), ("gw-c", "sae-c")]);
+    assert!(s
+        .peers
+        .iter()
+        .all(|p| p.kme == kme.url && p.local_sae_id == "sae-a"));
+}
+
+#[test]
+fn percentiles_are_nearest_rank() {
+    let stats = KmeStats::default();
+    for ms in 1..=100 {
+        stats.record_request(std::time::Duration::from_millis(ms), Ok(1));
+    }
+    let l = stats.status("u").latency.unwrap();
+    assert_eq!((l.p50_us, l.p99_us), (50_000, 99_000));
+    // The window keeps the most recent requests only.
+    for _ in 0..300 {
+        stats.record_request(std::time::Duration::from_millis(2), Ok(1));
+    }
+    let status = stats.status("u");
+    assert_eq!(status.requests, 400);
+    assert_eq!(status.latency.unwrap().p99_us, 2_000);
+}
+
+#[test]
+fn requests_are_answered_and_bad_ones_get_an_error_document() {
+    let s = snapshot_after_traffic();
+    let reply = answer(br#"{"command":"status"}"#, || Some(s.clone()));
+    assert_eq!(parse_answer(&reply).unwrap(), s);
+    for bad in [
+        &b"garbage"[..],
+        b"{}",
+        br#"{"command":"status","x":1}"#,
+        b"\xff\xfe",
+    ] {
+        let reply = answer(bad, || unreachable!("no snapshot for a bad request"));
+        assert!(
+            parse_answer(&reply).unwrap_err().contains("bad request"),
+            "{reply}"
+        );
+    }
+    let reply = answer(br#"{"command":"flush"}"#, || unreachable!());
+    assert!(parse_answer(&reply)
+        .unwrap_err()
+        .contains("unknown command 'flush'"));
+    let reply = answer(br#"{"command":"status"}"#, || None);
+    assert!(parse_answer(&reply)
+        .unwrap_err()
+        .contains("no configuration"));
+}
+
+#[test]
+fn metrics_are_prometheus_text_with_help_and_type() {
+    let s = snapshot_after_traffic();
+    let text = render_metrics(&s);
+    assert!(text.contains(
+        "# TYPE strongswan_qkd_qkd_secrets_total counter\nstrongswan_qkd_qkd_secrets_total 1\n"
+    ));
+    assert!(
+        text.contains("strongswan_qkd_outbound_key_sets{peer=\"gw-b\",peer_sae_id=\"sae-b\"} 0\n")
+    );
+    assert!(text.contains("strongswan_qkd_kme_requests_total{kme=\"https://kme-a.test:8443\"} 4\n"));
+    assert!(text.contains("strongswan_qkd_kme_keys_total{kme=\"https://kme-a.test:8443\"} 3\n"));
+    assert!(text.contains(
+        "strongswan_qkd_kme_latency_seconds{kme=\"https://kme-a.test:8443\",quantile=\"0.99\"} "
+    ));
+    assert!(text
+        .contains("strongswan_qkd_kme_latency_seconds_count{kme=\"https://kme-a.test:8443\"} 4\n"));
+    // Every sample belongs to a family announced with HELP and TYPE just before it.
+    let mut family = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            family = rest.split(' ').next().unwrap().to_owned();
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            assert!(rest.starts_with(&format!("{family} ")), "{line}");
+        } else {
+            assert!(line.starts_with(&family), "{line} outside {family}");
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+    assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+}
+
+#[test]
+fn table_has_one_row_per_peer_and_the_last_kme_error() {
+    let table = render_table(&snapshot_after_traffic());
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("qkd 0.1.0: SAE 'sae-a', method 1042 (QKD)"),
+        "{table}"
+    );
+    assert!(lines[1].contains("1 QKD secrets"), "{table}");
+    assert!(lines[3].starts_with("PEER"), "{table}");
+    assert!(
+        lines[4].starts_with("gw-b ") && lines[4].contains("sae-b"),
+        "{table}"
+    );
+    assert!(lines[5].starts_with("gw-c "), "{table}");
+    assert!(
+        lines[6].contains(
+            "4 requests, 3 keys, 1 errors; last error 0s ago: KME https://kme-a.test:8443 has no key"
+        ),
+        "{table}"
+    );
+    assert_eq!(age(1000, Some(1000 - 300)), "5m ago");
+    assert_eq!(age(1000, None), "never");
+}
+
+#[test]
+fn server_answers_survives_bad_clients_and_is_owner_only() {
+    let dir = std::env::temp_dir().join(format!("qkd-status-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("charon.qkd");
+    let s = snapshot_after_traffic();
+    let served = s.clone();
+    let server = StatusServer::start(&path, Arc::new(move || Some(served.clone()))).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // A second server refuses a socket that is in use.
+    assert!(StatusServer::start(&path, Arc::new(|| None)).is_err());
+
+    let raw = |request: &[u8]| {
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.write_all(request).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    assert!(raw(b"not json\n").contains("bad request"));
+    assert!(raw(&vec![b'x'; 5000]).contains("longer than"));
+    assert!(raw(b"{\"command\":\"status\"}").contains("not ended by a newline"));
+    // A client that connects and says nothing is dropped without blocking later ones for long.
+    let _silent = UnixStream::connect(&path).unwrap();
+    assert_eq!(request_status(&path).unwrap(), s);
+
+    drop(server);
+    assert!(!path.exists(), "the socket is removed on stop");
+    // A stale socket file (no server behind it) is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let server = StatusServer::start(&path, Arc::new(|| None)).unwrap();
+    assert!(request_status(&path)
+        .unwrap_err()
+        .contains("no configuration"));
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
