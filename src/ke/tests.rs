@@ -244,6 +244,11 @@ fn run(i: &mut QkdKeyExchange, r: &mut QkdKeyExchange) -> Result<(Vec<u8>, Vec<u
     Ok((i.shared_secret()?.to_vec(), r.shared_secret()?.to_vec()))
 }
 
+/// The first error of an exchange that must fail, as the log line would show it.
+fn run_err(i: &mut QkdKeyExchange, r: &mut QkdKeyExchange) -> String {
+    run(i, r).expect_err("the exchange must fail").to_string()
+}
+
 fn pair(extra_a: &[(&str, &str)], extra_b: &[(&str, &str)]) -> (Arc<FakeLink>, Gateway, Gateway) {
     let link = Arc::new(FakeLink::default());
     let a = Gateway::new(&link, "sae-a", "sae-b", extra_a);
@@ -336,9 +341,7 @@ fn key_mismatch_is_reported_as_such() {
 fn slave_kme_outage_without_fallback_fails_with_reason() {
     let (link, a, b) = pair(&[], &[]);
     *link.dec_down.lock().unwrap() = true;
-    let err = run(&mut a.initiator("sae-b", 1), &mut b.responder(2))
-        .unwrap_err()
-        .to_string();
+    let err = run_err(&mut a.initiator("sae-b", 1), &mut b.responder(2));
     assert!(err.contains("KME https://kme.test unreachable"), "{err}");
     assert!(err.contains("fallback = none: QKD is mandatory"), "{err}");
     assert_eq!(counter(&b.rt.counters.failures), 1);
@@ -432,9 +435,7 @@ fn no_key_reasons_say_what_failed() {
 fn a_full_request_cap_fails_fast_with_a_clear_line() {
     let (_link, a, b) = pair(&[("max_kme_requests", "1")], &[("max_kme_requests", "1")]);
     let held = b.rt.limiter.try_acquire().unwrap();
-    let err = run(&mut a.initiator("sae-b", 1), &mut b.responder(2))
-        .unwrap_err()
-        .to_string();
+    let err = run_err(&mut a.initiator("sae-b", 1), &mut b.responder(2));
     assert!(
         err.contains("1 KME requests already in flight (charon.plugins.qkd.max_kme_requests = 1)"),
         "{err}"
@@ -497,9 +498,7 @@ fn responder_refuses_unknown_or_misbound_sae_ids() {
     let a = Gateway::new(&link, "sae-a", "sae-b", &[]);
     let b = Gateway::new(&link, "sae-b", "sae-x", &[]);
     // Before authentication only the configured SAE IDs count.
-    let err = run(&mut a.initiator("sae-b", 1), &mut b.responder(2))
-        .unwrap_err()
-        .to_string();
+    let err = run_err(&mut a.initiator("sae-b", 1), &mut b.responder(2));
     assert!(err.contains("'sae-a', which is not configured"), "{err}");
     assert_eq!(
         link.dec_calls.load(Ordering::SeqCst),
@@ -507,9 +506,7 @@ fn responder_refuses_unknown_or_misbound_sae_ids() {
         "no KME request for it"
     );
     // In a rekey the connection is known and binds the SAE ID.
-    let err = run(&mut a.rekey("sae-b", 1), &mut b.rekey("sae-x", 2))
-        .unwrap_err()
-        .to_string();
+    let err = run_err(&mut a.rekey("sae-b", 1), &mut b.rekey("sae-x", 2));
     assert!(err.contains("connection 'sae-x' expects 'sae-x'"), "{err}");
 
     let b = Gateway::new(
@@ -522,12 +519,10 @@ fn responder_refuses_unknown_or_misbound_sae_ids() {
         remote: Some(addr.parse().unwrap()),
         ..Default::default()
     };
-    let err = run(
+    let err = run_err(
         &mut a.initiator("sae-b", 1),
         &mut b.exchange_with(at("192.0.2.99"), 2),
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(err.contains("bound to another address"), "{err}");
     assert!(run(
         &mut a.initiator("sae-b", 1),
@@ -566,9 +561,7 @@ fn more_key_ids_than_key_size_needs_are_refused_before_the_kme() {
 #[test]
 fn different_key_sizes_are_refused_as_a_configuration_mismatch() {
     let (_link, a, b) = pair(&[("key_size", "512")], &[]);
-    let err = run(&mut a.initiator("sae-b", 1), &mut b.responder(2))
-        .unwrap_err()
-        .to_string();
+    let err = run_err(&mut a.initiator("sae-b", 1), &mut b.responder(2));
     assert!(
         err.contains("used 512 bits of QKD key, but key_size = 256 here"),
         "{err}"
@@ -581,9 +574,7 @@ fn a_peer_with_our_own_sae_id_is_a_configuration_error_not_a_key_mismatch() {
     let a = Gateway::new(&link, "sae-a", "sae-b", &[]);
     // gw-b misconfigured with gw-a's SAE ID (and that as its peer's).
     let b = Gateway::new(&link, "sae-a", "sae-a", &[]);
-    let err = run(&mut a.initiator("sae-b", 1), &mut b.responder(2))
-        .unwrap_err()
-        .to_string();
+    let err = run_err(&mut a.initiator("sae-b", 1), &mut b.responder(2));
     assert!(err.contains("peer claims our own SAE ID 'sae-a'"), "{err}");
     assert_eq!(link.dec_calls.load(Ordering::SeqCst), 0);
 }
@@ -605,16 +596,12 @@ fn initiator_finds_peer_by_name_or_remote() {
 #[test]
 fn mismatched_hybrid_groups_are_refused() {
     let (_link, a, b) = pair(&[], &[("dh_group", "none")]);
-    let err = run(&mut a.initiator("sae-b", 1), &mut b.responder(2))
-        .unwrap_err()
-        .to_string();
+    let err = run_err(&mut a.initiator("sae-b", 1), &mut b.responder(2));
     assert!(err.contains("dh_group = none here"), "{err}");
     let (_link, a, b) = pair(&[], &[]);
     let mut r = b.responder(2);
     r.ecdh = ecdh(2, 19);
-    let err = run(&mut a.initiator("sae-b", 1), &mut r)
-        .unwrap_err()
-        .to_string();
+    let err = run_err(&mut a.initiator("sae-b", 1), &mut r);
     assert!(
         err.contains("uses method 31 but dh_group here is method 19"),
         "{err}"

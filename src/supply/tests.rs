@@ -201,7 +201,7 @@ fn expired_keys_are_wiped_and_counted_as_wasted() {
     thread::sleep(Duration::from_millis(60));
     assert!(
         s.take_outbound(0)
-            .map_or(true, |set| set.ids().all(|id| id != KeyId([0; 16]))),
+            .is_none_or(|set| set.ids().all(|id| id != KeyId([0; 16]))),
         "an expired set is never handed out"
     );
     wait_for("expired and counted", || {
