@@ -11,8 +11,8 @@
 //! as good as the key for computing HMACs under it) and the padded key block it builds in
 //! `new_from_slice`. hmac 0.12 and sha2 0.10 have no zeroize feature, and their state cannot
 //! be wiped from outside without writing into their private fields. These values live only
-//! in this function's stack frame (never on the heap: tests/key_hygiene.rs scans freed heap blocks) and are
-//! overwritten by the next calls on this worker thread's stack.
+//! in this function's stack frame (never on the heap: tests/key_hygiene.rs scans freed heap
+//! blocks) and are overwritten by the next calls on this worker thread's stack.
 
 use crate::ids::{KeyId, SaeId};
 use crate::wire::TAG_LEN;
