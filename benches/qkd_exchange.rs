@@ -90,8 +90,8 @@ fn exchange_wait_with_slow_kme() {
         let (rt_a, rt_b) = gateways(&link, 256, buffer);
         let (mut initiator_waits, mut responder_waits) = (Vec::new(), Vec::new());
         for n in 0..60 {
-            let mut i = QkdKeyExchange::new(rt_a.clone(), ctx(TestLink::SAE_B), None);
-            let mut r = QkdKeyExchange::new(rt_b.clone(), ctx(TestLink::SAE_A), None);
+            let mut i = QkdKeyExchange::new(rt_a.clone(), ctx(TestLink::SAE_B), Vec::new());
+            let mut r = QkdKeyExchange::new(rt_b.clone(), ctx(TestLink::SAE_A), Vec::new());
             let t = Instant::now();
             let request = i.get_public_key().expect("initiator");
             let initiator = t.elapsed();
@@ -140,8 +140,8 @@ fn main() {
         let started = Instant::now();
         for _ in 0..exchanges {
             let t = Instant::now();
-            let mut i = QkdKeyExchange::new(rt_a.clone(), ctx(TestLink::SAE_B), None);
-            let mut r = QkdKeyExchange::new(rt_b.clone(), ctx(TestLink::SAE_A), None);
+            let mut i = QkdKeyExchange::new(rt_a.clone(), ctx(TestLink::SAE_B), Vec::new());
+            let mut r = QkdKeyExchange::new(rt_b.clone(), ctx(TestLink::SAE_A), Vec::new());
             let request = i.get_public_key().expect("initiator");
             r.set_public_key(&request).expect("responder");
             i.set_public_key(&r.get_public_key().expect("response"))

@@ -74,6 +74,9 @@ pub struct Config {
     pub wait_timeout: Duration,
     /// strongSwan key exchange method for the in-method ECDH share; None = QKD only.
     pub dh_group: Option<u16>,
+    /// strongSwan key exchange method of the in-method post-quantum KEM (ML-KEM); its
+    /// secret follows the ECDH secret. None = no KEM.
+    pub kem: Option<u16>,
     /// Key sets kept ready per peer and direction: the outbound queue (our keys as master,
     /// announced to the peer) and the inbound cache (the peer's announced keys, fetched
     /// ahead). 0 = fetch on demand in the exchange.
@@ -201,6 +204,7 @@ impl Config {
         let dh_group = global
             .parse("dh_group", parse_dh_group)?
             .unwrap_or(Some(CURVE_25519));
+        let kem = global.parse("kem", parse_kem)?.unwrap_or(None);
         let buffer = global
             .parse("buffer", |v| parse_count(v, 0, 64, "key sets"))?
             .unwrap_or(DEFAULT_BUFFER);
@@ -257,6 +261,7 @@ impl Config {
             fallback,
             wait_timeout,
             dh_group,
+            kem,
             buffer,
             key_ttl,
             max_kme_requests,
@@ -264,6 +269,12 @@ impl Config {
             kme,
             peers,
         })
+    }
+
+    /// The key exchanges carried inside the qkd method, in the order their shares travel
+    /// and their secrets follow the QKD key: dh_group, then kem.
+    pub fn inner_methods(&self) -> Vec<u16> {
+        self.dh_group.into_iter().chain(self.kem).collect()
     }
 
     pub fn peer_named(&self, name: &str) -> Option<&PeerConfig> {
@@ -366,18 +377,60 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
 
 const MAX_DURATION_SECS: f64 = 100.0 * 365.0 * 86400.0;
 
+/// dh_group values and their strongSwan key exchange method numbers.
+const DH_GROUPS: &[(&str, u16)] = &[
+    ("curve25519", CURVE_25519),
+    ("x25519", CURVE_25519),
+    ("curve448", 32),
+    ("x448", 32),
+    ("ecp256", 19),
+    ("ecp384", 20),
+    ("ecp521", 21),
+    ("modp2048", 14),
+    ("modp3072", 15),
+];
+
 fn parse_dh_group(v: &str) -> Result<Option<u16>, String> {
-    Ok(Some(match v {
-        "none" => return Ok(None),
-        "curve25519" | "x25519" => CURVE_25519,
-        "curve448" | "x448" => 32,
-        "ecp256" => 19,
-        "ecp384" => 20,
-        "ecp521" => 21,
-        "modp2048" => 14,
-        "modp3072" => 15,
-        _ => return Err(format!("'{v}' is not one of: curve25519, curve448, ecp256, ecp384, ecp521, modp2048, modp3072, none")),
-    }))
+    parse_method(v, DH_GROUPS)
+}
+
+/// strongSwan's numbers for ML-KEM-512/768/1024 (key_exchange_method_t).
+pub const ML_KEM_512: u16 = 35;
+pub const ML_KEM_768: u16 = 36;
+pub const ML_KEM_1024: u16 = 37;
+
+/// kem values: strongSwan's proposal keywords for ML-KEM.
+const KEMS: &[(&str, u16)] = &[
+    ("mlkem512", ML_KEM_512),
+    ("mlkem768", ML_KEM_768),
+    ("mlkem1024", ML_KEM_1024),
+];
+
+fn parse_kem(v: &str) -> Result<Option<u16>, String> {
+    parse_method(v, KEMS)
+}
+
+fn parse_method(v: &str, known: &[(&str, u16)]) -> Result<Option<u16>, String> {
+    if v == "none" {
+        return Ok(None);
+    }
+    known
+        .iter()
+        .find(|(name, _)| *name == v)
+        .map(|(_, method)| Some(*method))
+        .ok_or_else(|| {
+            let names: Vec<&str> = known.iter().map(|(name, _)| *name).collect();
+            format!("'{v}' is not one of: {}, none", names.join(", "))
+        })
+}
+
+/// The setting value naming a key exchange method (`mlkem768`), else its number.
+pub fn method_name(method: u16) -> String {
+    DH_GROUPS
+        .iter()
+        .chain(KEMS)
+        .find(|(_, m)| *m == method)
+        .map_or_else(|| format!("method {method}"), |(name, _)| name.to_string())
 }
 
 /// Settings as flat `key = value` pairs relative to `plugins.qkd` (`peers.<name>.<key>` for
@@ -466,6 +519,8 @@ pub(crate) mod tests {
         assert_eq!(c.fallback, Fallback::None);
         assert_eq!(c.wait_timeout, Duration::ZERO);
         assert_eq!(c.dh_group, Some(CURVE_25519));
+        assert_eq!(c.kem, None);
+        assert_eq!(c.inner_methods(), [CURVE_25519]);
         assert_eq!(c.buffer, DEFAULT_BUFFER);
         assert_eq!(c.key_ttl, Duration::from_secs(3600));
         assert_eq!(c.max_kme_requests, 4);
@@ -511,6 +566,7 @@ pub(crate) mod tests {
             ("fallback", "dh"),
             ("wait_timeout", "2m"),
             ("dh_group", "none"),
+            ("kem", "mlkem1024"),
             ("buffer", "0"),
             ("key_ttl", "10m"),
             ("max_kme_requests", "1"),
@@ -528,12 +584,19 @@ pub(crate) mod tests {
         );
         assert_eq!(c.wait_timeout, Duration::from_secs(120));
         assert_eq!(c.dh_group, None);
+        assert_eq!(c.inner_methods(), [ML_KEM_1024]);
         assert_eq!((c.buffer, c.max_kme_requests), (0, 1));
         assert_eq!(c.key_ttl, Duration::from_secs(600));
         assert_eq!(c.kme.as_ref().unwrap().timeout, Duration::from_millis(1500));
         let p = &c.peers[0];
         assert_eq!(p.remote, Some("192.0.2.20".parse().unwrap()));
         assert_eq!(c.kme_for(p).url, "https://kme-x:1");
+    }
+
+    #[test]
+    fn inner_methods_are_dh_group_then_kem() {
+        let c = load_with(&[("kem", "mlkem768")]).unwrap();
+        assert_eq!(c.inner_methods(), [CURVE_25519, ML_KEM_768]);
     }
 
     #[test]
@@ -571,6 +634,10 @@ pub(crate) mod tests {
             (
                 &[("dh_group", "modp1024")],
                 "charon.plugins.qkd.dh_group: 'modp1024'",
+            ),
+            (
+                &[("kem", "kyber768")],
+                "charon.plugins.qkd.kem: 'kyber768' is not one of: mlkem512",
             ),
             (&[("buffer", "65")], "charon.plugins.qkd.buffer: '65'"),
             (

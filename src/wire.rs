@@ -1,18 +1,21 @@
-//! KE data of the `qkd` method, wire version 2 (DESIGN §2, §7).
+//! KE data of the `qkd` method, wire version 3 (DESIGN §2, §7).
 //!
 //! ```text
 //! request  (initiator = ETSI master -> responder = slave):
-//!   u8 version=2 | u8 type=1 | u8 flags (KEY_IDS|ECDH|DH_FALLBACK|NO_KEY|ANNOUNCE)
+//!   u8 version=3 | u8 type=1 | u8 flags (KEY_IDS|SHARES|DH_FALLBACK|NO_KEY|ANNOUNCE)
 //!   u8 sae_len (1..=64) | sae_id (SaeId charset)
 //!   [KEY_IDS]  u8 count (1..=16) | count x 16-byte binary UUID   the keys of this exchange
 //!   [NO_KEY]   u8 reason (NoKeyReason)                           exactly one of KEY_IDS/NO_KEY
 //!   [ANNOUNCE] u8 count (1..=16) | count x 16-byte binary UUID   the sender's next keys
-//!   [ECDH]     u16 group | u16 len (1..=512) | share
+//!   [SHARES]   u8 count (1..=2) | count x share
 //! response (responder -> initiator):
-//!   u8 version=2 | u8 type=2 | u8 flags (QKD_KEY|ECDH|ANNOUNCE)
+//!   u8 version=3 | u8 type=2 | u8 flags (QKD_KEY|SHARES|ANNOUNCE)
 //!   [QKD_KEY]  16-byte key confirmation tag
 //!   [ANNOUNCE] u8 count (1..=16) | count x 16-byte binary UUID   the responder's next keys
-//!   [ECDH]     u16 group | u16 len (1..=512) | share
+//!   [SHARES]   u8 count (1..=2) | count x share
+//! share: u16 method | u16 len (1..=1568) | value     an in-method key exchange's public
+//!        value (x25519) or encapsulation key / ciphertext (ML-KEM), in the order their
+//!        secrets follow the QKD key in the shared secret
 //! ```
 //! All integers are big-endian. Parsing is strict: unknown versions, types, flag bits or
 //! reasons, out-of-range lengths and trailing bytes are rejected, since this is untrusted
@@ -22,33 +25,38 @@
 //! responder then refuses inside the protocol, where strongSwan keeps the current SA and
 //! retries, instead of the initiator failing locally in the middle of an exchange. ANNOUNCE
 //! carries key IDs the sender obtained as master and will use next, so the peer can fetch
-//! them from its KME before they are needed; it is a hint, never a commitment.
+//! them from its KME before they are needed; it is a hint, never a commitment. Version 3
+//! (over 2) carries up to two in-method key exchanges (an ECDH and an ML-KEM) where version 2
+//! carried one ECDH share; 1568 bytes is ML-KEM-1024's encapsulation key and ciphertext.
 
 use crate::ids::{KeyId, SaeId};
 use std::fmt;
 
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 pub const MAX_KEY_IDS: usize = 16;
-pub const MAX_SHARE_LEN: usize = 512;
+pub const MAX_SHARES: usize = 2;
+pub const MAX_SHARE_LEN: usize = 1568;
 pub const TAG_LEN: usize = 16;
 
 const TYPE_REQUEST: u8 = 1;
 const TYPE_RESPONSE: u8 = 2;
 
 const REQ_KEY_IDS: u8 = 0x01;
-const REQ_ECDH: u8 = 0x02;
+const REQ_SHARES: u8 = 0x02;
 const REQ_DH_FALLBACK: u8 = 0x04;
 const REQ_NO_KEY: u8 = 0x08;
 const REQ_ANNOUNCE: u8 = 0x10;
 
 const RESP_QKD_KEY: u8 = 0x01;
-const RESP_ECDH: u8 = 0x02;
+const RESP_SHARES: u8 = 0x02;
 const RESP_ANNOUNCE: u8 = 0x04;
 
-/// An ECDH public value together with the strongSwan key exchange method that made it.
+/// The public part of one in-method key exchange, with the strongSwan key exchange method
+/// that made it: an ECDH public value, an ML-KEM encapsulation key (request) or ciphertext
+/// (response).
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub struct EcdhShare {
-    pub group: u16,
+pub struct Share {
+    pub method: u16,
     pub value: Vec<u8>,
 }
 
@@ -100,12 +108,13 @@ pub enum Keys {
 pub struct Request {
     /// The initiator's (ETSI master's) SAE ID, needed by the responder for dec_keys.
     pub sender: SaeId,
-    /// The sender accepts an ECDH-only secret if QKD keys cannot be obtained.
+    /// The sender accepts a secret of the in-method key exchanges alone if QKD keys cannot
+    /// be obtained.
     pub allows_dh_fallback: bool,
     pub keys: Keys,
     /// Key IDs the sender will use next as master (empty: none announced).
     pub announce: Vec<KeyId>,
-    pub ecdh: Option<EcdhShare>,
+    pub shares: Vec<Share>,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -114,7 +123,7 @@ pub struct Response {
     pub confirmation: Option<[u8; TAG_LEN]>,
     /// Key IDs the responder will use next as master.
     pub announce: Vec<KeyId>,
-    pub ecdh: Option<EcdhShare>,
+    pub shares: Vec<Share>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,8 +151,8 @@ impl Request {
         if !self.announce.is_empty() {
             flags |= REQ_ANNOUNCE;
         }
-        if self.ecdh.is_some() {
-            flags |= REQ_ECDH;
+        if !self.shares.is_empty() {
+            flags |= REQ_SHARES;
         }
         if self.allows_dh_fallback {
             flags |= REQ_DH_FALLBACK;
@@ -158,8 +167,8 @@ impl Request {
         if !self.announce.is_empty() {
             encode_ids(&self.announce, "announced key IDs", &mut out)?;
         }
-        if let Some(share) = &self.ecdh {
-            encode_share(share, &mut out)?;
+        if !self.shares.is_empty() {
+            encode_shares(&self.shares, &mut out)?;
         }
         Ok(out)
     }
@@ -167,7 +176,7 @@ impl Request {
     pub fn decode(data: &[u8]) -> Result<Request, WireError> {
         let mut r = Reader::new(data);
         let flags = r.header(TYPE_REQUEST)?;
-        let known = REQ_KEY_IDS | REQ_ECDH | REQ_DH_FALLBACK | REQ_NO_KEY | REQ_ANNOUNCE;
+        let known = REQ_KEY_IDS | REQ_SHARES | REQ_DH_FALLBACK | REQ_NO_KEY | REQ_ANNOUNCE;
         if flags & !known != 0 {
             return Err(bad(format!("unknown request flags {flags:#04x}")));
         }
@@ -191,10 +200,10 @@ impl Request {
         } else {
             Vec::new()
         };
-        let ecdh = if flags & REQ_ECDH != 0 {
-            Some(r.share()?)
+        let shares = if flags & REQ_SHARES != 0 {
+            r.shares()?
         } else {
-            None
+            Vec::new()
         };
         r.finish()?;
         Ok(Request {
@@ -202,7 +211,7 @@ impl Request {
             allows_dh_fallback: flags & REQ_DH_FALLBACK != 0,
             keys,
             announce,
-            ecdh,
+            shares,
         })
     }
 }
@@ -216,8 +225,8 @@ impl Response {
         if !self.announce.is_empty() {
             flags |= RESP_ANNOUNCE;
         }
-        if self.ecdh.is_some() {
-            flags |= RESP_ECDH;
+        if !self.shares.is_empty() {
+            flags |= RESP_SHARES;
         }
         let mut out = vec![VERSION, TYPE_RESPONSE, flags];
         if let Some(tag) = &self.confirmation {
@@ -226,8 +235,8 @@ impl Response {
         if !self.announce.is_empty() {
             encode_ids(&self.announce, "announced key IDs", &mut out)?;
         }
-        if let Some(share) = &self.ecdh {
-            encode_share(share, &mut out)?;
+        if !self.shares.is_empty() {
+            encode_shares(&self.shares, &mut out)?;
         }
         Ok(out)
     }
@@ -235,7 +244,7 @@ impl Response {
     pub fn decode(data: &[u8]) -> Result<Response, WireError> {
         let mut r = Reader::new(data);
         let flags = r.header(TYPE_RESPONSE)?;
-        if flags & !(RESP_QKD_KEY | RESP_ECDH | RESP_ANNOUNCE) != 0 {
+        if flags & !(RESP_QKD_KEY | RESP_SHARES | RESP_ANNOUNCE) != 0 {
             return Err(bad(format!("unknown response flags {flags:#04x}")));
         }
         let confirmation = if flags & RESP_QKD_KEY != 0 {
@@ -250,16 +259,16 @@ impl Response {
         } else {
             Vec::new()
         };
-        let ecdh = if flags & RESP_ECDH != 0 {
-            Some(r.share()?)
+        let shares = if flags & RESP_SHARES != 0 {
+            r.shares()?
         } else {
-            None
+            Vec::new()
         };
         r.finish()?;
         Ok(Response {
             confirmation,
             announce,
-            ecdh,
+            shares,
         })
     }
 }
@@ -280,16 +289,26 @@ fn encode_ids(ids: &[KeyId], what: &str, out: &mut Vec<u8>) -> Result<(), WireEr
     Ok(())
 }
 
-fn encode_share(share: &EcdhShare, out: &mut Vec<u8>) -> Result<(), WireError> {
-    if share.value.is_empty() || share.value.len() > MAX_SHARE_LEN {
+fn encode_shares(shares: &[Share], out: &mut Vec<u8>) -> Result<(), WireError> {
+    if shares.len() > MAX_SHARES {
         return Err(bad(format!(
-            "cannot send an ECDH share of {} bytes: the wire format carries 1..={MAX_SHARE_LEN}",
-            share.value.len()
+            "cannot send {} in-method shares: the wire format carries 1..={MAX_SHARES}",
+            shares.len()
         )));
     }
-    out.extend_from_slice(&share.group.to_be_bytes());
-    out.extend_from_slice(&(share.value.len() as u16).to_be_bytes());
-    out.extend_from_slice(&share.value);
+    out.push(shares.len() as u8);
+    for share in shares {
+        if share.value.is_empty() || share.value.len() > MAX_SHARE_LEN {
+            return Err(bad(format!(
+                "cannot send a method {} share of {} bytes: the wire format carries 1..={MAX_SHARE_LEN}",
+                share.method,
+                share.value.len()
+            )));
+        }
+        out.extend_from_slice(&share.method.to_be_bytes());
+        out.extend_from_slice(&(share.value.len() as u16).to_be_bytes());
+        out.extend_from_slice(&share.value);
+    }
     Ok(())
 }
 
@@ -354,18 +373,27 @@ impl<'a> Reader<'a> {
             .collect()
     }
 
-    fn share(&mut self) -> Result<EcdhShare, WireError> {
-        let group = self.u16()?;
-        let len = self.u16()? as usize;
-        if len == 0 || len > MAX_SHARE_LEN {
-            return Err(bad(format!(
-                "ECDH share length {len} outside 1..={MAX_SHARE_LEN}"
-            )));
+    /// A count-prefixed list of 1..=MAX_SHARES in-method shares.
+    fn shares(&mut self) -> Result<Vec<Share>, WireError> {
+        let count = self.u8()? as usize;
+        if count == 0 || count > MAX_SHARES {
+            return Err(bad(format!("share count {count} outside 1..={MAX_SHARES}")));
         }
-        Ok(EcdhShare {
-            group,
-            value: self.bytes(len)?.to_vec(),
-        })
+        (0..count)
+            .map(|_| {
+                let method = self.u16()?;
+                let len = self.u16()? as usize;
+                if len == 0 || len > MAX_SHARE_LEN {
+                    return Err(bad(format!(
+                        "method {method} share length {len} outside 1..={MAX_SHARE_LEN}"
+                    )));
+                }
+                Ok(Share {
+                    method,
+                    value: self.bytes(len)?.to_vec(),
+                })
+            })
+            .collect()
     }
 
     fn finish(self) -> Result<(), WireError> {
@@ -381,11 +409,11 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
-    fn share(group: u16, len: usize) -> Option<EcdhShare> {
-        Some(EcdhShare {
-            group,
+    fn share(method: u16, len: usize) -> Share {
+        Share {
+            method,
             value: vec![9; len],
-        })
+        }
     }
 
     fn request() -> Request {
@@ -394,7 +422,7 @@ mod tests {
             allows_dh_fallback: true,
             keys: Keys::Ids(vec![KeyId([1; 16]), KeyId([2; 16])]),
             announce: vec![KeyId([3; 16])],
-            ecdh: share(31, 32),
+            shares: vec![share(31, 32), share(36, 1184)],
         }
     }
 
@@ -402,14 +430,16 @@ mod tests {
     fn request_round_trip_and_layout() {
         let req = request();
         let bytes = req.encode().unwrap();
-        assert_eq!(&bytes[..4], &[2, 1, 0x17, 5]);
+        assert_eq!(&bytes[..4], &[3, 1, 0x17, 5]);
         assert_eq!(&bytes[4..9], b"sae-a");
         assert_eq!(bytes[9], 2);
         assert_eq!(&bytes[10..26], &[1; 16]);
         assert_eq!(bytes[42], 1, "announce count after the key IDs");
         assert_eq!(&bytes[43..59], &[3; 16]);
-        assert_eq!(&bytes[59..63], &[0, 31, 0, 32]);
-        assert_eq!(bytes.len(), 63 + 32);
+        assert_eq!(bytes[59], 2, "share count after the announced IDs");
+        assert_eq!(&bytes[60..64], &[0, 31, 0, 32]);
+        assert_eq!(&bytes[96..100], &[0, 36, 0x04, 0xa0]);
+        assert_eq!(bytes.len(), 100 + 1184);
         assert_eq!(Request::decode(&bytes).unwrap(), req);
     }
 
@@ -424,14 +454,14 @@ mod tests {
             let req = Request {
                 keys: Keys::None(reason),
                 announce: vec![],
-                ecdh: None,
+                shares: vec![],
                 allows_dh_fallback: false,
                 ..request()
             };
             let bytes = req.encode().unwrap();
             assert_eq!(
                 bytes,
-                [&[2, 1, REQ_NO_KEY, 5][..], b"sae-a", &[reason as u8]].concat()
+                [&[3, 1, REQ_NO_KEY, 5][..], b"sae-a", &[reason as u8]].concat()
             );
             assert_eq!(Request::decode(&bytes).unwrap(), req);
         }
@@ -443,17 +473,17 @@ mod tests {
             Response {
                 confirmation: Some([7; TAG_LEN]),
                 announce: vec![KeyId([5; 16]), KeyId([6; 16])],
-                ecdh: share(19, 65),
+                shares: vec![share(19, 65)],
             },
             Response {
                 confirmation: Some([7; TAG_LEN]),
                 announce: vec![],
-                ecdh: None,
+                shares: vec![],
             },
             Response {
                 confirmation: None,
                 announce: vec![],
-                ecdh: share(31, 32),
+                shares: vec![share(31, 32), share(37, MAX_SHARE_LEN)],
             },
         ] {
             assert_eq!(Response::decode(&resp.encode().unwrap()).unwrap(), resp);
@@ -473,7 +503,7 @@ mod tests {
             v[at] = f(v[at]);
             cases.push((v, why));
         };
-        edit(0, &|_| 1, "version");
+        edit(0, &|_| 2, "version");
         edit(1, &|_| TYPE_RESPONSE, "message type");
         edit(2, &|f| f | 0x80, "flags");
         edit(2, &|f| f | REQ_NO_KEY, "either key IDs or a no-key reason");
@@ -486,8 +516,10 @@ mod tests {
         edit(9, &|_| 0, "count 0");
         edit(9, &|_| 17, "count 17");
         edit(42, &|_| 0, "announced key ID count 0");
-        edit(61, &|_| 0x10, "share length");
-        let mut no_key = [&[2, 1, REQ_NO_KEY, 5][..], b"sae-a", &[9]].concat();
+        edit(59, &|_| 0, "share count 0");
+        edit(59, &|_| 3, "share count 3");
+        edit(62, &|_| 0x10, "method 31 share length");
+        let mut no_key = [&[3, 1, REQ_NO_KEY, 5][..], b"sae-a", &[9]].concat();
         cases.push((no_key.clone(), "no-key reason 9"));
         no_key[9] = 0;
         cases.push((no_key, "no-key reason 0"));
@@ -500,11 +532,11 @@ mod tests {
     #[test]
     fn rejects_malformed_responses() {
         let cases: [(&[u8], &str); 5] = [
-            (&[2, 1, 0], "message type"),
-            (&[1, 2, 0], "version"),
-            (&[2, 2, RESP_QKD_KEY, 0, 0], "truncated"),
-            (&[2, 2, 0x08], "flags"),
-            (&[2, 2, RESP_ANNOUNCE, 0], "count 0"),
+            (&[3, 1, 0], "message type"),
+            (&[2, 2, 0], "version"),
+            (&[3, 2, RESP_QKD_KEY, 0, 0], "truncated"),
+            (&[3, 2, 0x08], "flags"),
+            (&[3, 2, RESP_ANNOUNCE, 0], "count 0"),
         ];
         for (bytes, why) in cases {
             let err = Response::decode(bytes).unwrap_err().to_string();
@@ -525,12 +557,17 @@ mod tests {
         let huge = Response {
             confirmation: None,
             announce: vec![],
-            ecdh: share(1, MAX_SHARE_LEN + 1),
+            shares: vec![share(1, MAX_SHARE_LEN + 1)],
+        };
+        let too_many_shares = Response {
+            shares: vec![share(31, 32); MAX_SHARES + 1],
+            ..huge.clone()
         };
         for err in [
             too_many.encode().unwrap_err(),
             too_many_announced.encode().unwrap_err(),
             huge.encode().unwrap_err(),
+            too_many_shares.encode().unwrap_err(),
         ] {
             assert!(err.to_string().contains("cannot send"), "{err}");
         }
@@ -542,11 +579,16 @@ mod tests {
     #[test]
     fn decode_is_strict_and_canonical() {
         let mut state = 0x1234_5678_u32;
-        let requests = [request().encode().unwrap()];
+        let requests = [Request {
+            shares: vec![share(31, 32), share(36, 8)],
+            ..request()
+        }
+        .encode()
+        .unwrap()];
         let responses = [Response {
             confirmation: Some([7; TAG_LEN]),
             announce: vec![KeyId([5; 16])],
-            ecdh: share(31, 32),
+            shares: vec![share(31, 32)],
         }
         .encode()
         .unwrap()];

@@ -551,7 +551,7 @@ fn assert_qkd_secret(link: &TestLink, i: &Outcome, r: &Outcome, key_bits: usize)
     r.assert_logged(&format!("under key IDs {ids}\n"));
     for side in [i, r] {
         side.assert_logged(&format!(
-            "key IDs {ids} confirmed; shared secret = {key_bits}-bit QKD key + ECDH secret"
+            "key IDs {ids} confirmed; shared secret = {key_bits}-bit QKD key + curve25519 secret"
         ));
         // The key must never reach a log line, in any hex spelling.
         for key in &keys {
@@ -757,7 +757,7 @@ fn defensive_paths_reload_and_unload_on_both_versions() {
         assert_eq!(p.values("reload"), ["1", "0"], "{p}");
         p.assert_logged("dbg[CFG:1] qkd: settings reloaded (1 peer(s))");
         p.assert_logged(
-            "dbg[CFG:1] qkd: charon.plugins.qkd.method_id and dh_group only change on restart",
+            "dbg[CFG:1] qkd: charon.plugins.qkd.method_id, dh_group and kem only change on restart",
         );
         p.assert_logged("peer sent malformed qkd KE data");
     }
@@ -885,7 +885,7 @@ fn reloads_that_change_nothing_or_are_refused_consume_no_keys() {
     p.assert_logged(
         "qkd: settings reloaded (1 peer(s)), unchanged: keeping the KME clients and key buffers",
     );
-    p.assert_logged("qkd: charon.plugins.qkd.method_id and dh_group only change on restart");
+    p.assert_logged("qkd: charon.plugins.qkd.method_id, dh_group and kem only change on restart");
     assert_eq!(
         keys.len(),
         2,

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use strongswan_qkd::config::{Config, KmeSettings, MapSettings};
 use strongswan_qkd::ids::{KeyId, SaeId};
-use strongswan_qkd::ke::{Ecdh, ExchangeContext, QkdKeyExchange, Runtime};
+use strongswan_qkd::ke::{ExchangeContext, InnerKe, QkdKeyExchange, Runtime};
 use strongswan_qkd::kme::{KeySource, KmeError, QkdKey};
 use zeroize::Zeroizing;
 
@@ -194,10 +194,10 @@ impl KeySource for PatternKme {
 }
 
 /// A toy ECDH whose shared secret is a constant (not key-pattern) value.
-struct FakeEcdh;
+struct FakeDh;
 
-impl Ecdh for FakeEcdh {
-    fn group(&self) -> u16 {
+impl InnerKe for FakeDh {
+    fn method(&self) -> u16 {
         31
     }
     fn public_value(&mut self) -> Result<Vec<u8>, String> {
@@ -257,11 +257,14 @@ fn run_exchange(key_bits: u32, key_bytes: usize) -> usize {
             connection: Some("gw-b".into()),
             ..Default::default()
         },
-        Some(Box::new(FakeEcdh)),
+        vec![Box::new(FakeDh) as Box<dyn InnerKe>],
     );
     // A responder has no connection before authentication (charon's "(unnamed)").
-    let mut responder =
-        QkdKeyExchange::new(b, ExchangeContext::default(), Some(Box::new(FakeEcdh)));
+    let mut responder = QkdKeyExchange::new(
+        b,
+        ExchangeContext::default(),
+        vec![Box::new(FakeDh) as Box<dyn InnerKe>],
+    );
     let request = initiator.get_public_key().expect("request");
     responder.set_public_key(&request).expect("responder");
     let response = responder.get_public_key().expect("response");

@@ -3,9 +3,9 @@
 use super::abi::{
     chunk_t, key_exchange_method_t, key_exchange_t, IKE_ESTABLISHED, IKE_REKEYED, IKE_REKEYING,
 };
-use super::ecdh::CharonEcdh;
+use super::inner_ke::CharonKe;
 use super::{boundary, chunk, runtime, status, symbols};
-use crate::ke::{Ecdh, ExchangeContext, KeError, QkdKeyExchange};
+use crate::ke::{ExchangeContext, InnerKe, KeError, QkdKeyExchange};
 use std::ffi::CStr;
 use std::net::IpAddr;
 
@@ -30,11 +30,17 @@ pub(crate) unsafe extern "C" fn create(method: key_exchange_method_t) -> *mut ke
         }
         // Worker thread: charon has dropped its capabilities (see ffi/status.rs).
         status::ensure(rt.config.status_socket.as_deref(), false);
-        let ecdh = match rt.config.dh_group.map(CharonEcdh::create).transpose() {
-            Ok(ecdh) => ecdh.map(|e| Box::new(e) as Box<dyn Ecdh>),
+        let inner: Result<Vec<Box<dyn InnerKe>>, String> = rt
+            .config
+            .inner_methods()
+            .into_iter()
+            .map(|method| CharonKe::create(method).map(|ke| Box::new(ke) as Box<dyn InnerKe>))
+            .collect();
+        let inner = match inner {
+            Ok(inner) => inner,
             Err(e) => {
                 log::error!(
-                    "qkd: {e}; check charon.plugins.qkd.dh_group and the loaded crypto plugins"
+                    "qkd: {e}; check charon.plugins.qkd.dh_group / kem and the loaded crypto plugins"
                 );
                 return std::ptr::null_mut();
             }
@@ -48,7 +54,7 @@ pub(crate) unsafe extern "C" fn create(method: key_exchange_method_t) -> *mut ke
                 get_method: Some(get_method),
                 destroy: Some(destroy),
             },
-            exchange: QkdKeyExchange::new(rt, exchange_context(), ecdh),
+            exchange: QkdKeyExchange::new(rt, exchange_context(), inner),
         });
         Box::into_raw(ke) as *mut key_exchange_t
     })

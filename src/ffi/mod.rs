@@ -21,7 +21,7 @@ pub(crate) mod abi {
 }
 
 mod chunk;
-mod ecdh;
+mod inner_ke;
 mod key_exchange;
 mod log;
 mod plugin;

@@ -2,11 +2,13 @@
 //! The runtime it installs lives in [`super::runtime`].
 
 use super::abi::{
-    enum_name_t, key_exchange_method_t, plugin_feature_t, plugin_t, FEATURE_DEPENDS, FEATURE_KE,
-    FEATURE_PROVIDE, FEATURE_REGISTER, KEY_EXCHANGE_METHOD,
+    enum_name_t, key_exchange_method_t, plugin_feature_t, plugin_t, FEATURE_CALLBACK,
+    FEATURE_CUSTOM, FEATURE_DEPENDS, FEATURE_KE, FEATURE_NONE, FEATURE_PROVIDE, FEATURE_REGISTER,
+    FEATURE_SDEPEND, KEY_EXCHANGE_METHOD,
 };
+use super::inner_ke::CharonKe;
 use super::{boundary, key_exchange, log as charon_log, runtime, status, symbols, version};
-use crate::config::Config;
+use crate::config::{method_name, Config, PREFIX};
 use std::ffi::{c_char, c_int, c_void};
 
 /// `enum_name_t` with one name: makes logs and `swanctl --list-algs` print `QKD` instead of
@@ -35,21 +37,74 @@ fn feature(kind: u32, arg: impl FnOnce(&mut plugin_feature_t)) -> plugin_feature
     f
 }
 
-/// REGISTER -> PROVIDE -> DEPENDS, as strongSwan's own KE plugins list them.
+/// REGISTER -> PROVIDE -> DEPENDS, as strongSwan's own KE plugins list them. With a `kem`,
+/// a callback feature first checks that charon can make that ML-KEM (soft-depending on it,
+/// so its provider is loaded before) and the qkd method depends on the check: an unmet
+/// DEPENDS alone is only logged at level 2, so the check logs why itself.
 fn features(config: &Config) -> Vec<plugin_feature_t> {
     let constructor = key_exchange::create as *mut c_void;
-    let mut features = vec![
+    let mut features = Vec::new();
+    if let Some(kem) = config.kem {
+        features.extend([
+            feature(FEATURE_CALLBACK, |f| {
+                f.type_ = FEATURE_NONE;
+                f.arg.cb.f = Some(check_kem);
+            }),
+            custom(FEATURE_PROVIDE),
+            feature(FEATURE_SDEPEND, |f| f.arg.ke = kem as key_exchange_method_t),
+        ]);
+    }
+    features.extend([
         feature(FEATURE_REGISTER, |f| f.arg.reg.f = constructor),
         feature(FEATURE_PROVIDE, |f| {
             f.arg.ke = config.method_id as key_exchange_method_t
         }),
-    ];
+    ]);
     if let Some(group) = config.dh_group {
         features.push(feature(FEATURE_DEPENDS, |f| {
             f.arg.ke = group as key_exchange_method_t
         }));
     }
+    if config.kem.is_some() {
+        features.push(custom(FEATURE_DEPENDS));
+    }
     features
+}
+
+/// The custom feature the kem check provides and the qkd method depends on.
+fn custom(kind: u32) -> plugin_feature_t {
+    feature(kind, |f| {
+        f.type_ = FEATURE_CUSTOM;
+        f.arg.custom = c"qkd-kem".as_ptr() as *mut c_char;
+    })
+}
+
+/// Loading: can charon's crypto factory make the configured ML-KEM? Unloading: nothing.
+unsafe extern "C" fn check_kem(
+    _: *mut plugin_t,
+    _: *mut plugin_feature_t,
+    reg: bool,
+    _: *mut c_void,
+) -> bool {
+    boundary("kem check", false, || {
+        let kem = runtime::current().and_then(|rt| rt.config.kem);
+        let Some(kem) = kem.filter(|_| reg) else {
+            return true;
+        };
+        match CharonKe::create(kem) {
+            Ok(_) => true,
+            Err(e) => {
+                log::error!(
+                    target: "cfg",
+                    "qkd: not loading the qkd method: {PREFIX}.kem = {}, but {e}. ML-KEM needs \
+                     strongSwan >= 6.0.2 with OpenSSL >= 3.5 (openssl plugin) or the ml plugin; \
+                     Debian trixie's 6.0.1 has none. Set kem = none or use such a build",
+                    method_name(kem)
+                );
+                false
+            }
+        }
+    })
 }
 
 /// The `qkd` keyword (and through strongSwan's ke1_..ke7_ parser `ke1_qkd` etc.) for
@@ -109,12 +164,13 @@ pub extern "C" fn qkd_plugin_create() -> *mut plugin_t {
         });
         log::info!(
             target: "cfg",
-            "qkd: SAE '{}', method {} (QKD), {}-bit keys, fallback = {}, {} peer(s)",
+            "qkd: SAE '{}', method {} (QKD), {}-bit keys, fallback = {}, {} peer(s), in-method: {}",
             rt.config.sae_id,
             rt.config.method_id,
             rt.config.key_size,
             rt.config.fallback,
-            rt.config.peers.len()
+            rt.config.peers.len(),
+            crate::ke::describe_methods(rt.config.inner_methods().into_iter())
         );
         Box::into_raw(plugin) as *mut plugin_t
     })

@@ -209,9 +209,9 @@ enum ReloadPlan {
 
 fn plan(current: &Installed, new: &Config) -> ReloadPlan {
     let old = &current.runtime.config;
-    if (old.method_id, old.dh_group) != (new.method_id, new.dh_group) {
+    if (old.method_id, old.dh_group, old.kem) != (new.method_id, new.dh_group, new.kem) {
         ReloadPlan::Refuse(format!(
-            "{PREFIX}.method_id and dh_group only change on restart; keeping the previous settings"
+            "{PREFIX}.method_id, dh_group and kem only change on restart; keeping the previous settings"
         ))
     } else if old == new
         && current
@@ -392,10 +392,12 @@ mod tests {
             plan(&current, &config(&[("method_id", "1111")])),
             ReloadPlan::Refuse(_)
         ));
-        assert!(matches!(
-            plan(&current, &config(&[("dh_group", "none")])),
-            ReloadPlan::Refuse(_)
-        ));
+        for restart_only in [("dh_group", "none"), ("kem", "mlkem768")] {
+            assert!(matches!(
+                plan(&current, &config(&[restart_only])),
+                ReloadPlan::Refuse(_)
+            ));
+        }
         assert_eq!(plan(&current, &config(&[])), ReloadPlan::Keep);
         assert_eq!(
             plan(&current, &config(&[("buffer", "2")])),

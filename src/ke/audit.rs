@@ -73,7 +73,7 @@ pub(super) fn failure_result(error: &KeError) -> String {
         KeError::KeyMismatch { .. } => "key-mismatch",
         KeError::NoFallback(_) => "no-fallback",
         KeError::Encode(_) => "encode",
-        KeError::Ecdh(_) => "ecdh",
+        KeError::InnerKe(_) => "in-method-ke",
         KeError::AlreadyFailed => "already-failed",
         KeError::State(_) => "call-order",
     };

@@ -12,21 +12,23 @@ mod runtime;
 
 pub use runtime::{Counters, Runtime};
 
-use crate::config::{Config, Fallback, PeerConfig, PREFIX};
+use crate::config::{method_name, Config, Fallback, PeerConfig, PREFIX};
 use crate::ids::{format_ids, KeyId, SaeId};
 use crate::kme::{KmeError, QkdKey};
-use crate::wire::{EcdhShare, Keys, NoKeyReason, Request, Response, WireError};
+use crate::wire::{Keys, NoKeyReason, Request, Response, Share, WireError};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
-/// The classical half of the hybrid: an ephemeral ECDH (or MODP) exchange provided by
-/// strongSwan's crypto factory in charon, by a fake in tests.
-pub trait Ecdh: Send {
-    /// strongSwan key exchange method number (e.g. 31 = CURVE_25519).
-    fn group(&self) -> u16;
+/// A key exchange carried inside the qkd method (an ECDH, an ML-KEM), provided by
+/// strongSwan's crypto factory in charon, by fakes in tests. Called in KEM order: the
+/// initiator `public_value` then `set_peer_value`; the responder `set_peer_value` (where an
+/// ML-KEM encapsulates) then `public_value` (its ciphertext).
+pub trait InnerKe: Send {
+    /// strongSwan key exchange method number (e.g. 31 = CURVE_25519, 36 = ML_KEM_768).
+    fn method(&self) -> u16;
     fn public_value(&mut self) -> Result<Vec<u8>, String>;
     fn set_peer_value(&mut self, value: &[u8]) -> Result<(), String>;
     fn shared_secret(&mut self) -> Result<Zeroizing<Vec<u8>>, String>;
@@ -70,7 +72,8 @@ pub enum KeError {
     PeerHasNoKey(String),
     /// Our own encoder refused what we built (a local limit, never the peer's fault).
     Encode(WireError),
-    Ecdh(String),
+    /// An in-method key exchange (dh_group, kem) failed.
+    InnerKe(String),
     /// charon asked again about an exchange that already failed (and was logged).
     AlreadyFailed,
     /// strongSwan called us out of order.
@@ -105,7 +108,7 @@ impl fmt::Display for KeError {
                 "key confirmation failed for key IDs {key_ids}: the peer's KME delivered different key \
                  material than ours (QKD link or KME fault); refusing the key"
             ),
-            KeError::Ecdh(m) => write!(f, "ECDH part of the hybrid key exchange failed: {m}"),
+            KeError::InnerKe(m) => write!(f, "in-method key exchange failed: {m}"),
             KeError::AlreadyFailed => f.write_str("this key exchange failed earlier (see above)"),
             KeError::State(m) => write!(f, "unexpected call order: {m}"),
         }
@@ -170,7 +173,8 @@ enum Role {
 pub struct QkdKeyExchange {
     rt: Arc<Runtime>,
     ctx: ExchangeContext,
-    ecdh: Option<Box<dyn Ecdh>>,
+    /// dh_group then kem (Config::inner_methods), each a strongSwan key exchange object.
+    inner: Vec<Box<dyn InnerKe>>,
     role: Option<Role>,
     /// Our KE data (request or response), returned on every `get_public_key`.
     own_data: Option<Vec<u8>>,
@@ -183,13 +187,13 @@ impl QkdKeyExchange {
     pub fn new(
         rt: Arc<Runtime>,
         ctx: ExchangeContext,
-        ecdh: Option<Box<dyn Ecdh>>,
+        inner: Vec<Box<dyn InnerKe>>,
     ) -> QkdKeyExchange {
         rt.supply.start();
         QkdKeyExchange {
             rt,
             ctx,
-            ecdh,
+            inner,
             role: None,
             own_data: None,
             secret: None,
@@ -312,8 +316,8 @@ impl QkdKeyExchange {
                 let n = Counters::bump(&rt.counters.no_key_sent);
                 log::warn!(
                     "qkd: {error}; starting the exchange without QKD key ({reason}, #{n}): {}",
-                    if cfg.fallback == Fallback::Dh && self.ecdh.is_some() {
-                        "the peer may accept an ECDH-only secret (fallback = dh)"
+                    if cfg.fallback == Fallback::Dh && !self.inner.is_empty() {
+                        "the peer may accept a secret of the in-method key exchanges alone (fallback = dh)"
                     } else {
                         "the peer will refuse it and strongSwan keeps the current SA and retries"
                     }
@@ -323,15 +327,16 @@ impl QkdKeyExchange {
         };
         let request = Request {
             sender: cfg.sae_id.clone(),
-            // Falling back means an ECDH-only secret: only offer it if we have an ECDH half.
-            allows_dh_fallback: cfg.fallback == Fallback::Dh && self.ecdh.is_some(),
+            // Falling back means a secret of the in-method key exchanges alone: only offer it
+            // if there are some.
+            allows_dh_fallback: cfg.fallback == Fallback::Dh && !self.inner.is_empty(),
             keys: request_keys,
             announce: if self.ctx.established {
                 rt.supply.announcement(peer)
             } else {
                 Vec::new()
             },
-            ecdh: self.own_share()?,
+            shares: self.own_shares()?,
         };
         let data = request.encode().map_err(KeError::Encode)?;
         self.role = Some(Role::Initiator { peer, qkd });
@@ -416,8 +421,8 @@ impl QkdKeyExchange {
             }
             (None, None) => None,
         };
-        let ecdh = self.peer_share(response.ecdh)?;
-        self.finish(qkd, ecdh)
+        let inner = self.peer_shares(response.shares)?;
+        self.finish(qkd, inner)
     }
 
     fn respond(&mut self, data: &[u8]) -> Result<(), KeError> {
@@ -439,7 +444,7 @@ impl QkdKeyExchange {
             self.audit.key_ids = ids.clone();
         }
         let both_allow_dh =
-            cfg.fallback == Fallback::Dh && request.allows_dh_fallback && self.ecdh.is_some();
+            cfg.fallback == Fallback::Dh && request.allows_dh_fallback && !self.inner.is_empty();
         let obtained = match &request.keys {
             Keys::None(reason) => Err(KeError::PeerHasNoKey(format!(
                 "SAE '{}' started the exchange without QKD key ({reason})",
@@ -469,7 +474,9 @@ impl QkdKeyExchange {
             }
             Err(error) => return Err(self.no_fallback(error)),
         };
-        let ecdh_secret = self.peer_share(request.ecdh)?;
+        // KEM order: an ML-KEM encapsulates to the initiator's key here, before our shares
+        // (its ciphertext) exist.
+        let inner_secret = self.peer_shares(request.shares)?;
         let response = Response {
             confirmation: qkd
                 .as_ref()
@@ -479,10 +486,10 @@ impl QkdKeyExchange {
             } else {
                 Vec::new()
             },
-            ecdh: self.own_share()?,
+            shares: self.own_shares()?,
         };
         self.own_data = Some(response.encode().map_err(KeError::Encode)?);
-        self.finish(qkd, ecdh_secret)
+        self.finish(qkd, inner_secret)
     }
 
     /// Slave side: the keys the peer named, from the inbound cache or on demand. More IDs
@@ -544,20 +551,22 @@ impl QkdKeyExchange {
         Ok(qkd)
     }
 
+    /// Secret = QKD key ‖ the in-method secrets in Config::inner_methods order.
     fn finish(
         &mut self,
         qkd: Option<QkdMaterial>,
-        ecdh: Option<Zeroizing<Vec<u8>>>,
+        inner: Option<Zeroizing<Vec<u8>>>,
     ) -> Result<(), KeError> {
-        if qkd.is_none() && ecdh.is_none() {
+        if qkd.is_none() && inner.is_none() {
             return Err(KeError::NoFallback(
-                "neither a QKD key nor an ECDH secret: refusing an empty shared secret".into(),
+                "neither a QKD key nor an in-method secret: refusing an empty shared secret".into(),
             ));
         }
         let counters = &self.rt.counters;
-        let len = qkd.as_ref().map_or(0, |q| q.key.len()) + ecdh.as_ref().map_or(0, |e| e.len());
+        let len = qkd.as_ref().map_or(0, |q| q.key.len()) + inner.as_ref().map_or(0, |e| e.len());
         // Exact capacity: growing would free unwiped copies of the secret.
         let mut secret = Zeroizing::new(Vec::with_capacity(len));
+        let methods = self.inner_names();
         match &qkd {
             Some(q) => {
                 secret.extend_from_slice(&q.key);
@@ -566,17 +575,21 @@ impl QkdKeyExchange {
                     "qkd: key IDs {} confirmed; shared secret = {}-bit QKD key{} (QKD secret #{n})",
                     q.ids(),
                     q.key.len() * 8,
-                    if ecdh.is_some() { " + ECDH secret" } else { "" }
+                    match self.inner.len() {
+                        0 => String::new(),
+                        1 => format!(" + {methods} secret"),
+                        _ => format!(" + {methods} secrets"),
+                    }
                 );
             }
             None => {
                 let n = Counters::bump(&counters.dh_fallbacks);
                 log::warn!(
-                    "qkd: WARNING: shared secret is ECDH only, without QKD key (DH fallback #{n})"
+                    "qkd: WARNING: shared secret is {methods} only, without QKD key (DH fallback #{n})"
                 );
             }
         }
-        if let Some(e) = &ecdh {
+        if let Some(e) = &inner {
             secret.extend_from_slice(e);
         }
         self.secret = Some(secret);
@@ -586,11 +599,18 @@ impl QkdKeyExchange {
         Ok(())
     }
 
+    /// "curve25519 + mlkem768": the in-method key exchanges, as the settings name them.
+    fn inner_names(&self) -> String {
+        describe_methods(self.inner.iter().map(|ke| ke.method()))
+    }
+
     fn fallback_rule(&self) -> &'static str {
-        match (self.rt.config.fallback, self.ecdh.is_some()) {
+        match (self.rt.config.fallback, self.inner.is_empty()) {
             (Fallback::None, _) => "fallback = none: QKD is mandatory",
-            (Fallback::Dh, false) => "fallback = dh needs an ECDH share but dh_group = none",
-            (Fallback::Dh, true) => "the peer does not allow fallback = dh",
+            (Fallback::Dh, true) => {
+                "fallback = dh needs an in-method key exchange but dh_group = kem = none"
+            }
+            (Fallback::Dh, false) => "the peer does not allow fallback = dh",
         }
     }
 
@@ -601,36 +621,46 @@ impl QkdKeyExchange {
         ))
     }
 
-    fn own_share(&mut self) -> Result<Option<EcdhShare>, KeError> {
-        self.ecdh
-            .as_mut()
-            .map(|e| {
-                Ok(EcdhShare {
-                    group: e.group(),
-                    value: e.public_value().map_err(KeError::Ecdh)?,
+    fn own_shares(&mut self) -> Result<Vec<Share>, KeError> {
+        self.inner
+            .iter_mut()
+            .map(|ke| {
+                Ok(Share {
+                    method: ke.method(),
+                    value: ke.public_value().map_err(KeError::InnerKe)?,
                 })
             })
-            .transpose()
+            .collect()
     }
 
-    fn peer_share(
-        &mut self,
-        share: Option<EcdhShare>,
-    ) -> Result<Option<Zeroizing<Vec<u8>>>, KeError> {
-        match (self.ecdh.as_mut(), share) {
-            (None, None) => Ok(None),
-            (Some(ecdh), Some(share)) if share.group == ecdh.group() => {
-                ecdh.set_peer_value(&share.value).map_err(KeError::Ecdh)?;
-                Ok(Some(ecdh.shared_secret().map_err(KeError::Ecdh)?))
-            }
-            (Some(ecdh), Some(share)) => Err(KeError::Peer(format!(
-                "peer's hybrid ECDH uses method {} but dh_group here is method {}; configure the same dh_group on both",
-                share.group,
-                ecdh.group()
-            ))),
-            (Some(_), None) => Err(KeError::Peer("peer sent no ECDH share but dh_group is set here; configure the same dh_group on both".into())),
-            (None, Some(_)) => Err(KeError::Peer("peer sent an ECDH share but dh_group = none here; configure the same dh_group on both".into())),
+    /// The peer's shares must name our in-method key exchanges in our order; their
+    /// secrets, concatenated in that order (None without in-method key exchanges).
+    fn peer_shares(&mut self, shares: Vec<Share>) -> Result<Option<Zeroizing<Vec<u8>>>, KeError> {
+        if !shares
+            .iter()
+            .map(|s| s.method)
+            .eq(self.inner.iter().map(|ke| ke.method()))
+        {
+            return Err(KeError::Peer(format!(
+                "peer's qkd method carries {} but {} here; configure the same dh_group and kem on both",
+                describe_methods(shares.iter().map(|s| s.method)),
+                self.inner_names()
+            )));
         }
+        if self.inner.is_empty() {
+            return Ok(None);
+        }
+        let mut secrets = Vec::with_capacity(self.inner.len());
+        for (ke, share) in self.inner.iter_mut().zip(&shares) {
+            ke.set_peer_value(&share.value).map_err(KeError::InnerKe)?;
+            secrets.push(ke.shared_secret().map_err(KeError::InnerKe)?);
+        }
+        // Exact capacity: growing would free unwiped copies of the secrets.
+        let mut secret = Zeroizing::new(Vec::with_capacity(secrets.iter().map(|s| s.len()).sum()));
+        for s in &secrets {
+            secret.extend_from_slice(s);
+        }
+        Ok(Some(secret))
     }
 }
 
@@ -695,6 +725,16 @@ fn authorize<'a>(
                 ctx.remote.map(|r| r.to_string()).unwrap_or_else(|| "unknown address".into())
             ))
         })
+}
+
+/// "curve25519 + mlkem768", or "no in-method key exchange (dh_group = kem = none)".
+pub fn describe_methods(methods: impl Iterator<Item = u16>) -> String {
+    let names: Vec<String> = methods.map(method_name).collect();
+    if names.is_empty() {
+        "no in-method key exchange (dh_group = kem = none)".into()
+    } else {
+        names.join(" + ")
+    }
 }
 
 /// AQUA's WAIT_QKD: retry transient KME failures (no key yet, KME briefly down) for

@@ -117,15 +117,15 @@ impl KeySource for FakeKme {
 }
 
 /// A toy "DH" whose secret is a hash of both public values: enough to test the plumbing.
-struct FakeEcdh {
-    group: u16,
+struct FakeDh {
+    method: u16,
     public: Vec<u8>,
     peer: Option<Vec<u8>>,
 }
 
-impl Ecdh for FakeEcdh {
-    fn group(&self) -> u16 {
-        self.group
+impl InnerKe for FakeDh {
+    fn method(&self) -> u16 {
+        self.method
     }
     fn public_value(&mut self) -> Result<Vec<u8>, String> {
         Ok(self.public.clone())
@@ -141,22 +141,84 @@ impl Ecdh for FakeEcdh {
         } else {
             (peer, &self.public)
         };
-        Ok(Zeroizing::new(
-            Sha256::new()
-                .chain_update(a)
-                .chain_update(b)
-                .finalize()
-                .to_vec(),
-        ))
+        Ok(Zeroizing::new(hash(a, b)))
     }
 }
 
-fn ecdh(seed: u8, group: u16) -> Option<Box<dyn Ecdh>> {
-    Some(Box::new(FakeEcdh {
-        group,
-        public: vec![seed; 32],
-        peer: None,
-    }))
+fn hash(a: &[u8], b: &[u8]) -> Vec<u8> {
+    Sha256::new()
+        .chain_update(a)
+        .chain_update(b)
+        .finalize()
+        .to_vec()
+}
+
+/// A toy KEM that behaves like strongSwan's ML-KEM objects: `public_value` is the
+/// encapsulation key until `set_peer_value` encapsulated (responder), then the ciphertext.
+/// Called out of KEM order, the two sides' secrets differ.
+struct FakeKem {
+    method: u16,
+    seed: u8,
+    /// Initiator: its encapsulation key. Responder: the initiator's.
+    ek: Option<Vec<u8>>,
+    ciphertext: Option<Vec<u8>>,
+    secret: Option<Vec<u8>>,
+}
+
+impl InnerKe for FakeKem {
+    fn method(&self) -> u16 {
+        self.method
+    }
+    fn public_value(&mut self) -> Result<Vec<u8>, String> {
+        if let Some(ct) = &self.ciphertext {
+            return Ok(ct.clone());
+        }
+        Ok(self.ek.get_or_insert_with(|| vec![self.seed; 64]).clone())
+    }
+    fn set_peer_value(&mut self, value: &[u8]) -> Result<(), String> {
+        match &self.ek {
+            // Initiator: decapsulate.
+            Some(ek) => self.secret = Some(hash(ek, value)),
+            // Responder: encapsulate to the initiator's key.
+            None => {
+                let ct = vec![self.seed ^ 0x5a; 48];
+                self.secret = Some(hash(value, &ct));
+                self.ek = Some(value.to_vec());
+                self.ciphertext = Some(ct);
+            }
+        }
+        Ok(())
+    }
+    fn shared_secret(&mut self) -> Result<Zeroizing<Vec<u8>>, String> {
+        self.secret
+            .clone()
+            .map(Zeroizing::new)
+            .ok_or("not encapsulated".into())
+    }
+}
+
+/// The in-method key exchanges a gateway configured with `methods` would get from charon.
+fn inner(seed: u8, methods: &[u16]) -> Vec<Box<dyn InnerKe>> {
+    methods
+        .iter()
+        .map(|&method| -> Box<dyn InnerKe> {
+            if (config::ML_KEM_512..=config::ML_KEM_1024).contains(&method) {
+                Box::new(FakeKem {
+                    method,
+                    seed,
+                    ek: None,
+                    ciphertext: None,
+                    secret: None,
+                })
+            } else {
+                Box::new(FakeDh {
+                    method,
+                    public: vec![seed; 32],
+                    peer: None,
+                })
+            }
+        })
+        .collect()
 }
 
 struct Gateway {
@@ -196,12 +258,9 @@ impl Gateway {
         Gateway { rt: Arc::new(rt) }
     }
 
-    fn ecdh(&self, seed: u8) -> Option<Box<dyn Ecdh>> {
-        self.rt.config.dh_group.and_then(|_| ecdh(seed, 31))
-    }
-
     fn exchange_with(&self, ctx: ExchangeContext, seed: u8) -> QkdKeyExchange {
-        QkdKeyExchange::new(self.rt.clone(), ctx, self.ecdh(seed))
+        let methods = self.rt.config.inner_methods();
+        QkdKeyExchange::new(self.rt.clone(), ctx, inner(seed, &methods))
     }
 
     /// The initiator's side of an initial exchange (IKE_SA_INIT or IKE_INTERMEDIATE): it
@@ -293,6 +352,33 @@ fn hybrid_secret_is_qkd_key_then_ecdh() {
 
 use crate::config;
 
+/// kem = mlkem768 next to x25519: both shares travel in one round, the responder
+/// encapsulates before it answers, and the secret is QKD key ‖ x25519 ‖ ML-KEM.
+#[test]
+fn in_method_ml_kem_secret_follows_the_qkd_key_and_the_ecdh_secret() {
+    for (dh_group, methods) in [
+        ("x25519", &[31, config::ML_KEM_768][..]),
+        ("none", &[config::ML_KEM_768][..]),
+    ] {
+        let settings = [("dh_group", dh_group), ("kem", "mlkem768")];
+        let (link, a, b) = pair(&settings, &settings);
+        let mut i = a.initiator("sae-b", 1);
+        let request = Request::decode(&i.get_public_key().unwrap()).unwrap();
+        let sent: Vec<u16> = request.shares.iter().map(|s| s.method).collect();
+        assert_eq!(sent, methods, "dh_group {dh_group}");
+        let key = only_key(&link);
+        let mut r = b.responder(2);
+        r.set_public_key(&request.encode().unwrap()).unwrap();
+        i.set_public_key(&r.get_public_key().unwrap()).unwrap();
+        let (si, sr) = (i.shared_secret().unwrap(), r.shared_secret().unwrap());
+        assert_eq!(si, sr, "dh_group {dh_group}");
+        assert_eq!(&si[..32], &key[..], "QKD key first");
+        let kem_secret = hash(&[1; 64], &[2 ^ 0x5a; 48]);
+        assert_eq!(&si[si.len() - 32..], &kem_secret[..], "ML-KEM secret last");
+        assert_eq!(si.len(), 32 + 32 * methods.len());
+    }
+}
+
 #[test]
 fn roles_follow_the_exchange_initiator() {
     let (link, a, b) = pair(&[], &[]);
@@ -360,8 +446,9 @@ fn no_key_at_the_initiator_is_refused_in_band_and_the_retry_succeeds() {
         .expect("a dry KME never fails get_public_key");
     let decoded = Request::decode(&request).unwrap();
     assert_eq!(decoded.keys, Keys::None(NoKeyReason::KmeEmpty));
-    assert!(
-        decoded.ecdh.is_some(),
+    assert_eq!(
+        decoded.shares.len(),
+        1,
         "well-formed: the ECDH share is there"
     );
     assert_eq!(counter(&a.rt.counters.no_key_sent), 1);
@@ -541,10 +628,10 @@ fn more_key_ids_than_key_size_needs_are_refused_before_the_kme() {
         allows_dh_fallback: false,
         keys: Keys::Ids(vec![KeyId([1; 16]), KeyId([2; 16])]),
         announce: vec![],
-        ecdh: Some(crate::wire::EcdhShare {
-            group: 31,
+        shares: vec![crate::wire::Share {
+            method: 31,
             value: vec![7; 32],
-        }),
+        }],
     };
     let err = b
         .responder(2)
@@ -597,13 +684,20 @@ fn initiator_finds_peer_by_name_or_remote() {
 fn mismatched_hybrid_groups_are_refused() {
     let (_link, a, b) = pair(&[], &[("dh_group", "none")]);
     let err = run_err(&mut a.initiator("sae-b", 1), &mut b.responder(2));
-    assert!(err.contains("dh_group = none here"), "{err}");
-    let (_link, a, b) = pair(&[], &[]);
-    let mut r = b.responder(2);
-    r.ecdh = ecdh(2, 19);
-    let err = run_err(&mut a.initiator("sae-b", 1), &mut r);
     assert!(
-        err.contains("uses method 31 but dh_group here is method 19"),
+        err.contains(
+            "peer's qkd method carries curve25519 but no in-method key exchange \
+             (dh_group = kem = none) here"
+        ),
+        "{err}"
+    );
+    let (_link, a, b) = pair(&[], &[("dh_group", "ecp256")]);
+    let err = run_err(&mut a.initiator("sae-b", 1), &mut b.responder(2));
+    assert!(err.contains("carries curve25519 but ecp256 here"), "{err}");
+    let (_link, a, b) = pair(&[("kem", "mlkem768")], &[("kem", "mlkem1024")]);
+    let err = run_err(&mut a.initiator("sae-b", 1), &mut b.responder(2));
+    assert!(
+        err.contains("carries curve25519 + mlkem768 but curve25519 + mlkem1024 here; configure the same dh_group and kem on both"),
         "{err}"
     );
 }
@@ -638,7 +732,7 @@ fn never_an_empty_secret() {
     let empty = Response {
         confirmation: None,
         announce: vec![],
-        ecdh: None,
+        shares: vec![],
     }
     .encode()
     .unwrap();

@@ -10,9 +10,9 @@ gateways_up
 kme_stop
 initiate gw-a 30
 expect_tunnel_up
-expect_log gw-a "qkd: .*KME https://192.0.2.30:8443.* unreachable.*the peer may accept an ECDH-only secret \(fallback = dh\)"
-expect_log gw-a "WARNING: shared secret is ECDH only, without QKD key \(DH fallback #1\)"
-expect_log gw-b "WARNING: shared secret is ECDH only, without QKD key \(DH fallback #1\)"
+expect_log gw-a "qkd: .*KME https://192.0.2.30:8443.* unreachable.*the peer may accept a secret of the in-method key exchanges alone \(fallback = dh\)"
+expect_log gw-a "WARNING: shared secret is curve25519 only, without QKD key \(DH fallback #1\)"
+expect_log gw-b "WARNING: shared secret is curve25519 only, without QKD key \(DH fallback #1\)"
 ping_through gw-a
 step "both sides allow dh: ECDH-only SA, warned and counted"
 

@@ -1,37 +1,44 @@
-//! The classical half of the hybrid: a key exchange object from strongSwan's own crypto
-//! factory (`lib->crypto->create_ke`), so the ECDH comes from charon's vetted providers.
+//! The in-method key exchanges of the hybrid (dh_group's ECDH, kem's ML-KEM): key exchange
+//! objects from strongSwan's own crypto factory (`lib->crypto->create_ke`), so they come
+//! from charon's vetted providers.
 
 use super::abi::{chunk_t, key_exchange_t};
 use super::{chunk, symbols};
-use crate::ke::Ecdh;
+use crate::config::method_name;
+use crate::ke::InnerKe;
 use zeroize::Zeroizing;
 
-pub(crate) struct CharonEcdh {
+pub(crate) struct CharonKe {
     ke: *mut key_exchange_t,
-    group: u16,
+    method: u16,
 }
 
 // SAFETY: charon uses one key exchange object from one thread at a time, possibly a
 // different worker thread per call; strongSwan's KE objects have no thread affinity.
-unsafe impl Send for CharonEcdh {}
+unsafe impl Send for CharonKe {}
 
-impl CharonEcdh {
+impl CharonKe {
     /// Runs inside our constructor, under the crypto factory's read lock: a nested
     /// `create_ke` is a recursive read lock, which glibc allows.
-    pub(crate) fn create(group: u16) -> Result<CharonEcdh, String> {
-        let missing = || format!("strongSwan offers no key exchange method {group} for dh_group");
+    pub(crate) fn create(method: u16) -> Result<CharonKe, String> {
+        let missing = || {
+            format!(
+                "strongSwan offers no key exchange method {} ({method})",
+                method_name(method)
+            )
+        };
         let lib = symbols::lib().ok_or("libstrongswan's `lib` not found")?;
         // SAFETY: `lib->crypto` is the live crypto factory; create_ke returns NULL or an
         // object we own.
         let ke = unsafe {
             let crypto = lib.crypto.as_mut().ok_or_else(missing)?;
             let create = crypto.create_ke.ok_or_else(missing)?;
-            create(crypto, group as _)
+            create(crypto, method as _)
         };
         if ke.is_null() {
             return Err(missing());
         }
-        Ok(CharonEcdh { ke, group })
+        Ok(CharonKe { ke, method })
     }
 
     /// Calls one of the two KE getters that hand us a malloc'ed chunk, and takes it over
@@ -42,7 +49,8 @@ impl CharonEcdh {
         secret: bool,
         what: &str,
     ) -> Result<Zeroizing<Vec<u8>>, String> {
-        let get = getter.ok_or_else(|| format!("method {}: {what}: no such method", self.group))?;
+        let get =
+            getter.ok_or_else(|| format!("method {}: {what}: no such method", self.method))?;
         let mut out = chunk_t {
             ptr: std::ptr::null_mut(),
             len: 0,
@@ -50,7 +58,7 @@ impl CharonEcdh {
         // SAFETY: on success `out` holds a malloc'ed buffer that we now own.
         unsafe {
             if !get(self.ke, &mut out) {
-                return Err(format!("method {}: {what} failed", self.group));
+                return Err(format!("method {}: {what} failed", self.method));
             }
             Ok(chunk::take(out, secret))
         }
@@ -62,9 +70,9 @@ impl CharonEcdh {
     }
 }
 
-impl Ecdh for CharonEcdh {
-    fn group(&self) -> u16 {
-        self.group
+impl InnerKe for CharonKe {
+    fn method(&self) -> u16 {
+        self.method
     }
 
     fn public_value(&mut self) -> Result<Vec<u8>, String> {
@@ -89,7 +97,7 @@ impl Ecdh for CharonEcdh {
         } else {
             Err(format!(
                 "method {}: the peer's public value was rejected",
-                self.group
+                self.method
             ))
         }
     }
@@ -100,7 +108,7 @@ impl Ecdh for CharonEcdh {
     }
 }
 
-impl Drop for CharonEcdh {
+impl Drop for CharonKe {
     fn drop(&mut self) {
         if let Some(destroy) = self.vtable().destroy {
             // SAFETY: we own the object; it is not used afterwards.
