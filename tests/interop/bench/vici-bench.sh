@@ -4,6 +4,7 @@
 #   QKD_BENCH_ROUNDS (default 3), QKD_BENCH_SETUPS (5), QKD_BENCH_REKEYS (6), QKD_BENCH_WARMUP (2), QKD_BENCH_GAP (0.1 s untimed pause before each timed operation),
 #   QKD_BENCH_NO_ANNOUNCE=1 (setups back to back, no untimed rekey after each),
 #   QKD_BENCH_LATENCIES (0,25), QKD_BENCH_CONFIGS (all); set QKD_SCENARIO_TIMEOUT for long runs.
+#   QKD_BENCH_FRAGMENT_SIZE (charon.fragment_size; strongSwan's default 1280 splits ML-KEM rounds in two),
 #   QKD_BENCH_KEM=mlkem768: both charons run with charon.plugins.qkd.kem = mlkem768, so every qkd
 #   configuration carries ML-KEM-768 in the qkd method (issue 10's x25519-ke1_qkd target).
 # Both gateways run strongSwan 6.1.0 (forky): ML-KEM is in its openssl plugin only. Each
@@ -16,7 +17,8 @@ require_kme_sim
 A_GW_SUITE=forky
 B_GW_SUITE=forky
 VICI_SOCK=/var/log/strongswan/charon.vici
-EXTRA_CHARON="    plugins {
+EXTRA_CHARON="${QKD_BENCH_FRAGMENT_SIZE:+    fragment_size = $QKD_BENCH_FRAGMENT_SIZE
+}    plugins {
         vici {
             socket = unix://$VICI_SOCK
         }
