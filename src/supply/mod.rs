@@ -102,6 +102,9 @@ struct Buffers {
     ids_per_set: usize,
     /// No refill for this peer before then (after a KME failure).
     retry_at: Option<Instant>,
+    /// An exchange with this peer just took keys or announced some: while it still has
+    /// messages to go, a refill that is not urgent waits (refill::SETTLE).
+    settle_until: Option<Instant>,
     backoff: Duration,
 }
 
@@ -171,6 +174,7 @@ impl Supply {
             if now.duration_since(set.obtained) < self.shared.ttl {
                 self.shared
                     .count(&self.shared.counters.used, set.keys.len());
+                buffers.settle_until = Some(now + refill::SETTLE);
                 self.shared.wake.notify_all();
                 return Some(set);
             }
@@ -259,6 +263,7 @@ impl Supply {
             return;
         }
         buffers.pending.extend(fresh);
+        buffers.settle_until = Some(Instant::now() + refill::SETTLE);
         self.shared.wake.notify_all();
     }
 }

@@ -16,6 +16,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const REFUSED_BACKOFF: Duration = Duration::from_secs(60);
 /// Longest sleep with nothing to do: expiry is checked at least this often.
 const IDLE: Duration = Duration::from_secs(1);
+/// How long a refill that is not urgent (the outbound queue still holds a set) waits after
+/// an exchange took keys or brought an announcement: that exchange's remaining messages
+/// (IKE_AUTH, the CHILD SA) then do not share the CPU and the KME link with our TLS request.
+pub(super) const SETTLE: Duration = Duration::from_millis(50);
 
 enum Job {
     Outbound { peer: usize, sets: usize },
@@ -51,6 +55,11 @@ fn next_job(shared: &Shared, next_peer: &mut usize) -> Option<Job> {
             let buffers = &mut state.buffers[peer];
             expire(shared, peer, buffers, now);
             if let Some(at) = buffers.retry_at.filter(|at| *at > now) {
+                soonest = soonest.min(at);
+                continue;
+            }
+            let settling = buffers.settle_until.filter(|at| *at > now);
+            if let Some(at) = settling.filter(|_| !buffers.outbound.is_empty()) {
                 soonest = soonest.min(at);
                 continue;
             }
