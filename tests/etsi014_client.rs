@@ -52,6 +52,7 @@ fn sae(id: &str) -> SaeId {
 fn settings(link: &TestLink, url: &str, sae: &str, timeout: Duration) -> KmeSettings {
     KmeSettings {
         url: url.to_owned(),
+        standby_urls: Vec::new(),
         ca: link.ca_pem().to_str().unwrap().to_owned(),
         cert: link.sae_cert(sae).to_str().unwrap().to_owned(),
         key: link.sae_key(sae).to_str().unwrap().to_owned(),
@@ -1061,6 +1062,7 @@ impl ScriptedKme {
         let path = |name: &str| self.dir.join(name).to_str().unwrap().to_owned();
         KmeSettings {
             url: self.url.clone(),
+            standby_urls: Vec::new(),
             ca: path("ca.pem"),
             cert: path("sae.pem"),
             key: path("sae.key"),
