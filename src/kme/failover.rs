@@ -118,10 +118,13 @@ impl FailoverSource {
     }
 
     /// Runs `request` on the nodes in turn until one answers (see the module doc).
+    /// `proves_reachable`: an answer shows that the node is up. Not so for keys_per_set,
+    /// which a client answers from its cached status: such an answer changes no state.
     fn request<T>(
         &self,
         sae: &SaeId,
         deadline: Instant,
+        proves_reachable: bool,
         request: impl Fn(&dyn KeySource, Instant) -> Result<T, KmeError>,
     ) -> Result<T, KmeError> {
         let attempts = self.attempts();
@@ -143,9 +146,13 @@ impl FailoverSource {
                     self.failed(*attempt);
                     failures.push((attempt.node, e));
                 }
-                answer => {
+                answer if proves_reachable => {
                     self.release(&attempts[index + 1..]);
                     self.reached(attempt.node, sae, &failures);
+                    return answer;
+                }
+                answer => {
+                    self.release(&attempts[index..]);
                     return answer;
                 }
             }
@@ -195,7 +202,10 @@ impl FailoverSource {
                 .iter()
                 .find(|(n, _)| *n == previous)
                 .or(failures.last())
-                .map_or_else(|| format!("KME {was} is down"), |(_, e)| left_because(e));
+                .map_or_else(
+                    || format!("KME {was} is down"),
+                    |(_, e)| left_because(was, e),
+                );
             log::warn!(
                 "qkd: {why}: using {url} (node {} of {count}) for SAE '{sae}'",
                 node + 1
@@ -209,10 +219,12 @@ impl FailoverSource {
     }
 }
 
-/// Why a node was left, for the WARNING line.
-fn left_because(error: &KmeError) -> String {
+/// Why the node at `url` was left, for the WARNING line (the error names the endpoint; the
+/// operator configured the base URL).
+fn left_because(url: &str, error: &KmeError) -> String {
     match error {
-        KmeError::Unreachable { url, reason } => format!("KME {url} unreachable ({reason})"),
+        KmeError::Unreachable { reason, .. } => format!("KME {url} unreachable ({reason})"),
+        KmeError::Tls { reason, .. } => format!("KME {url}: {reason}"),
         other => other.to_string(),
     }
 }
@@ -225,7 +237,7 @@ impl KeySource for FailoverSource {
         sets: usize,
         deadline: Instant,
     ) -> Result<Vec<Vec<QkdKey>>, KmeError> {
-        self.request(slave, deadline, |node, until| {
+        self.request(slave, deadline, true, |node, until| {
             node.enc_keys(slave, size_bits, sets, until)
         })
     }
@@ -236,7 +248,7 @@ impl KeySource for FailoverSource {
         ids: &[KeyId],
         deadline: Instant,
     ) -> Result<Vec<QkdKey>, KmeError> {
-        self.request(master, deadline, |node, until| {
+        self.request(master, deadline, true, |node, until| {
             node.dec_keys(master, ids, until)
         })
     }
@@ -247,7 +259,7 @@ impl KeySource for FailoverSource {
         size_bits: u32,
         deadline: Instant,
     ) -> Result<usize, KmeError> {
-        self.request(peer, deadline, |node, until| {
+        self.request(peer, deadline, false, |node, until| {
             node.keys_per_set(peer, size_bits, until)
         })
     }
@@ -437,6 +449,23 @@ mod tests {
         assert_eq!((a.calls(), b.calls()), (3, 2));
         assert_eq!(source.url(), "https://a:8443");
         assert_eq!(roles(&source), ["active", "standby"]);
+    }
+
+    #[test]
+    fn a_cached_answer_does_not_bring_a_down_node_back() {
+        let (source, a, b) = pair(Duration::ZERO);
+        a.set(Mode::Unreachable);
+        enc(&source).unwrap();
+        // keys_per_set may come from a client's cached status even while its node is down:
+        // answered by the probed node 1, it must not make node 1 active again.
+        a.set(Mode::Up);
+        source.keys_per_set(&sae(), 256, soon()).unwrap();
+        assert_eq!(source.url(), "https://b:8443");
+        assert_eq!(roles(&source), ["down", "active"]);
+        // The probe slot was given back: the next real request probes node 1.
+        enc(&source).unwrap();
+        assert_eq!(source.url(), "https://a:8443");
+        assert_eq!((a.calls(), b.calls()), (3, 1));
     }
 
     #[test]
