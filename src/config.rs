@@ -570,56 +570,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn kme_url_lists_the_nodes_of_one_kme_in_order() {
-        let c = load_with(&[
-            ("kme.url", "https://kme-a1:8443/, https://kme-a2:8443"),
-            ("peers.gw-b.kme.url", "https://kme-x:1"),
-            ("peers.gw-b.kme.ca", "ca"),
-            ("peers.gw-b.kme.cert", "c"),
-            ("peers.gw-b.kme.key", "k"),
-        ])
-        .unwrap();
-        let kme = c.kme.as_ref().unwrap();
-        let urls: Vec<_> = kme.nodes().into_iter().map(|n| n.url).collect();
-        assert_eq!(urls, ["https://kme-a1:8443", "https://kme-a2:8443"]);
-        assert!(kme.nodes().iter().all(|n| n.standby_urls.is_empty()
-            && (&n.ca, &n.cert, &n.key, n.timeout) == (&kme.ca, &kme.cert, &kme.key, kme.timeout)));
-        let one = c.kme_for(&c.peers[0]);
-        assert_eq!(
-            (one.url.as_str(), one.nodes().len()),
-            ("https://kme-x:1", 1)
-        );
-        for (list, expected) in [
-            (
-                "https://a:1, https://a:1/",
-                "charon.plugins.qkd.kme.url: 'https://a:1' is listed twice",
-            ),
-            (
-                "https://a:1,,https://b:1",
-                "charon.plugins.qkd.kme.url: '' must be an https://",
-            ),
-            (
-                "https://a:1,http://b:1",
-                "charon.plugins.qkd.kme.url: 'http://b:1' must be an https://",
-            ),
-        ] {
-            let err = load_with(&[("kme.url", list)]).unwrap_err().to_string();
-            assert!(
-                err.starts_with(expected),
-                "{err:?} should start with {expected:?}"
-            );
-        }
-        let err = load_with(&[
-            ("peers.gw-b.kme.url", "https://x:1,https://x:1"),
-            ("peers.gw-b.kme.ca", "ca"),
-            ("peers.gw-b.kme.cert", "c"),
-            ("peers.gw-b.kme.key", "k"),
-        ])
-        .unwrap_err();
-        assert_eq!(err.key, "peers.gw-b.kme.url");
-    }
-
-    #[test]
     fn errors_name_the_key() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("sae_id", "")], "charon.plugins.qkd.sae_id: missing"),
@@ -768,6 +718,56 @@ pub(crate) mod tests {
             documented_keys(conf),
             ["qkd.a", "qkd.kme.url", "qkd.peers.<conn>.a"]
         );
+    }
+
+    #[test]
+    fn kme_url_lists_the_nodes_of_one_kme_in_order() {
+        let c = load_with(&[
+            ("kme.url", "https://kme-a1:8443/, https://kme-a2:8443"),
+            ("peers.gw-b.kme.url", "https://kme-x:1"),
+            ("peers.gw-b.kme.ca", "ca"),
+            ("peers.gw-b.kme.cert", "c"),
+            ("peers.gw-b.kme.key", "k"),
+        ])
+        .unwrap();
+        let kme = c.kme.as_ref().unwrap();
+        let urls: Vec<_> = kme.nodes().into_iter().map(|n| n.url).collect();
+        assert_eq!(urls, ["https://kme-a1:8443", "https://kme-a2:8443"]);
+        assert!(kme.nodes().iter().all(|n| n.standby_urls.is_empty()
+            && (&n.ca, &n.cert, &n.key, n.timeout) == (&kme.ca, &kme.cert, &kme.key, kme.timeout)));
+        let one = c.kme_for(&c.peers[0]);
+        assert_eq!(
+            (one.url.as_str(), one.nodes().len()),
+            ("https://kme-x:1", 1)
+        );
+        for (list, expected) in [
+            (
+                "https://a:1, https://a:1/",
+                "charon.plugins.qkd.kme.url: 'https://a:1' is listed twice",
+            ),
+            (
+                "https://a:1,,https://b:1",
+                "charon.plugins.qkd.kme.url: '' must be an https://",
+            ),
+            (
+                "https://a:1,http://b:1",
+                "charon.plugins.qkd.kme.url: 'http://b:1' must be an https://",
+            ),
+        ] {
+            let err = load_with(&[("kme.url", list)]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(expected),
+                "{err:?} should start with {expected:?}"
+            );
+        }
+        let err = load_with(&[
+            ("peers.gw-b.kme.url", "https://x:1,https://x:1"),
+            ("peers.gw-b.kme.ca", "ca"),
+            ("peers.gw-b.kme.cert", "c"),
+            ("peers.gw-b.kme.key", "k"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.key, "peers.gw-b.kme.url");
     }
 
     #[test]
