@@ -10,11 +10,16 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Settings for talking to one KME.
+/// Settings for talking to one KME (possibly a redundant group of nodes sharing one key
+/// store, see [`KmeSettings::nodes`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KmeSettings {
-    /// Base URL up to and excluding `/api/v1/...`, e.g. `https://kme-a.example:8443`.
+    /// Base URL up to and excluding `/api/v1/...`, e.g. `https://kme-a.example:8443`: the
+    /// first (preferred) node.
     pub url: String,
+    /// Further nodes of the same KME (`kme.url` is a comma-separated list), tried in this
+    /// order after `url`. Same CA, certificate, key and timeout.
+    pub standby_urls: Vec<String>,
     /// PEM file with the CA certificate(s) that sign the KME's server certificate.
     pub ca: String,
     /// PEM file with our SAE client certificate (chain).
@@ -23,6 +28,21 @@ pub struct KmeSettings {
     pub key: String,
     /// Upper bound for one HTTP request including connect and TLS handshake.
     pub timeout: Duration,
+}
+
+impl KmeSettings {
+    /// The settings of each node, in the order they are tried: one entry per URL, each
+    /// without standby URLs.
+    pub fn nodes(&self) -> Vec<KmeSettings> {
+        std::iter::once(&self.url)
+            .chain(&self.standby_urls)
+            .map(|url| KmeSettings {
+                url: url.clone(),
+                standby_urls: Vec::new(),
+                ..self.clone()
+            })
+            .collect()
+    }
 }
 
 /// Prefix shown in messages; the real lookup goes through `lib->ns` (charon, charon-systemd).
@@ -155,21 +175,34 @@ impl Scope<'_> {
     }
 
     fn kme(&self) -> Result<Option<KmeSettings>, ConfigError> {
-        let Some(url) = self.str("kme.url") else {
+        let Some(list) = self.str("kme.url") else {
             return Ok(None);
         };
-        if !url.starts_with("https://") {
-            return Err(self.error(
-                "kme.url",
-                format!("'{url}' must be an https:// URL (ETSI GS QKD 014 requires TLS)"),
-            ));
+        let mut urls: Vec<String> = Vec::new();
+        for url in list.split(',').map(str::trim) {
+            if !url.starts_with("https://") {
+                return Err(self.error(
+                    "kme.url",
+                    format!("'{url}' must be an https:// URL (ETSI GS QKD 014 requires TLS)"),
+                ));
+            }
+            let url = url.trim_end_matches('/').to_owned();
+            if urls.contains(&url) {
+                return Err(self.error(
+                    "kme.url",
+                    format!("'{url}' is listed twice: name each node of the KME once"),
+                ));
+            }
+            urls.push(url);
         }
+        let url = urls.remove(0);
         let file = |key: &str| {
             self.str(key)
                 .ok_or_else(|| self.error(key, "required with kme.url (PEM file for mutual TLS)"))
         };
         Ok(Some(KmeSettings {
-            url: url.trim_end_matches('/').to_owned(),
+            url,
+            standby_urls: urls,
             ca: file("kme.ca")?,
             cert: file("kme.cert")?,
             key: file("kme.key")?,
@@ -752,6 +785,56 @@ pub(crate) mod tests {
             documented_keys(conf),
             ["qkd.a", "qkd.kme.url", "qkd.peers.<conn>.a"]
         );
+    }
+
+    #[test]
+    fn kme_url_lists_the_nodes_of_one_kme_in_order() {
+        let c = load_with(&[
+            ("kme.url", "https://kme-a1:8443/, https://kme-a2:8443"),
+            ("peers.gw-b.kme.url", "https://kme-x:1"),
+            ("peers.gw-b.kme.ca", "ca"),
+            ("peers.gw-b.kme.cert", "c"),
+            ("peers.gw-b.kme.key", "k"),
+        ])
+        .unwrap();
+        let kme = c.kme.as_ref().unwrap();
+        let urls: Vec<_> = kme.nodes().into_iter().map(|n| n.url).collect();
+        assert_eq!(urls, ["https://kme-a1:8443", "https://kme-a2:8443"]);
+        assert!(kme.nodes().iter().all(|n| n.standby_urls.is_empty()
+            && (&n.ca, &n.cert, &n.key, n.timeout) == (&kme.ca, &kme.cert, &kme.key, kme.timeout)));
+        let one = c.kme_for(&c.peers[0]);
+        assert_eq!(
+            (one.url.as_str(), one.nodes().len()),
+            ("https://kme-x:1", 1)
+        );
+        for (list, expected) in [
+            (
+                "https://a:1, https://a:1/",
+                "charon.plugins.qkd.kme.url: 'https://a:1' is listed twice",
+            ),
+            (
+                "https://a:1,,https://b:1",
+                "charon.plugins.qkd.kme.url: '' must be an https://",
+            ),
+            (
+                "https://a:1,http://b:1",
+                "charon.plugins.qkd.kme.url: 'http://b:1' must be an https://",
+            ),
+        ] {
+            let err = load_with(&[("kme.url", list)]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(expected),
+                "{err:?} should start with {expected:?}"
+            );
+        }
+        let err = load_with(&[
+            ("peers.gw-b.kme.url", "https://x:1,https://x:1"),
+            ("peers.gw-b.kme.ca", "ca"),
+            ("peers.gw-b.kme.cert", "c"),
+            ("peers.gw-b.kme.key", "k"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.key, "peers.gw-b.kme.url");
     }
 
     #[test]

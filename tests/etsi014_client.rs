@@ -52,6 +52,7 @@ fn sae(id: &str) -> SaeId {
 fn settings(link: &TestLink, url: &str, sae: &str, timeout: Duration) -> KmeSettings {
     KmeSettings {
         url: url.to_owned(),
+        standby_urls: Vec::new(),
         ca: link.ca_pem().to_str().unwrap().to_owned(),
         cert: link.sae_cert(sae).to_str().unwrap().to_owned(),
         key: link.sae_key(sae).to_str().unwrap().to_owned(),
@@ -66,6 +67,11 @@ fn client(link: &TestLink, sae: &str) -> Etsi014Client {
     } else {
         &link.kme_b_url
     };
+    client_at(link, url, sae)
+}
+
+/// The client of `sae` for the KME (node) at `url`.
+fn client_at(link: &TestLink, url: &str, sae: &str) -> Etsi014Client {
     Etsi014Client::new(&settings(link, url, sae, Duration::from_secs(5))).unwrap()
 }
 
@@ -1061,6 +1067,7 @@ impl ScriptedKme {
         let path = |name: &str| self.dir.join(name).to_str().unwrap().to_owned();
         KmeSettings {
             url: self.url.clone(),
+            standby_urls: Vec::new(),
             ca: path("ca.pem"),
             cert: path("sae.pem"),
             key: path("sae.key"),
@@ -1153,4 +1160,79 @@ fn serve(
             }
         }
     }
+}
+
+/// KME failover against real listeners: KME-A's two listeners are two nodes of one KME.
+#[test]
+fn failover_uses_the_standby_node_while_the_first_is_down_and_returns_to_it() {
+    use strongswan_qkd::kme::{FailoverSource, NodeRole};
+    let link = TestLink::start(SimOptions::default());
+    let node =
+        |url: &str| -> Arc<dyn KeySource> { Arc::new(client_at(&link, url, TestLink::SAE_A)) };
+    // Probe interval 0: every request tries the first node again while it is down.
+    let master = FailoverSource::new(
+        vec![node(&link.kme_a_url), node(&link.kme_a_standby_url)],
+        Duration::ZERO,
+    );
+    let slave = client(&link, TestLink::SAE_B);
+    let sae_b = sae(TestLink::SAE_B);
+    let sae_a = sae(TestLink::SAE_A);
+    let listener = |on: bool| AdminCommand::Listener {
+        addr: link
+            .kme_a_url
+            .trim_start_matches("https://")
+            .parse()
+            .unwrap(),
+        on,
+    };
+    let requests_at = |url: &str| {
+        let stats = link.admin(AdminCommand::Stats);
+        let addr = url.trim_start_matches("https://");
+        stats["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["addr"] == addr)
+            .unwrap()["requests"]
+            .as_u64()
+            .unwrap()
+    };
+
+    let keys = first_set(master.enc_keys(&sae_b, 256, 1, soon()).unwrap());
+    assert_eq!(master.url(), link.kme_a_url);
+    // Every request is answered, by either node; the listener and its kept-alive
+    // connection close in the simulator's tasks, so allow that a moment.
+    let until_url = |url: &str| {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let set = first_set(master.enc_keys(&sae_b, 256, 1, soon()).unwrap());
+            if master.url() == url {
+                return set;
+            }
+            assert!(Instant::now() < until, "never switched to {url}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    link.admin(listener(false));
+    let during = until_url(&link.kme_a_standby_url);
+    let roles: Vec<_> = master.nodes().iter().map(|n| n.role).collect();
+    assert!(
+        matches!(roles[..], [NodeRole::Down { .. }, NodeRole::Active]),
+        "{roles:?}"
+    );
+    // The slave fetches keys issued through either node: one key store.
+    for set in [&keys, &during] {
+        let got = slave.dec_keys(&sae_a, &ids(set), soon()).unwrap();
+        assert_eq!(materials(&got), materials(set));
+    }
+    let standby_before = requests_at(&link.kme_a_standby_url);
+
+    link.admin(listener(true));
+    until_url(&link.kme_a_url);
+    let primary_before = requests_at(&link.kme_a_url);
+    master.enc_keys(&sae_b, 256, 1, soon()).unwrap();
+    assert_eq!(requests_at(&link.kme_a_url), primary_before + 1);
+    assert!(requests_at(&link.kme_a_standby_url) >= standby_before);
+    let roles: Vec<_> = master.nodes().iter().map(|n| n.role).collect();
+    assert_eq!(roles, [NodeRole::Active, NodeRole::Standby]);
 }

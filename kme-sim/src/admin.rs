@@ -73,6 +73,14 @@ pub enum AdminCommand {
         #[arg(value_name = "N")]
         count: usize,
     },
+    /// Close one KME listener's socket and connections, as a KME node that went down (off),
+    /// or listen on it again (on)
+    Listener {
+        #[arg(value_name = "ADDR:PORT")]
+        addr: SocketAddr,
+        #[arg(value_parser = parse_switch, action = clap::ArgAction::Set, value_name = "on|off")]
+        on: bool,
+    },
 }
 
 /// Why an admin command failed.
@@ -80,6 +88,11 @@ pub enum AdminCommand {
 pub enum AdminError {
     #[error("the journal is off (start the simulator with --journal)")]
     JournalOff,
+    #[error("no KME listens on {addr}; the KME listeners are {known:?}")]
+    UnknownListener {
+        addr: SocketAddr,
+        known: Vec<SocketAddr>,
+    },
     #[error(transparent)]
     KeyStore(#[from] KeyStoreError),
     #[error("invalid admin URL {url:?}: {reason}")]
@@ -145,6 +158,15 @@ pub fn execute(link: &Link, command: &AdminCommand) -> Result<Value, AdminError>
             let added = link.store.refill(*count)?;
             json!({"added": added, "stored_key_count": link.store.stored_key_count()?})
         }
+        AdminCommand::Listener { addr, on } => {
+            if !link.listeners.set_up(*addr, *on) {
+                return Err(AdminError::UnknownListener {
+                    addr: *addr,
+                    known: link.listeners.addrs(),
+                });
+            }
+            json!({"listener": addr, "up": on})
+        }
     };
     if matches!(command, AdminCommand::Stats | AdminCommand::Journal) {
         tracing::debug!(?command, "admin query");
@@ -205,6 +227,9 @@ pub async fn handle(link: &Link, request: Request<Incoming>) -> Response<Full<By
             StatusCode::CONFLICT,
             &json!({"message": AdminError::JournalOff.to_string()}),
         ),
+        Err(err @ AdminError::UnknownListener { .. }) => {
+            json_response(StatusCode::NOT_FOUND, &json!({"message": err.to_string()}))
+        }
         Err(err) => json_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             &json!({"message": err.to_string()}),
@@ -304,6 +329,13 @@ mod tests {
                     profile: Profile::RealKme,
                 },
                 json!({"command": "profile", "profile": "real-kme"}),
+            ),
+            (
+                AdminCommand::Listener {
+                    addr: "192.0.2.30:8443".parse().unwrap(),
+                    on: false,
+                },
+                json!({"command": "listener", "addr": "192.0.2.30:8443", "on": false}),
             ),
         ];
         for (command, expected) in cases {

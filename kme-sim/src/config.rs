@@ -158,7 +158,9 @@ impl SimOptions {
 pub struct KmeConfig {
     /// The KME ID reported as source_KME_ID / target_KME_ID in `status`.
     pub id: String,
-    pub listen: SocketAddr,
+    /// Addresses it listens on (HTTPS), one or more: several stand for redundant nodes of
+    /// this KME, which share its key store.
+    pub listen: Vec<SocketAddr>,
     /// Server certificate chain (PEM), signed by a CA the SAEs trust.
     pub cert: PathBuf,
     /// Server private key (PEM, PKCS#8 or SEC1/PKCS#1).
@@ -199,10 +201,27 @@ struct ServeFile {
 #[serde(deny_unknown_fields)]
 struct KmeFile {
     id: Option<String>,
-    listen: Option<SocketAddr>,
+    listen: Option<Listen>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     saes: Option<Vec<String>>,
+}
+
+/// `listen` in a KME table: one address or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Listen {
+    One(SocketAddr),
+    Many(Vec<SocketAddr>),
+}
+
+impl Listen {
+    fn addrs(self) -> Vec<SocketAddr> {
+        match self {
+            Listen::One(addr) => vec![addr],
+            Listen::Many(addrs) => addrs,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -229,9 +248,10 @@ pub struct ServeArgs {
     /// KME ID of KME-A [default: KME-A]
     #[arg(long, value_name = "ID")]
     pub kme_a_id: Option<String>,
-    /// Address KME-A listens on (HTTPS)
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub kme_a_listen: Option<SocketAddr>,
+    /// Address(es) KME-A listens on (HTTPS); several (repeated or comma-separated) stand
+    /// for redundant nodes of KME-A
+    #[arg(long, value_name = "ADDR:PORT", value_delimiter = ',')]
+    pub kme_a_listen: Option<Vec<SocketAddr>>,
     /// KME-A server certificate (PEM)
     #[arg(long, value_name = "PEM")]
     pub kme_a_cert: Option<PathBuf>,
@@ -244,9 +264,10 @@ pub struct ServeArgs {
     /// KME ID of KME-B [default: KME-B]
     #[arg(long, value_name = "ID")]
     pub kme_b_id: Option<String>,
-    /// Address KME-B listens on (HTTPS)
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub kme_b_listen: Option<SocketAddr>,
+    /// Address(es) KME-B listens on (HTTPS); several (repeated or comma-separated) stand
+    /// for redundant nodes of KME-B
+    #[arg(long, value_name = "ADDR:PORT", value_delimiter = ',')]
+    pub kme_b_listen: Option<Vec<SocketAddr>>,
     /// KME-B server certificate (PEM)
     #[arg(long, value_name = "PEM")]
     pub kme_b_cert: Option<PathBuf>,
@@ -347,7 +368,8 @@ impl ServeConfig {
                 .unwrap_or_else(|| "KME-A".into()),
             listen: args
                 .kme_a_listen
-                .or(file.kme_a.listen)
+                .clone()
+                .or(file.kme_a.listen.map(Listen::addrs))
                 .ok_or(ConfigError::Missing("kme-a-listen"))?,
             cert: args
                 .kme_a_cert
@@ -373,7 +395,8 @@ impl ServeConfig {
                 .unwrap_or_else(|| "KME-B".into()),
             listen: args
                 .kme_b_listen
-                .or(file.kme_b.listen)
+                .clone()
+                .or(file.kme_b.listen.map(Listen::addrs))
                 .ok_or(ConfigError::Missing("kme-b-listen"))?,
             cert: args
                 .kme_b_cert
@@ -413,11 +436,21 @@ impl ServeConfig {
                 format!("both KMEs are called {:?}", self.kme_a.id),
             ));
         }
-        if self.kme_a.listen == self.kme_b.listen && self.kme_a.listen.port() != 0 {
-            return Err(invalid(
-                "kme-b-listen",
-                format!("{} is also KME-A's address", self.kme_b.listen),
-            ));
+        let mut addrs = HashSet::new();
+        for (setting, listen) in [
+            ("kme-a-listen", &self.kme_a.listen),
+            ("kme-b-listen", &self.kme_b.listen),
+        ] {
+            if listen.is_empty() {
+                return Err(invalid(setting, "no address given"));
+            }
+            // Port 0 (the OS picks one) is never taken twice.
+            if let Some(twice) = listen.iter().find(|a| a.port() != 0 && !addrs.insert(**a)) {
+                return Err(invalid(
+                    setting,
+                    format!("{twice} is listed twice (across both KMEs)"),
+                ));
+            }
         }
         let mut seen = HashSet::new();
         for (setting, saes) in [
@@ -464,11 +497,11 @@ mod tests {
     fn full_args() -> ServeArgs {
         ServeArgs {
             ca: Some("ca.pem".into()),
-            kme_a_listen: Some("127.0.0.1:8443".parse().unwrap()),
+            kme_a_listen: Some(vec!["127.0.0.1:8443".parse().unwrap()]),
             kme_a_cert: Some("a.pem".into()),
             kme_a_key: Some("a.key".into()),
             kme_a_saes: Some(vec!["sae-a".into()]),
-            kme_b_listen: Some("127.0.0.1:8444".parse().unwrap()),
+            kme_b_listen: Some(vec!["127.0.0.1:8444".parse().unwrap()]),
             kme_b_cert: Some("b.pem".into()),
             kme_b_key: Some("b.key".into()),
             kme_b_saes: Some(vec!["sae-b".into()]),
@@ -508,7 +541,7 @@ mod tests {
             ca = "certs/ca.pem"
             admin_listen = "127.0.0.1:9000"
             [kme_a]
-            listen = "127.0.0.1:8443"
+            listen = ["127.0.0.1:8443", "127.0.0.1:8445"]
             cert = "certs/kme-a.pem"
             key = "certs/kme-a.key"
             saes = ["sae-a"]
@@ -533,6 +566,11 @@ mod tests {
         assert_eq!(config.ca, dir.path().join("certs/ca.pem"));
         assert_eq!(config.kme_b.cert, PathBuf::from("/abs/kme-b.pem"));
         assert_eq!(config.kme_b.id, "east");
+        let a_listen: Vec<SocketAddr> = ["127.0.0.1:8443", "127.0.0.1:8445"]
+            .map(|a| a.parse().unwrap())
+            .into();
+        assert_eq!(config.kme_a.listen, a_listen);
+        assert_eq!(config.kme_b.listen, ["127.0.0.1:8444".parse().unwrap()]);
         assert_eq!(config.link.key_rate, 5000);
         assert_eq!(config.link.max_key_count, 20);
         assert_eq!(config.admin_listen, Some("127.0.0.1:9000".parse().unwrap()));
@@ -568,7 +606,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(config.link, SimOptions::default());
-        assert_eq!(config.kme_b.listen, "127.0.0.1:8444".parse().unwrap());
+        assert_eq!(config.kme_b.listen, ["127.0.0.1:8444".parse().unwrap()]);
         assert!(config.kme_a.key.ends_with("pki/kme-a.key"));
     }
 
@@ -754,10 +792,27 @@ mod tests {
             ),
             (
                 ServeArgs {
-                    kme_b_listen: Some("127.0.0.1:8443".parse().unwrap()),
+                    kme_b_listen: Some(vec!["127.0.0.1:8443".parse().unwrap()]),
                     ..full_args()
                 },
                 "kme-b-listen",
+            ),
+            (
+                ServeArgs {
+                    kme_a_listen: Some(vec![
+                        "127.0.0.1:8443".parse().unwrap(),
+                        "127.0.0.1:8443".parse().unwrap(),
+                    ]),
+                    ..full_args()
+                },
+                "kme-a-listen",
+            ),
+            (
+                ServeArgs {
+                    kme_a_listen: Some(vec![]),
+                    ..full_args()
+                },
+                "kme-a-listen",
             ),
             (
                 ServeArgs {

@@ -10,6 +10,7 @@ pub mod deviations;
 pub mod etsi;
 pub mod keystore;
 pub mod link;
+pub mod listeners;
 pub mod server;
 pub mod testlink;
 pub mod tls;

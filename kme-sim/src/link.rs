@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::config::SimOptions;
 use crate::deviations::Deviations;
 use crate::keystore::{KeyStore, KeyStoreError};
+use crate::listeners::{ListenerStats, Listeners};
 
 /// Faults injected through the admin interface. Each one is a single atomic so the request
 /// path reads it without taking a lock.
@@ -229,6 +230,7 @@ pub struct LinkStats {
     pub counters: CounterStats,
     pub faults: FaultStats,
     pub deviations: Deviations,
+    pub listeners: Vec<ListenerStats>,
 }
 
 /// A simulated QKD link, shared by its two KMEs and the admin interface.
@@ -236,6 +238,8 @@ pub struct Link {
     pub store: KeyStore,
     pub faults: Faults,
     pub counters: Counters,
+    /// The KMEs' HTTPS listeners (registered by the server when it binds them).
+    pub listeners: Listeners,
     deviations: RwLock<Deviations>,
 }
 
@@ -246,6 +250,7 @@ impl Link {
             store: KeyStore::new(options)?,
             faults: Faults::default(),
             counters: Counters::default(),
+            listeners: Listeners::default(),
             deviations: RwLock::new(options.deviations),
         })
     }
@@ -272,6 +277,7 @@ impl Link {
             counters: self.counters.snapshot(),
             faults: self.faults.snapshot(),
             deviations: self.deviations(),
+            listeners: self.listeners.stats(),
         })
     }
 }

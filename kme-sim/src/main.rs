@@ -128,8 +128,8 @@ fn serve(args: &ServeArgs) -> ExitCode {
         };
         let addrs = simulator.listen_addrs();
         tracing::info!(
-            kme_a = %config.kme_a.id, kme_a_listen = %addrs.kme_a, kme_a_saes = ?config.kme_a.saes,
-            kme_b = %config.kme_b.id, kme_b_listen = %addrs.kme_b, kme_b_saes = ?config.kme_b.saes,
+            kme_a = %config.kme_a.id, kme_a_listen = ?addrs.kme_a, kme_a_saes = ?config.kme_a.saes,
+            kme_b = %config.kme_b.id, kme_b_listen = ?addrs.kme_b, kme_b_saes = ?config.kme_b.saes,
             admin_listen = %addrs.admin.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
             key_size = config.link.key_size, key_rate = config.link.key_rate,
             max_key_count = config.link.max_key_count, journal = config.link.journal,

@@ -1,5 +1,7 @@
-//! The running simulator: two HTTPS KME listeners and the optional admin listener, sharing one
-//! [`Link`], with graceful shutdown.
+//! The running simulator: the HTTPS listeners of the two KMEs (one or more each) and the
+//! optional admin listener, sharing one [`Link`], with graceful shutdown. Each KME listener
+//! accepts in its own task, so the admin `listener` command can close and reopen it
+//! ([`crate::listeners`]); accepted connections are served from the main loop.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,6 +19,7 @@ use crate::config::ServeConfig;
 use crate::etsi::Kme;
 use crate::keystore::KeyStoreError;
 use crate::link::Link;
+use crate::listeners::Listener;
 use crate::tls::{self, TlsError};
 
 /// A client that opens a connection and sends nothing must not hold a task forever.
@@ -40,27 +43,31 @@ pub enum ServerError {
     DroppedByFault,
 }
 
-/// The addresses the simulator actually listens on (ports may have been chosen by the OS).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The addresses the simulator actually listens on (ports may have been chosen by the OS),
+/// each KME's in configured order.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenAddrs {
-    pub kme_a: SocketAddr,
-    pub kme_b: SocketAddr,
+    pub kme_a: Vec<SocketAddr>,
+    pub kme_b: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
 }
 
+/// One listening address of one KME.
 struct KmeListener {
     kme: Arc<Kme>,
-    listener: TcpListener,
     tls: TlsAcceptor,
+    control: Arc<Listener>,
 }
 
 /// A bound, not yet running simulator.
 pub struct Simulator {
     link: Arc<Link>,
-    kme_a: KmeListener,
-    kme_b: KmeListener,
+    kmes: Vec<(KmeListener, TcpListener)>,
     admin: Option<TcpListener>,
 }
+
+/// How long a restarted listener waits before it tries to bind its address again.
+const REBIND_PAUSE: Duration = Duration::from_millis(100);
 
 async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
@@ -77,7 +84,7 @@ impl Simulator {
     /// not after the first client arrives.
     pub async fn bind(config: &ServeConfig) -> Result<Simulator, ServerError> {
         let link = Arc::new(Link::new(&config.link)?);
-        let mut kmes = Vec::with_capacity(2);
+        let mut kmes = Vec::new();
         for (own, peer) in [
             (&config.kme_a, &config.kme_b),
             (&config.kme_b, &config.kme_a),
@@ -89,32 +96,40 @@ impl Simulator {
                         source,
                     }
                 })?;
-            kmes.push(KmeListener {
-                kme: Arc::new(Kme::new(own, peer, link.clone())),
-                listener: bind(&own.id, own.listen).await?,
-                tls: TlsAcceptor::from(tls_config),
-            });
+            let kme = Arc::new(Kme::new(own, peer, link.clone()));
+            let tls = TlsAcceptor::from(tls_config);
+            for addr in &own.listen {
+                let listener = bind(&own.id, *addr).await?;
+                let control = link.listeners.add(&own.id, local_addr(&listener));
+                let kme_listener = KmeListener {
+                    kme: kme.clone(),
+                    tls: tls.clone(),
+                    control,
+                };
+                kmes.push((kme_listener, listener));
+            }
         }
         let admin = match config.admin_listen {
             Some(addr) => Some(bind("admin", addr).await?),
             None => None,
         };
-        let kme_b = kmes.pop().expect("two KMEs were pushed");
-        let kme_a = kmes.pop().expect("two KMEs were pushed");
-        Ok(Simulator {
-            link,
-            kme_a,
-            kme_b,
-            admin,
-        })
+        Ok(Simulator { link, kmes, admin })
     }
 
     pub fn listen_addrs(&self) -> ListenAddrs {
-        let local = |l: &TcpListener| l.local_addr().expect("a bound TCP socket has an address");
+        let of = |kme: &Arc<Kme>| {
+            self.kmes
+                .iter()
+                .filter(|(l, _)| Arc::ptr_eq(&l.kme, kme))
+                .map(|(l, _)| l.control.addr)
+                .collect::<Vec<_>>()
+        };
+        let (first, _) = self.kmes.first().expect("every KME listens somewhere");
+        let (last, _) = self.kmes.last().expect("every KME listens somewhere");
         ListenAddrs {
-            kme_a: local(&self.kme_a.listener),
-            kme_b: local(&self.kme_b.listener),
-            admin: self.admin.as_ref().map(local),
+            kme_a: of(&first.kme),
+            kme_b: of(&last.kme),
+            admin: self.admin.as_ref().map(local_addr),
         }
     }
 
@@ -127,27 +142,95 @@ impl Simulator {
     pub async fn run(self, shutdown: impl Future<Output = ()>, grace: Duration) {
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
+        let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::channel(64);
+        let mut listeners = Vec::new();
+        let mut accept_tasks = Vec::new();
+        for (index, (kme_listener, listener)) in self.kmes.into_iter().enumerate() {
+            let tx = accepted_tx.clone();
+            let control = kme_listener.control.clone();
+            accept_tasks.push(tokio::spawn(accept_loop(listener, control, index, tx)));
+            listeners.push(kme_listener);
+        }
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                accepted = self.kme_a.listener.accept() => {
-                    spawn_kme_connection(&self.kme_a, accepted, graceful.watcher());
-                }
-                accepted = self.kme_b.listener.accept() => {
-                    spawn_kme_connection(&self.kme_b, accepted, graceful.watcher());
+                Some((index, accepted)) = accepted_rx.recv() => {
+                    spawn_kme_connection(&listeners[index], accepted, graceful.watcher());
                 }
                 accepted = accept_admin(self.admin.as_ref()) => {
                     spawn_admin_connection(&self.link, accepted, graceful.watcher());
                 }
             }
         }
-        drop(self);
+        for task in accept_tasks {
+            task.abort();
+        }
+        drop(listeners);
+        drop(self.admin);
         tracing::info!(connections = graceful.count(), "shutting down");
         if tokio::time::timeout(grace, graceful.shutdown())
             .await
             .is_err()
         {
             tracing::warn!("connections still open after {grace:?}, closing them");
+        }
+    }
+}
+
+fn local_addr(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .expect("a bound TCP socket has an address")
+}
+
+type Accepted = (usize, std::io::Result<(TcpStream, SocketAddr)>);
+
+/// Accepts on one KME listener and hands the connections to the main loop (as `index`).
+/// Stopped by the admin `listener` command, it closes its socket; restarted, it binds the
+/// same address again.
+async fn accept_loop(
+    listener: TcpListener,
+    control: Arc<Listener>,
+    index: usize,
+    accepted: tokio::sync::mpsc::Sender<Accepted>,
+) {
+    let mut up = control.subscribe();
+    let mut listener = Some(listener);
+    loop {
+        match listener.take() {
+            Some(open) => {
+                tokio::select! {
+                    result = open.accept() => {
+                        if accepted.send((index, result)).await.is_err() {
+                            return;
+                        }
+                        listener = Some(open);
+                    }
+                    // The guard wait_for returns must not live across an await: map it away.
+                    stopped = async { up.wait_for(|up| !*up).await.is_ok() } => {
+                        if !stopped {
+                            return;
+                        }
+                        drop(open);
+                        tracing::info!(kme = %control.kme, addr = %control.addr, "listener stopped (admin)");
+                    }
+                }
+            }
+            None => {
+                if up.wait_for(|up| *up).await.is_err() {
+                    return;
+                }
+                match TcpListener::bind(control.addr).await {
+                    Ok(open) => {
+                        tracing::info!(kme = %control.kme, addr = %control.addr, "listener restarted (admin)");
+                        listener = Some(open);
+                    }
+                    Err(err) => {
+                        tracing::warn!(kme = %control.kme, addr = %control.addr, error = %err, "cannot listen again, retrying");
+                        tokio::time::sleep(REBIND_PAUSE).await;
+                    }
+                }
+            }
         }
     }
 }
@@ -176,6 +259,8 @@ fn spawn_kme_connection(
     };
     let kme = listener.kme.clone();
     let acceptor = listener.tls.clone();
+    let control = listener.control.clone();
+    let mut up = control.subscribe();
     tokio::spawn(async move {
         let _ = stream.set_nodelay(true);
         let tls_stream =
@@ -204,6 +289,7 @@ fn spawn_kme_connection(
         let service = service_fn(move |request| {
             let kme = kme.clone();
             let sae = sae.clone();
+            control.request();
             async move {
                 kme.serve(sae.as_deref(), request)
                     .await
@@ -211,8 +297,16 @@ fn spawn_kme_connection(
             }
         });
         let connection = http1::Builder::new().serve_connection(TokioIo::new(tls_stream), service);
-        if let Err(err) = watcher.watch(connection).await {
-            tracing::debug!(%peer, error = %err, "KME connection ended");
+        // A stopped listener stands for a node that went down: its connections go too.
+        tokio::select! {
+            result = watcher.watch(connection) => {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, error = %err, "KME connection ended");
+                }
+            }
+            _ = async { up.wait_for(|up| !*up).await.is_ok() } => {
+                tracing::debug!(%peer, "KME connection closed: its listener was stopped");
+            }
         }
     });
 }

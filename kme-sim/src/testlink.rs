@@ -26,6 +26,8 @@ pub struct TestLink {
     pub dir: PathBuf,
     /// `https://127.0.0.1:PORT` of KME-A (certificate valid for 127.0.0.1 and localhost).
     pub kme_a_url: String,
+    /// A second listener of KME-A (same key store), standing for a redundant KME node.
+    pub kme_a_standby_url: String,
     /// `https://127.0.0.1:PORT` of KME-B.
     pub kme_b_url: String,
     /// `http://127.0.0.1:PORT` of the admin listener (for `qkd-kme-sim admin --url`).
@@ -80,20 +82,26 @@ impl TestLink {
         certs::write_bundle(&dir, &kmes, &saes).expect("generate the test PKI");
 
         let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let kme = |id: &str, name: &str, saes: &[&str]| KmeConfig {
+        let kme = |id: &str, name: &str, saes: &[&str], listeners: usize| KmeConfig {
             id: id.to_owned(),
-            listen: loopback,
+            listen: vec![loopback; listeners],
             cert: dir.join(format!("{name}.pem")),
             key: dir.join(format!("{name}.key")),
             saes: saes.iter().map(|s| (*s).to_owned()).collect(),
         };
         let config = ServeConfig {
             ca: dir.join("ca.pem"),
-            kme_a: kme(Self::KME_A_ID, "kme-a", &[Self::SAE_A, Self::INTEGER_SAE_A]),
+            kme_a: kme(
+                Self::KME_A_ID,
+                "kme-a",
+                &[Self::SAE_A, Self::INTEGER_SAE_A],
+                2,
+            ),
             kme_b: kme(
                 Self::KME_B_ID,
                 "kme-b",
                 &[Self::SAE_B, Self::SAE_B2, Self::INTEGER_SAE_B],
+                1,
             ),
             admin_listen: Some(loopback),
             link: SimOptions {
@@ -130,8 +138,9 @@ impl TestLink {
 
         TestLink {
             dir,
-            kme_a_url: format!("https://{}", addrs.kme_a),
-            kme_b_url: format!("https://{}", addrs.kme_b),
+            kme_a_url: format!("https://{}", addrs.kme_a[0]),
+            kme_a_standby_url: format!("https://{}", addrs.kme_a[1]),
+            kme_b_url: format!("https://{}", addrs.kme_b[0]),
             admin_url: admin::url_for(addrs.admin.expect("admin listener was configured")),
             link,
             shutdown: Some(shutdown),

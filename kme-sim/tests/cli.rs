@@ -93,6 +93,7 @@ fn gen_certs_serve_admin_and_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     gen_certs(&dir.path().join("pki"));
     let (port_a, port_b, port_admin) = (free_port(), free_port(), free_port());
+    let port_b2 = free_port();
     let config = dir.path().join("sim.toml");
     // Paths relative to the config file; the admin listener comes from a flag.
     std::fs::write(
@@ -124,6 +125,9 @@ fn gen_certs_serve_admin_and_sigterm() {
         sim()
             .args(["serve", "--config", config.to_str().unwrap()])
             .args(["--admin-listen", &format!("127.0.0.1:{port_admin}")])
+            // Repeated: KME-B listens on both (the flag replaces the file's one address).
+            .args(["--kme-b-listen", &format!("127.0.0.1:{port_b}")])
+            .args(["--kme-b-listen", &format!("127.0.0.1:{port_b2}")])
             // A bare switch flag means on.
             .arg("--status-extensions")
             .env("RUST_LOG", "info")
@@ -206,6 +210,35 @@ fn gen_certs_serve_admin_and_sigterm() {
     ] {
         admin_json(&admin_url, command);
     }
+    let listeners: Vec<String> = stats["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {}",
+                l["kme"].as_str().unwrap(),
+                l["addr"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        listeners,
+        [
+            format!("KME-A 127.0.0.1:{port_a}"),
+            format!("KME-B 127.0.0.1:{port_b}"),
+            format!("KME-B 127.0.0.1:{port_b2}")
+        ]
+    );
+    let b2 = format!("127.0.0.1:{port_b2}");
+    assert_eq!(
+        admin_json(&admin_url, &["listener", &b2, "off"]),
+        json!({"listener": b2, "up": false})
+    );
+    admin_json(&admin_url, &["listener", &b2, "on"]);
+    let unknown = admin(&admin_url, &["listener", "127.0.0.1:1", "off"]);
+    assert!(!unknown.status.success());
+    assert!(stderr(&unknown).contains(&b2), "{}", stderr(&unknown));
     let journal = admin(&admin_url, &["journal"]);
     assert!(!journal.status.success());
     assert!(

@@ -731,3 +731,73 @@ fn dropping_the_link_stops_it() {
         .unwrap();
     assert!(client.get(url_a).send().is_err());
 }
+
+#[test]
+fn a_stopped_listener_refuses_connections_and_the_other_serves_the_same_store() {
+    let link = TestLink::start(SimOptions::default());
+    let master = client(&link, Some(SAE_A));
+    let addr = |url: &str| url.trim_start_matches("https://").to_owned();
+    let primary = addr(&link.kme_a_url);
+    let post_enc = |base: &str| {
+        master
+            .post(url(base, SAE_B, "enc_keys"))
+            .json(&json!({}))
+            .send()
+    };
+    // A kept-alive connection to the primary: stopping the listener must cut it as well.
+    let (status, keys) = json_of(post_enc(&link.kme_a_url).unwrap());
+    assert_eq!(status, StatusCode::OK);
+    let stop = |on: bool| {
+        link.admin(AdminCommand::Listener {
+            addr: primary.parse().unwrap(),
+            on,
+        })
+    };
+    assert_eq!(stop(false), json!({"listener": primary, "up": false}));
+    // The listener and its connections close in their own tasks: allow them a moment. The
+    // kept-alive connection is cut (reset or EOF), then new connections are refused.
+    let eventually = |what: &str, done: &dyn Fn() -> bool| {
+        let until = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < until, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    eventually("the kept-alive connection is cut", &|| {
+        post_enc(&link.kme_a_url).is_err()
+    });
+    eventually("new connections are refused", &|| {
+        client(&link, Some(SAE_A))
+            .post(url(&link.kme_a_url, SAE_B, "enc_keys"))
+            .json(&json!({}))
+            .send()
+            .is_err_and(|e| e.is_connect())
+    });
+    // The standby serves the same key store: the slave fetches keys issued by the primary.
+    let (status, _) = json_of(post_enc(&link.kme_a_standby_url).unwrap());
+    assert_eq!(status, StatusCode::OK);
+    let ids = key_ids(&keys);
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert_eq!(
+        dec_keys(&link, &client(&link, Some(SAE_B)), &ids).0,
+        StatusCode::OK
+    );
+
+    stop(true);
+    eventually("the restarted listener answers", &|| {
+        post_enc(&link.kme_a_url).is_ok_and(|a| a.status() == StatusCode::OK)
+    });
+    let stats = link.admin(AdminCommand::Stats);
+    let listeners = stats["listeners"].as_array().unwrap();
+    let of = |a: &str| listeners.iter().find(|l| l["addr"] == a).unwrap().clone();
+    assert_eq!(of(&primary)["up"], true, "{stats}");
+    // The first request, and the one after the restart (requests on the connection being
+    // cut may or may not have been read).
+    assert!(of(&primary)["requests"].as_u64().unwrap() >= 2, "{stats}");
+    assert_eq!(of(&addr(&link.kme_a_standby_url))["requests"], 1, "{stats}");
+    assert_eq!(
+        of(&addr(&link.kme_b_url))["kme"],
+        TestLink::KME_B_ID,
+        "{stats}"
+    );
+}

@@ -10,7 +10,7 @@
 use super::settings::CharonSettings;
 use crate::config::{Config, KmeSettings, PeerConfig, PREFIX};
 use crate::ke::Runtime;
-use crate::kme::{Etsi014Client, KeySource};
+use crate::kme::{Etsi014Client, FailoverSource, KeySource, KmeError, PROBE_INTERVAL};
 use crate::status::{KmeStats, MeasuredSource, Snapshot};
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, RwLock};
@@ -20,11 +20,14 @@ use std::time::SystemTime;
 pub(crate) struct Installed {
     runtime: Arc<Runtime>,
     pem_files: Vec<(KmeSettings, PemFiles)>,
-    /// The statistics of each KME client (a [`MeasuredSource`]), by client identity:
-    /// a client kept across a reload keeps its statistics.
-    kme_stats: Vec<(Arc<dyn KeySource>, Arc<KmeStats>)>,
+    /// The statistics of each KME client's nodes (each a [`MeasuredSource`]), by client
+    /// identity: a client kept across a reload keeps its statistics.
+    kme_stats: Vec<(Arc<dyn KeySource>, NodeStats)>,
     built: SystemTime,
 }
+
+/// The statistics of each node of one KME client, by node URL.
+type NodeStats = Vec<(String, Arc<KmeStats>)>;
 
 /// Replaced on reload, dropped on unload. Exchanges in flight keep the runtime they started
 /// with (they hold an `Arc`).
@@ -41,7 +44,10 @@ pub(crate) fn snapshot() -> Option<Snapshot> {
     Some(Snapshot::collect(
         &installed.runtime,
         installed.built,
-        |source| installed.stats_of(source),
+        |source, url| {
+            let nodes = installed.stats_of(source)?;
+            nodes.into_iter().find(|(u, _)| u == url).map(|(_, s)| s)
+        },
     ))
 }
 
@@ -76,7 +82,7 @@ impl PemFiles {
 }
 
 impl Installed {
-    fn new(runtime: Runtime, kme_stats: Vec<(Arc<dyn KeySource>, Arc<KmeStats>)>) -> Installed {
+    fn new(runtime: Runtime, kme_stats: Vec<(Arc<dyn KeySource>, NodeStats)>) -> Installed {
         let mut pem_files: Vec<(KmeSettings, PemFiles)> = Vec::new();
         for peer in &runtime.config.peers {
             let kme = runtime.config.kme_for(peer);
@@ -92,7 +98,7 @@ impl Installed {
         }
     }
 
-    fn stats_of(&self, source: &Arc<dyn KeySource>) -> Option<Arc<KmeStats>> {
+    fn stats_of(&self, source: &Arc<dyn KeySource>) -> Option<NodeStats> {
         self.kme_stats
             .iter()
             .find(|(s, _)| Arc::ptr_eq(s, source))
@@ -148,6 +154,27 @@ pub(crate) fn kept_key_sources(
         .collect()
 }
 
+/// A new client for the KME of `settings`: one measured ETSI 014 client per node, behind a
+/// [`FailoverSource`] when `kme.url` lists several nodes.
+fn connect(settings: &KmeSettings) -> Result<(Arc<dyn KeySource>, NodeStats), KmeError> {
+    let mut nodes: Vec<Arc<dyn KeySource>> = Vec::new();
+    let mut stats = Vec::new();
+    for node in settings.nodes() {
+        let client = Etsi014Client::new(&node)?;
+        let node_stats = Arc::new(KmeStats::default());
+        nodes.push(Arc::new(MeasuredSource::new(
+            Arc::new(client),
+            node_stats.clone(),
+        )));
+        stats.push((node.url, node_stats));
+    }
+    let source = match <[_; 1]>::try_from(nodes) {
+        Ok([single]) => single,
+        Err(nodes) => Arc::new(FailoverSource::new(nodes, PROBE_INTERVAL)),
+    };
+    Ok((source, stats))
+}
+
 /// Builds the runtime for `config`, keeping the clients `previous` may pass on. Every KME
 /// client is built (which may fail) before `Runtime::new`, and the key supply starts only
 /// with the first exchange, so a failure here consumes no key. New clients are wrapped in
@@ -169,12 +196,7 @@ fn build(config: Config, previous: Option<&Installed>) -> Result<Installed, Stri
                 let stats = previous.and_then(|p| p.stats_of(&source));
                 (source, stats.unwrap_or_default())
             }
-            None => {
-                let stats = Arc::new(KmeStats::default());
-                let client = Etsi014Client::new(settings).map_err(|e| e.to_string())?;
-                let measured = MeasuredSource::new(Arc::new(client), stats.clone());
-                (Arc::new(measured) as Arc<dyn KeySource>, stats)
-            }
+            None => connect(settings).map_err(|e| e.to_string())?,
         };
         kme_stats.push((client.clone(), stats));
         clients.push((settings.clone(), client));
@@ -182,7 +204,7 @@ fn build(config: Config, previous: Option<&Installed>) -> Result<Installed, Stri
     let runtime = Runtime::new(config, |settings| {
         match clients.iter().find(|(s, _)| s == settings) {
             Some((_, client)) => Ok(client.clone()),
-            None => Ok(Arc::new(Etsi014Client::new(settings)?) as Arc<dyn KeySource>),
+            None => connect(settings).map(|(client, _)| client),
         }
     })
     .map_err(|e| e.to_string())?;
@@ -276,7 +298,7 @@ mod tests {
     use super::*;
     use crate::config::MapSettings;
     use crate::ids::{KeyId, SaeId};
-    use crate::kme::{KmeError, QkdKey};
+    use crate::kme::QkdKey;
     use std::time::Instant;
 
     const BASE: &[(&str, &str)] = &[

@@ -7,13 +7,16 @@
 //! refused certificate means), `plan` (KME `status` → how many keys of which size per set),
 //! [`json`] (parsing what a KME sends: status, key containers, error bodies; public for the
 //! fuzz targets) and `client` (HTTP, deadlines, the [`KeySource`] implementation).
+//! [`FailoverSource`] spreads one KME's requests over its redundant nodes.
 
 mod client;
+mod failover;
 pub mod json;
 mod plan;
 mod tls;
 
 pub use client::Etsi014Client;
+pub use failover::{FailoverSource, NodeRole, NodeState, PROBE_INTERVAL};
 pub use json::Status;
 pub use tls::KmeTlsConfig;
 
@@ -130,6 +133,16 @@ pub trait KeySource: Send + Sync {
         deadline: Instant,
     ) -> Result<usize, KmeError>;
 
-    /// Human-readable location for log lines (the KME base URL).
+    /// Human-readable location for log lines (the KME base URL; of a KME with several
+    /// nodes, the one in use).
     fn url(&self) -> &str;
+
+    /// The KME nodes behind this source in the order they are tried, and their state (for
+    /// `qkdctl`). A KME without standby nodes is its own only node, always active.
+    fn nodes(&self) -> Vec<NodeState> {
+        vec![NodeState {
+            url: self.url().to_owned(),
+            role: NodeRole::Active,
+        }]
+    }
 }

@@ -242,6 +242,7 @@ mod tests {
         let empty = empty.to_str().unwrap().to_owned();
         let settings = |ca: &str, cert: &str, key: &str| KmeSettings {
             url: "https://kme.example".into(),
+            standby_urls: Vec::new(),
             ca: ca.into(),
             cert: cert.into(),
             key: key.into(),

@@ -3,7 +3,7 @@
 
 use super::{KmeStatus, LastError, Latency};
 use crate::ids::{KeyId, SaeId};
-use crate::kme::{KeySource, KmeError, QkdKey};
+use crate::kme::{KeySource, KmeError, NodeRole, NodeState, QkdKey};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -57,12 +57,20 @@ impl KmeStats {
         self.lock().last_error = Some((SystemTime::now(), error.to_string()));
     }
 
-    pub fn status(&self, url: &str) -> KmeStatus {
+    /// What `qkdctl` shows of `node`, measured here.
+    pub fn status(&self, node: &NodeState) -> KmeStatus {
         let s = self.lock();
         let mut recent: Vec<Duration> = s.recent.iter().copied().collect();
         recent.sort_unstable();
+        let (state, down_since) = match node.role {
+            NodeRole::Active => ("active", None),
+            NodeRole::Standby => ("standby", None),
+            NodeRole::Down { since } => ("down", Some(unix_seconds(since))),
+        };
         KmeStatus {
-            url: url.to_owned(),
+            url: node.url.clone(),
+            state: state.to_owned(),
+            down_since_unix: down_since,
             requests: s.requests,
             errors: s.errors,
             keys: s.keys,
@@ -161,5 +169,9 @@ impl KeySource for MeasuredSource {
 
     fn url(&self) -> &str {
         self.inner.url()
+    }
+
+    fn nodes(&self) -> Vec<NodeState> {
+        self.inner.nodes()
     }
 }

@@ -68,7 +68,13 @@ pub struct BufferCounters {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KmeStatus {
+    /// One node of a KME (`kme.url` may list several, tried in order).
     pub url: String,
+    /// `active` (requests go here), `standby` (another node of the same KME is active) or
+    /// `down` (failed, skipped until it answers a probe).
+    pub state: String,
+    /// Since when the node is down.
+    pub down_since_unix: Option<u64>,
     /// enc_keys and dec_keys requests of the plugin, answered or not. One request for a
     /// batch of key sets may be several HTTP requests (the client follows the KME's
     /// max_key_per_request), so a KME may count more.
@@ -103,7 +109,7 @@ pub struct PeerStatus {
     pub name: String,
     pub local_sae_id: String,
     pub peer_sae_id: String,
-    /// URL of the KME serving this peer (an entry of `kmes`).
+    /// URL of the KME node serving this peer now (an entry of `kmes`).
     pub kme: String,
     /// Key sets ready for exchanges this gateway starts (master, enc_keys).
     pub outbound_sets: usize,
@@ -131,12 +137,12 @@ impl From<&Counters> for ExchangeCounters {
 }
 
 impl Snapshot {
-    /// The state of `rt`, built at `since`. `stats_of` finds the statistics of a peer's
-    /// key source (None for a source that is not measured).
+    /// The state of `rt`, built at `since`. `stats_of` finds the statistics of one node
+    /// (by URL) of a peer's key source (None for a node that is not measured).
     pub fn collect(
         rt: &Runtime,
         since: SystemTime,
-        stats_of: impl Fn(&Arc<dyn KeySource>) -> Option<Arc<KmeStats>>,
+        stats_of: impl Fn(&Arc<dyn KeySource>, &str) -> Option<Arc<KmeStats>>,
     ) -> Snapshot {
         let cfg = &rt.config;
         let mut kmes: Vec<KmeStatus> = Vec::new();
@@ -144,10 +150,13 @@ impl Snapshot {
         for (index, peer) in cfg.peers.iter().enumerate() {
             let source = rt.source(index);
             let url = source.url().to_owned();
-            if !kmes.iter().any(|k| k.url == url) {
-                kmes.push(match stats_of(source) {
-                    Some(stats) => stats.status(&url),
-                    None => KmeStats::default().status(&url),
+            for node in source.nodes() {
+                if kmes.iter().any(|k| k.url == node.url) {
+                    continue;
+                }
+                kmes.push(match stats_of(source, &node.url) {
+                    Some(stats) => stats.status(&node),
+                    None => KmeStats::default().status(&node),
                 });
             }
             let levels = rt.supply.levels(index);
@@ -345,9 +354,13 @@ pub fn render_table(s: &Snapshot) -> String {
         line(&row.each_ref().map(String::as_str));
     }
     for k in &s.kmes {
+        let state = match k.down_since_unix {
+            Some(since) => format!("down since {}", age(s.now_unix, Some(since))),
+            None => k.state.clone(),
+        };
         let _ = write!(
             out,
-            "KME {}: {} requests, {} keys, {} errors",
+            "KME {}: {state}, {} requests, {} keys, {} errors",
             k.url, k.requests, k.keys, k.errors
         );
         match &k.last_error {
@@ -462,6 +475,18 @@ pub fn render_metrics(s: &Snapshot) -> String {
             .filter_map(|k| Some((format!("{{kme=\"{}\"}}", label(&k.url)), value(k)?)))
             .collect::<Vec<_>>()
     };
+    family(
+        "kme_active",
+        "gauge",
+        "1 for the KME node requests go to, 0 for a standby or down node of the same KME.",
+        per_kme(&|k| Some(u8::from(k.state == "active").to_string())),
+    );
+    family(
+        "kme_down_since_timestamp_seconds",
+        "gauge",
+        "Unix time since which the KME node is down (absent while it answers).",
+        per_kme(&|k| k.down_since_unix.map(|t| t.to_string())),
+    );
     family(
         "kme_requests_total",
         "counter",

@@ -3,7 +3,7 @@ use super::*;
 use crate::config::Config;
 use crate::config::MapSettings;
 use crate::ids::{KeyId, SaeId};
-use crate::kme::{KmeError, QkdKey};
+use crate::kme::{FailoverSource, KmeError, NodeRole, NodeState, QkdKey};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -81,7 +81,7 @@ fn snapshot_after_traffic() -> Snapshot {
     assert!(rt.source(0).enc_keys(&sae_b, 256, 1, far).is_err());
     Counters::bump(&rt.counters.qkd_secrets);
     Counters::bump(&rt.counters.no_key_sent);
-    Snapshot::collect(&rt, SystemTime::now(), |_| Some(stats.clone()))
+    Snapshot::collect(&rt, SystemTime::now(), |_, _| Some(stats.clone()))
 }
 
 #[test]
@@ -111,19 +111,161 @@ fn snapshot_counts_and_times_kme_requests() {
         .all(|p| p.kme == kme.url && p.local_sae_id == "sae-a"));
 }
 
+/// A KME node that answers enc_keys with one key, or is unreachable while `down`.
+struct Node {
+    url: &'static str,
+    down: AtomicBool,
+}
+
+impl KeySource for Node {
+    fn enc_keys(
+        &self,
+        _: &SaeId,
+        bits: u32,
+        _: usize,
+        _: Instant,
+    ) -> Result<Vec<Vec<QkdKey>>, KmeError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(KmeError::Unreachable {
+                url: self.url.into(),
+                reason: "connection refused".into(),
+            });
+        }
+        Ok(vec![vec![QkdKey {
+            id: KeyId([9; 16]),
+            material: Zeroizing::new(vec![0; bits as usize / 8]),
+        }]])
+    }
+    fn dec_keys(&self, _: &SaeId, _: &[KeyId], _: Instant) -> Result<Vec<QkdKey>, KmeError> {
+        unreachable!("only enc_keys is asked here")
+    }
+    fn keys_per_set(&self, _: &SaeId, _: u32, _: Instant) -> Result<usize, KmeError> {
+        Ok(1)
+    }
+    fn url(&self) -> &str {
+        self.url
+    }
+}
+
+#[test]
+fn a_kme_with_two_nodes_shows_which_one_serves_and_which_is_down() {
+    let config = Config::load(&MapSettings::new(&[
+        ("sae_id", "sae-a"),
+        (
+            "kme.url",
+            "https://kme-a1.test:8443,https://kme-a2.test:8443",
+        ),
+        ("kme.ca", "ca"),
+        ("kme.cert", "cert"),
+        ("kme.key", "key"),
+        ("buffer", "0"),
+        ("peers.gw-b.sae_id", "sae-b"),
+    ]))
+    .unwrap();
+    let urls = ["https://kme-a1.test:8443", "https://kme-a2.test:8443"];
+    let nodes = urls.map(|url| {
+        Arc::new(Node {
+            url,
+            down: AtomicBool::new(false),
+        })
+    });
+    let stats = urls.map(|_| Arc::new(KmeStats::default()));
+    let measured: Vec<Arc<dyn KeySource>> = nodes
+        .iter()
+        .zip(&stats)
+        .map(|(n, s)| Arc::new(MeasuredSource::new(n.clone(), s.clone())) as Arc<dyn KeySource>)
+        .collect();
+    let source: Arc<dyn KeySource> = Arc::new(FailoverSource::new(
+        measured,
+        std::time::Duration::from_secs(3600),
+    ));
+    let rt = Runtime::new(config, |_| Ok(source.clone())).unwrap();
+    let snapshot = || {
+        Snapshot::collect(&rt, SystemTime::now(), |_, url| {
+            urls.iter()
+                .position(|u| *u == url)
+                .map(|i| stats[i].clone())
+        })
+    };
+    let far = Instant::now() + std::time::Duration::from_secs(5);
+    let sae_b = SaeId::new("sae-b").unwrap();
+
+    let s = snapshot();
+    let states: Vec<_> = s
+        .kmes
+        .iter()
+        .map(|k| (k.url.as_str(), k.state.as_str()))
+        .collect();
+    assert_eq!(states, [(urls[0], "active"), (urls[1], "standby")]);
+    assert_eq!(s.peers[0].kme, urls[0]);
+
+    nodes[0].down.store(true, Ordering::SeqCst);
+    rt.source(0).enc_keys(&sae_b, 256, 1, far).unwrap();
+    let s = snapshot();
+    assert_eq!(s.peers[0].kme, urls[1]);
+    let states: Vec<_> = s.kmes.iter().map(|k| k.state.as_str()).collect();
+    assert_eq!(states, ["down", "active"]);
+    assert!(s.kmes[0].down_since_unix.is_some() && s.kmes[1].down_since_unix.is_none());
+    assert_eq!((s.kmes[0].errors, s.kmes[1].keys), (1, 1));
+    assert_eq!(
+        parse_answer(&serde_json::to_string(&s).unwrap()).unwrap(),
+        s
+    );
+
+    let table = render_table(&s);
+    assert!(
+        table.contains(&format!(
+            "KME {}: down since 0s ago, 1 requests, 0 keys, 1 errors; last error 0s ago: KME {} unreachable",
+            urls[0], urls[0]
+        )),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!(
+            "KME {}: active, 1 requests, 1 keys, 0 errors",
+            urls[1]
+        )),
+        "{table}"
+    );
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("gw-b ")).collect();
+    assert!(rows.len() == 1 && rows[0].contains(urls[1]), "{table}");
+
+    let metrics = render_metrics(&s);
+    for (url, active) in [(urls[0], 0), (urls[1], 1)] {
+        assert!(
+            metrics.contains(&format!(
+                "strongswan_qkd_kme_active{{kme=\"{url}\"}} {active}\n"
+            )),
+            "{metrics}"
+        );
+    }
+    assert!(metrics.contains(&format!(
+        "strongswan_qkd_kme_down_since_timestamp_seconds{{kme=\"{}\"}} ",
+        urls[0]
+    )));
+    assert!(!metrics.contains(&format!(
+        "strongswan_qkd_kme_down_since_timestamp_seconds{{kme=\"{}\"}}",
+        urls[1]
+    )));
+}
+
 #[test]
 fn percentiles_are_nearest_rank() {
     let stats = KmeStats::default();
     for ms in 1..=100 {
         stats.record_request(std::time::Duration::from_millis(ms), Ok(1));
     }
-    let l = stats.status("u").latency.unwrap();
+    let node = NodeState {
+        url: "u".into(),
+        role: NodeRole::Active,
+    };
+    let l = stats.status(&node).latency.unwrap();
     assert_eq!((l.p50_us, l.p99_us), (50_000, 99_000));
     // The window keeps the most recent requests only.
     for _ in 0..300 {
         stats.record_request(std::time::Duration::from_millis(2), Ok(1));
     }
-    let status = stats.status("u");
+    let status = stats.status(&node);
     assert_eq!(status.requests, 400);
     assert_eq!(status.latency.unwrap().p99_us, 2_000);
 }
@@ -205,7 +347,7 @@ fn table_has_one_row_per_peer_and_the_last_kme_error() {
     assert!(lines[5].starts_with("gw-c "), "{table}");
     assert!(
         lines[6].contains(
-            "4 requests, 3 keys, 1 errors; last error 0s ago: KME https://kme-a.test:8443 has no key"
+            "KME https://kme-a.test:8443: active, 4 requests, 3 keys, 1 errors; last error 0s ago: KME https://kme-a.test:8443 has no key"
         ),
         "{table}"
     );
