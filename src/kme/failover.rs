@@ -10,9 +10,9 @@
 //! A node that failed is "down" and skipped; once the probe interval has passed, the next
 //! request tries it again first, one request at a time. With buffers (`buffer` > 0) that is
 //! almost always the refill thread's, since exchanges take their keys from the buffers; with
-//! `buffer = 0` an exchange pays for the probe, bounded as follows. Every node but the last of a request gets at most half of the time left before the
-//! caller's deadline, so a node that hangs leaves the next one a real chance within the
-//! exchange. Keys obtained through one node can be fetched (dec_keys) through another:
+//! `buffer = 0` an exchange pays for the probe, bounded as follows. Every node but the last
+//! of a request gets at most half of the time left before the caller's deadline, so a node
+//! that hangs leaves the next one a real chance within the exchange. Keys obtained through one node can be fetched (dec_keys) through another:
 //! the key store is shared.
 
 use super::{KeyId, KeySource, KmeError, QkdKey, SaeId};

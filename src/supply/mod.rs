@@ -17,6 +17,7 @@ mod limit;
 mod refill;
 
 pub use limit::{Permit, RequestLimiter};
+pub use refill::SETTLE;
 
 use crate::ids::{KeyId, SaeId};
 use crate::kme::{KeySource, QkdKey};
@@ -108,6 +109,15 @@ struct Buffers {
     backoff: Duration,
 }
 
+impl Buffers {
+    /// Defers a refill that is not urgent by refill::SETTLE from the first exchange after
+    /// the refill thread last found nothing to do for this peer, never longer: a stream of
+    /// exchanges cannot starve the refill.
+    fn settle(&mut self, now: Instant) {
+        self.settle_until.get_or_insert(now + refill::SETTLE);
+    }
+}
+
 struct Cached {
     key: QkdKey,
     obtained: Instant,
@@ -174,7 +184,7 @@ impl Supply {
             if now.duration_since(set.obtained) < self.shared.ttl {
                 self.shared
                     .count(&self.shared.counters.used, set.keys.len());
-                buffers.settle_until = Some(now + refill::SETTLE);
+                buffers.settle(now);
                 self.shared.wake.notify_all();
                 return Some(set);
             }
@@ -263,7 +273,7 @@ impl Supply {
             return;
         }
         buffers.pending.extend(fresh);
-        buffers.settle_until = Some(Instant::now() + refill::SETTLE);
+        buffers.settle(Instant::now());
         self.shared.wake.notify_all();
     }
 }

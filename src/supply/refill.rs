@@ -19,7 +19,7 @@ const IDLE: Duration = Duration::from_secs(1);
 /// How long a refill that is not urgent (the outbound queue still holds a set) waits after
 /// an exchange took keys or brought an announcement: that exchange's remaining messages
 /// (IKE_AUTH, the CHILD SA) then do not share the CPU and the KME link with our TLS request.
-pub(super) const SETTLE: Duration = Duration::from_millis(50);
+pub const SETTLE: Duration = Duration::from_millis(50);
 
 enum Job {
     Outbound { peer: usize, sets: usize },
@@ -80,6 +80,8 @@ fn next_job(shared: &Shared, next_peer: &mut usize) -> Option<Job> {
                 *next_peer = (peer + 1) % count;
                 return job;
             }
+            // All deferred work is done: the next exchange may defer again.
+            buffers.settle_until = None;
         }
         let wait = soonest.saturating_duration_since(now);
         state = shared

@@ -125,6 +125,44 @@ fn nothing_runs_before_start_then_the_queue_fills_in_one_batch() {
     );
 }
 
+/// A refill that is not urgent waits until the exchange that took keys is done; one that
+/// is urgent (queue empty) does not; more takes do not postpone it further.
+#[test]
+fn refills_wait_for_the_exchange_unless_the_queue_is_empty() {
+    let kme = Arc::new(NumberingKme::default());
+    let s = supply(&kme, 2, Duration::from_secs(60));
+    s.start();
+    wait_for("queue full", || s.levels(0).outbound_sets == 2);
+    let taken = Instant::now();
+    s.take_outbound(0).unwrap();
+    thread::sleep(refill::SETTLE / 5);
+    assert_eq!(s.levels(0).outbound_sets, 1, "not refilled while settling");
+    s.take_outbound(0).unwrap();
+    wait_for("empty queue refilled", || s.levels(0).outbound_sets == 2);
+    assert!(
+        taken.elapsed() < refill::SETTLE,
+        "an empty queue is refilled at once"
+    );
+
+    let s = supply(&kme, 4, Duration::from_secs(60));
+    s.start();
+    wait_for("queue full", || s.levels(0).outbound_sets == 4);
+    let first = Instant::now();
+    let gap = refill::SETTLE * 2 / 5;
+    for _ in 0..3 {
+        s.take_outbound(0).unwrap();
+        thread::sleep(gap);
+    }
+    wait_for("refilled", || s.levels(0).outbound_sets == 4);
+    // Had each take extended the wait, the refill could not come before the last take's
+    // 2 gaps + SETTLE.
+    assert!(
+        first.elapsed() < 2 * gap + refill::SETTLE,
+        "refill postponed by later takes: {:?}",
+        first.elapsed()
+    );
+}
+
 #[test]
 fn one_thread_for_all_peers_and_it_ends_with_the_supply() {
     let kme = Arc::new(NumberingKme::default());
