@@ -39,6 +39,9 @@ pub struct Snapshot {
     pub key_size: u32,
     pub buffer: usize,
     pub fallback: String,
+    /// The key exchanges inside the qkd method (dh_group, kem), e.g. "curve25519 + mlkem768".
+    #[serde(default)]
+    pub in_method: String,
     pub exchanges: ExchangeCounters,
     pub buffered_keys: BufferCounters,
     pub kmes: Vec<KmeStatus>,
@@ -181,6 +184,7 @@ impl Snapshot {
             key_size: cfg.key_size,
             buffer: cfg.buffer,
             fallback: cfg.fallback.to_string(),
+            in_method: crate::ke::describe_methods(cfg.inner_methods().into_iter()),
             exchanges: ExchangeCounters::from(&rt.counters),
             buffered_keys: BufferCounters {
                 buffered: load(&supply.buffered),
@@ -285,11 +289,12 @@ pub fn render_table(s: &Snapshot) -> String {
     let b = &s.buffered_keys;
     let _ = writeln!(
         out,
-        "qkd {}: SAE '{}', method {} (QKD), {}-bit keys, buffer {}, fallback {}, counting since {}",
+        "qkd {}: SAE '{}', method {} (QKD), {}-bit keys, in-method {}, buffer {}, fallback {}, counting since {}",
         s.plugin_version,
         s.sae_id,
         s.method_id,
         s.key_size,
+        s.in_method,
         s.buffer,
         s.fallback,
         age(s.now_unix, Some(s.since_unix))
