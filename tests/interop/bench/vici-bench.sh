@@ -6,7 +6,8 @@
 #   QKD_BENCH_LATENCIES (0,25), QKD_BENCH_CONFIGS (all); set QKD_SCENARIO_TIMEOUT for long runs.
 #   QKD_BENCH_FRAGMENT_SIZE (charon.fragment_size; strongSwan's default 1280 splits ML-KEM rounds in two),
 #   QKD_BENCH_KEM=mlkem768: both charons run with charon.plugins.qkd.kem = mlkem768, so every qkd
-#   configuration carries ML-KEM-768 in the qkd method (issue 10's x25519-ke1_qkd target).
+#   configuration carries ML-KEM-768 in the qkd method (issue 10's x25519-ke1_qkd target);
+#   QKD_BENCH_DH_GROUP=none: without qkd's in-method x25519 (ML-KEM + QKD in the round).
 # Both gateways run strongSwan 6.1.0 (forky): ML-KEM is in its openssl plugin only. Each
 # charon's vici socket is in its log directory, which is bind-mounted to the host, so
 # lib/../bench/vici_bench.py (strongSwan's `vici` package from PyPI) drives both charons from
@@ -28,6 +29,7 @@ EXTRA_STRONGSWAN="swanctl {
     socket = unix://$VICI_SOCK
 }"
 EXTRA_QKD=${QKD_BENCH_KEM:+kem = $QKD_BENCH_KEM}
+QKD_DH_GROUP=${QKD_BENCH_DH_GROUP:-curve25519}
 # strongSwan's default log levels (1): the bench measures exchanges, not logging.
 LOG_IKE=1
 LOG_CHD=1
@@ -55,7 +57,7 @@ done
 python3 "$QKD_INTEROP_DIR/bench/vici_bench.py" \
     --rounds "${QKD_BENCH_ROUNDS:-3}" --setups "${QKD_BENCH_SETUPS:-5}" --rekeys "${QKD_BENCH_REKEYS:-6}" \
     --warmup "${QKD_BENCH_WARMUP:-2}" --gap "${QKD_BENCH_GAP:-0.1}" ${QKD_BENCH_NO_ANNOUNCE:+--no-announce} --latencies "${QKD_BENCH_LATENCIES:-0,25}" \
-    --configs "${QKD_BENCH_CONFIGS:-}" --kem "${QKD_BENCH_KEM:-}" --json "$QKD_INTEROP_SCEN_DIR/samples.json" \
+    --configs "${QKD_BENCH_CONFIGS:-}" --kem "${QKD_BENCH_KEM:-}" --dh-group "$QKD_DH_GROUP" --json "$QKD_INTEROP_SCEN_DIR/samples.json" \
     || fail "vici_bench.py failed"
 step "load after: $(uptime)"
 # Where the QKD keys of the measured exchanges came from (both gateways, whole run).

@@ -225,6 +225,7 @@ def main():
     ap.add_argument("--configs", default="", help="comma-separated names (default: all)")
     ap.add_argument("--json", help="write all samples here")
     ap.add_argument("--kem", default="", help="the charons' charon.plugins.qkd.kem (for the labels and target)")
+    ap.add_argument("--dh-group", default="curve25519", help="the charons' charon.plugins.qkd.dh_group (for the labels)")
     args = ap.parse_args()
 
     env = os.environ
@@ -295,7 +296,7 @@ def main():
                     row.append("-")
             print("    | " + " | ".join(row) + " |")
     if args.kem:
-        print(f"\n    qkd configs carry kem = {args.kem} in the qkd method")
+        print(f"\n    qkd configs carry dh_group = {args.dh_group}, kem = {args.kem} in the qkd method")
     print("\n    targets (median over rounds of the per-round ratio):")
     for lat in latencies:
         rows = [(*KEM_TARGET[:3], KEM_TARGET[3])] if args.kem else [(*r, TARGETS.get(lat)) for r in TARGET_ROWS]
@@ -308,7 +309,7 @@ def main():
             ]
             m = statistics.median(ratios)
             ok = "met" if m <= limit else f"MISSED by {(m / limit - 1) * 100:.0f} %"
-            label = f"{name} (kem = {args.kem})" if args.kem else name
+            label = f"{name} (dh_group = {args.dh_group}, kem = {args.kem})" if args.kem else name
             print(f"      KME +{lat} ms, {metric} {label} / {floor}: {m:.3f} (target <= {limit:.2f}): {ok}")
     if args.json:
         with open(args.json, "w") as f:
