@@ -92,7 +92,7 @@ pub struct Config {
     pub key_size: u32,
     pub fallback: Fallback,
     pub wait_timeout: Duration,
-    /// strongSwan key exchange method for the in-method ECDH share; None = QKD only.
+    /// strongSwan key exchange method for the in-method ECDH share; None = no ECDH.
     pub dh_group: Option<u16>,
     /// strongSwan key exchange method of the in-method post-quantum KEM (ML-KEM); its
     /// secret follows the ECDH secret. None = no KEM.
