@@ -11,13 +11,39 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 use zeroize::Zeroizing;
 
-/// Delivers one key per set, or a 503 while `dry`.
-#[derive(Default)]
-struct TinyKme {
-    dry: AtomicBool,
+/// Delivers one key per set, or while `failing` fails as a dry KME (503) or a stopped
+/// node (unreachable) does.
+struct FakeKme {
+    url: &'static str,
+    failing: AtomicBool,
+    failure: fn(String) -> KmeError,
 }
 
-impl KeySource for TinyKme {
+impl FakeKme {
+    fn new(url: &'static str, failure: fn(String) -> KmeError) -> FakeKme {
+        FakeKme {
+            url,
+            failing: AtomicBool::new(false),
+            failure,
+        }
+    }
+
+    fn dry(url: String) -> KmeError {
+        KmeError::NoKeyAvailable {
+            url,
+            message: "503: no key".into(),
+        }
+    }
+
+    fn stopped(url: String) -> KmeError {
+        KmeError::Unreachable {
+            url,
+            reason: "connection refused".into(),
+        }
+    }
+}
+
+impl KeySource for FakeKme {
     fn enc_keys(
         &self,
         _: &SaeId,
@@ -25,11 +51,8 @@ impl KeySource for TinyKme {
         _: usize,
         _: Instant,
     ) -> Result<Vec<Vec<QkdKey>>, KmeError> {
-        if self.dry.load(Ordering::SeqCst) {
-            return Err(KmeError::NoKeyAvailable {
-                url: self.url().into(),
-                message: "503: no key".into(),
-            });
+        if self.failing.load(Ordering::SeqCst) {
+            return Err((self.failure)(self.url.into()));
         }
         Ok(vec![vec![QkdKey {
             id: KeyId([7; 16]),
@@ -38,7 +61,7 @@ impl KeySource for TinyKme {
     }
     fn dec_keys(&self, _: &SaeId, _: &[KeyId], _: Instant) -> Result<Vec<QkdKey>, KmeError> {
         Err(KmeError::Rejected {
-            url: self.url().into(),
+            url: self.url.into(),
             status: 400,
             message: "unknown key ID".into(),
         })
@@ -47,11 +70,11 @@ impl KeySource for TinyKme {
         Ok(1)
     }
     fn url(&self) -> &str {
-        "https://kme-a.test:8443"
+        self.url
     }
 }
 
-fn runtime_with_stats() -> (Runtime, Arc<TinyKme>, Arc<KmeStats>) {
+fn runtime_with_stats() -> (Runtime, Arc<FakeKme>, Arc<KmeStats>) {
     let config = Config::load(&MapSettings::new(&[
         ("sae_id", "sae-a"),
         ("kme.url", "https://kme-a.test:8443"),
@@ -63,7 +86,7 @@ fn runtime_with_stats() -> (Runtime, Arc<TinyKme>, Arc<KmeStats>) {
         ("peers.gw-c.sae_id", "sae-c"),
     ]))
     .unwrap();
-    let kme = Arc::new(TinyKme::default());
+    let kme = Arc::new(FakeKme::new("https://kme-a.test:8443", FakeKme::dry));
     let stats = Arc::new(KmeStats::default());
     let measured: Arc<dyn KeySource> = Arc::new(MeasuredSource::new(kme.clone(), stats.clone()));
     let rt = Runtime::new(config, |_| Ok(measured.clone())).unwrap();
@@ -77,7 +100,7 @@ fn snapshot_after_traffic() -> Snapshot {
     for _ in 0..3 {
         rt.source(0).enc_keys(&sae_b, 256, 1, far).unwrap();
     }
-    kme.dry.store(true, Ordering::SeqCst);
+    kme.failing.store(true, Ordering::SeqCst);
     assert!(rt.source(0).enc_keys(&sae_b, 256, 1, far).is_err());
     Counters::bump(&rt.counters.qkd_secrets);
     Counters::bump(&rt.counters.no_key_sent);
@@ -111,42 +134,6 @@ fn snapshot_counts_and_times_kme_requests() {
         .all(|p| p.kme == kme.url && p.local_sae_id == "sae-a"));
 }
 
-/// A KME node that answers enc_keys with one key, or is unreachable while `down`.
-struct Node {
-    url: &'static str,
-    down: AtomicBool,
-}
-
-impl KeySource for Node {
-    fn enc_keys(
-        &self,
-        _: &SaeId,
-        bits: u32,
-        _: usize,
-        _: Instant,
-    ) -> Result<Vec<Vec<QkdKey>>, KmeError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(KmeError::Unreachable {
-                url: self.url.into(),
-                reason: "connection refused".into(),
-            });
-        }
-        Ok(vec![vec![QkdKey {
-            id: KeyId([9; 16]),
-            material: Zeroizing::new(vec![0; bits as usize / 8]),
-        }]])
-    }
-    fn dec_keys(&self, _: &SaeId, _: &[KeyId], _: Instant) -> Result<Vec<QkdKey>, KmeError> {
-        unreachable!("only enc_keys is asked here")
-    }
-    fn keys_per_set(&self, _: &SaeId, _: u32, _: Instant) -> Result<usize, KmeError> {
-        Ok(1)
-    }
-    fn url(&self) -> &str {
-        self.url
-    }
-}
-
 #[test]
 fn a_kme_with_two_nodes_shows_which_one_serves_and_which_is_down() {
     let config = Config::load(&MapSettings::new(&[
@@ -163,12 +150,7 @@ fn a_kme_with_two_nodes_shows_which_one_serves_and_which_is_down() {
     ]))
     .unwrap();
     let urls = ["https://kme-a1.test:8443", "https://kme-a2.test:8443"];
-    let nodes = urls.map(|url| {
-        Arc::new(Node {
-            url,
-            down: AtomicBool::new(false),
-        })
-    });
+    let nodes = urls.map(|url| Arc::new(FakeKme::new(url, FakeKme::stopped)));
     let stats = urls.map(|_| Arc::new(KmeStats::default()));
     let measured: Vec<Arc<dyn KeySource>> = nodes
         .iter()
@@ -199,7 +181,7 @@ fn a_kme_with_two_nodes_shows_which_one_serves_and_which_is_down() {
     assert_eq!(states, [(urls[0], "active"), (urls[1], "standby")]);
     assert_eq!(s.peers[0].kme, urls[0]);
 
-    nodes[0].down.store(true, Ordering::SeqCst);
+    nodes[0].failing.store(true, Ordering::SeqCst);
     rt.source(0).enc_keys(&sae_b, 256, 1, far).unwrap();
     let s = snapshot();
     assert_eq!(s.peers[0].kme, urls[1]);
