@@ -93,6 +93,21 @@ fn materials(keys: &[QkdKey]) -> Vec<Vec<u8>> {
     keys.iter().map(|k| k.material.to_vec()).collect()
 }
 
+/// A KME pair that serves only 128-bit keys, at most `per_request` per request, with a
+/// master (SAE A) and a slave (SAE B) client.
+fn small_key_link(per_request: usize) -> (TestLink, Etsi014Client, Etsi014Client) {
+    let link = TestLink::start(SimOptions {
+        key_size: 128,
+        min_key_size: 128,
+        max_key_size: 128,
+        max_key_per_request: per_request,
+        ..SimOptions::default()
+    });
+    let master = client(&link, TestLink::SAE_A);
+    let slave = client(&link, TestLink::SAE_B);
+    (link, master, slave)
+}
+
 fn stat(link: &TestLink, path: &[&str]) -> u64 {
     let stats = link.admin(AdminCommand::Stats);
     path.iter()
@@ -152,15 +167,7 @@ fn a_size_the_kme_allows_is_fetched_as_one_key() {
 
 #[test]
 fn keys_are_assembled_when_the_kme_serves_only_small_ones() {
-    let link = TestLink::start(SimOptions {
-        key_size: 128,
-        min_key_size: 128,
-        max_key_size: 128,
-        max_key_per_request: 3,
-        ..SimOptions::default()
-    });
-    let master = client(&link, TestLink::SAE_A);
-    let slave = client(&link, TestLink::SAE_B);
+    let (link, master, slave) = small_key_link(3);
 
     // 1024 bits = 8 keys of 128 bits = requests of 3 + 3 + 2 keys.
     let sent = master
@@ -587,15 +594,7 @@ fn every_status_field_the_simulator_sends_is_understood() {
 
 #[test]
 fn several_key_sets_come_in_as_few_requests_as_the_kme_allows() {
-    let link = TestLink::start(SimOptions {
-        key_size: 128,
-        min_key_size: 128,
-        max_key_size: 128,
-        max_key_per_request: 10,
-        ..SimOptions::default()
-    });
-    let master = client(&link, TestLink::SAE_A);
-    let slave = client(&link, TestLink::SAE_B);
+    let (link, master, slave) = small_key_link(10);
     // 4 sets of 256 bits = 8 keys of 128 bits: one request.
     let sets = master
         .enc_keys(&sae(TestLink::SAE_B), 256, 4, soon())

@@ -37,6 +37,13 @@ rekeys_for() { # SECONDS
     done
 }
 # Requests KME-A's listener on ADDR has served (the simulator's own count).
+# expect_kme_nodes WHEN EXPECTED: gw-a's qkdctl shows EXPECTED (active node, node states).
+expect_kme_nodes() {
+    local seen
+    seen=$(qkdctl_kme)
+    [ "$seen" = "$2" ] || fail "$1, qkdctl says: $seen"
+    step "qkdctl $1: $seen"
+}
 listener_requests() {
     kme_admin stats | python3 -c '
 import json, sys
@@ -51,16 +58,13 @@ qkdctl_kme() {
 }
 
 rekeys_for 9
-[ "$(qkdctl_kme)" = "$PRIMARY active standby" ] || fail "before the outage, qkdctl says: $(qkdctl_kme)"
-step "qkdctl before the outage: $(qkdctl_kme)"
+expect_kme_nodes "before the outage" "$PRIMARY active standby"
 
 kme_admin listener 0.0.0.0:8443 off >/dev/null || fail "could not stop the primary listener"
 t_stop=$SECONDS
 step "$(date +%T) KME-A's primary listener (:8443) closed: connections refused"
 rekeys_for 15
-during=$(qkdctl_kme)
-[ "$during" = "$SECONDARY down active" ] || fail "during the outage, qkdctl says: $during"
-step "qkdctl during the outage: $during"
+expect_kme_nodes "during the outage" "$SECONDARY down active"
 in_node gw-a qkdctl status | grep '^KME ' | while read -r line; do note "  $line"; done
 rekeys_for $((30 - (SECONDS - t_stop)))
 
@@ -69,9 +73,7 @@ kme_admin listener 0.0.0.0:8443 on >/dev/null || fail "could not restart the pri
 t_back=$SECONDS
 step "$(date +%T) primary listener (:8443) listening again after $((t_back - t_stop))s"
 rekeys_for 20
-after=$(qkdctl_kme)
-[ "$after" = "$PRIMARY active standby" ] || fail "after the recovery, qkdctl says: $after"
-step "qkdctl after the recovery: $after"
+expect_kme_nodes "after the recovery" "$PRIMARY active standby"
 primary_after=$(listener_requests 0.0.0.0:8443)
 [ "$primary_after" -gt "$primary_before" ] \
     || fail "the primary served no request after its return ($primary_before -> $primary_after)"
