@@ -508,7 +508,7 @@ impl QkdKeyExchange {
         if let Some(keys) = rt.supply.take_inbound(peer, ids, deadline) {
             let qkd = QkdMaterial::from_keys(keys);
             qkd.log_obtained("slave", master, peer_cfg, "from the inbound cache");
-            return self.check_size(master, qkd);
+            return self.check_size(peer, master, qkd);
         }
         let _permit = self.permit(master)?;
         let kme_error = |error| KeError::Kme {
@@ -536,10 +536,23 @@ impl QkdKeyExchange {
             peer_cfg,
             &format!("from KME {}", source.url()),
         );
-        self.check_size(master, qkd)
+        self.check_size(peer, master, qkd)
     }
 
-    fn check_size(&self, master: &SaeId, qkd: QkdMaterial) -> Result<QkdMaterial, KeError> {
+    fn check_size(
+        &self,
+        peer: usize,
+        master: &SaeId,
+        qkd: QkdMaterial,
+    ) -> Result<QkdMaterial, KeError> {
+        if let Err(reused) = self.rt.supply.record_used(&qkd.key_ids) {
+            return Err(KeError::Peer(format!(
+                "key ID {reused} (SAE '{master}') already keyed an earlier exchange here: \
+                 refusing to use a QKD key twice (the peer repeats key IDs, or KME {} \
+                 delivered this key again)",
+                self.rt.source(peer).url()
+            )));
+        }
         let key_size = self.rt.config.key_size as usize;
         if qkd.key.len() * 8 != key_size {
             return Err(KeError::Peer(format!(

@@ -22,6 +22,8 @@ struct FakeLink {
     dec_down: Mutex<bool>,
     dec_calls: AtomicU32,
     corrupt_dec: Mutex<bool>,
+    /// dec_keys answers again for keys it delivered (keys are not removed).
+    repeat_dec: Mutex<bool>,
 }
 
 struct FakeKme {
@@ -83,7 +85,12 @@ impl KeySource for FakeKme {
         let mut store = self.link.store.lock().unwrap();
         ids.iter()
             .map(|id| {
-                let (slave, material) = store.remove(id).ok_or_else(|| KmeError::Rejected {
+                let delivered = if *self.link.repeat_dec.lock().unwrap() {
+                    store.get(id).cloned()
+                } else {
+                    store.remove(id)
+                };
+                let (slave, material) = delivered.ok_or_else(|| KmeError::Rejected {
                     url: self.url().into(),
                     status: 400,
                     message: "one or more keys specified are not found on KME".into(),
@@ -873,4 +880,20 @@ fn stale_announcements_never_break_an_exchange() {
     let a2 = Gateway::new(&link2, "sae-a", "sae-b", &buf);
     let (si, sr) = run(&mut a2.rekey("sae-b", 5), &mut b.rekey("sae-a", 6)).unwrap();
     assert_eq!(si, sr);
+}
+
+/// A KME whose dec_keys answers twice for one key ID must not key two SAs with that key:
+/// a replayed request (same key IDs) is refused the second time.
+#[test]
+fn the_slave_never_uses_a_key_id_twice() {
+    let (link, a, b) = pair(&[], &[]);
+    *link.repeat_dec.lock().unwrap() = true;
+    let request = a.initiator("sae-b", 1).get_public_key().unwrap();
+    b.responder(2).set_public_key(&request).unwrap();
+    let err = b
+        .responder(3)
+        .set_public_key(&request)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already keyed an earlier exchange"), "{err}");
 }

@@ -21,11 +21,13 @@
 mod depth;
 mod limit;
 mod refill;
+mod used;
 
 pub use limit::{Permit, RequestLimiter};
 pub use refill::{REFILL_THREADS, SETTLE};
 
 use depth::Depth;
+use used::UsedKeyIds;
 
 use crate::ids::{KeyId, SaeId};
 use crate::kme::{KeySource, QkdKey};
@@ -114,6 +116,8 @@ struct Shared {
     limits: DepthLimits,
     key_size: u32,
     ttl: Duration,
+    /// How long announced IDs our KME does not deliver are asked for (refill::ANNOUNCEMENT_TTL).
+    announcement_ttl: Duration,
     state: Mutex<State>,
     /// Signalled when buffers change (a take, an announcement, a delivery) or on stop.
     wake: Condvar,
@@ -131,6 +135,8 @@ struct State {
     kme_requests: Vec<usize>,
     /// Announcements received in IKE SAs not yet authenticated, by IKE SA unique ID.
     unverified: VecDeque<Unverified>,
+    /// Key IDs this gateway used as slave (ETSI dec_keys), to refuse a second use.
+    used_as_slave: UsedKeyIds,
 }
 
 /// An announcement held until its IKE SA is authenticated (or gone).
@@ -144,6 +150,8 @@ struct Unverified {
 /// Most announcements held for IKE SAs being set up: an unauthenticated peer can occupy no
 /// more than this fixed budget (oldest dropped first), and nothing is fetched for them.
 const MAX_UNVERIFIED: usize = 256;
+/// Key IDs remembered as used by the slave side (512 KiB at most).
+const USED_IDS_REMEMBERED: usize = 16384;
 
 struct Buffers {
     outbound: VecDeque<KeySet>,
@@ -151,8 +159,8 @@ struct Buffers {
     /// An enc_keys refill for this peer is in flight.
     refilling_outbound: bool,
     inbound: HashMap<KeyId, Cached>,
-    /// Announced, not fetched yet (oldest first).
-    pending: VecDeque<KeyId>,
+    /// Announced, not fetched yet (oldest first), with the time of the announcement.
+    pending: VecDeque<(KeyId, Instant)>,
     /// Being fetched by a refill thread right now.
     in_flight: HashSet<KeyId>,
     /// Inbound keys one peer exchange uses; bounds what an announcement may ask for.
@@ -224,12 +232,14 @@ impl Supply {
                 limits,
                 key_size,
                 ttl,
+                announcement_ttl: refill::ANNOUNCEMENT_TTL,
                 state: Mutex::new(State {
                     stopped: false,
                     live_threads: 0,
                     buffers,
                     kme_requests: vec![0; kme_count],
                     unverified: VecDeque::new(),
+                    used_as_slave: UsedKeyIds::new(USED_IDS_REMEMBERED),
                 }),
                 wake: Condvar::new(),
                 started: AtomicBool::new(false),
@@ -349,8 +359,13 @@ impl Supply {
     ) -> Option<Vec<QkdKey>> {
         let mut state = self.shared.lock();
         loop {
+            let now = Instant::now();
             let buffers = &mut state.buffers[peer];
-            if ids.iter().all(|id| buffers.inbound.contains_key(id)) {
+            let fresh = |c: &Cached| now.duration_since(c.obtained) < self.shared.ttl;
+            if ids
+                .iter()
+                .all(|id| buffers.inbound.get(id).is_some_and(fresh))
+            {
                 let keys: Vec<QkdKey> = ids
                     .iter()
                     .filter_map(|id| buffers.inbound.remove(id))
@@ -359,9 +374,8 @@ impl Supply {
                 self.shared.count(&self.shared.counters.used, keys.len());
                 return Some(keys);
             }
-            let now = Instant::now();
             if !ids.iter().any(|id| buffers.in_flight.contains(id)) || now >= deadline {
-                buffers.pending.retain(|id| !ids.contains(id));
+                buffers.pending.retain(|(id, _)| !ids.contains(id));
                 // Keys of this exchange already cached are no use without the others.
                 for id in ids {
                     if buffers.inbound.remove(id).is_some() {
@@ -415,6 +429,12 @@ impl Supply {
             self.shared
                 .accept(&mut state, held.peer, &held.ids, held.ids_per_set);
         }
+    }
+
+    /// Slave side: records the key IDs an exchange is about to be keyed with; Err names one
+    /// that keyed an exchange before (a KME answering dec_keys twice): the exchange must fail.
+    pub fn record_used(&self, ids: &[KeyId]) -> Result<(), KeyId> {
+        self.shared.lock().used_as_slave.record(ids)
     }
 
     /// IKE SA `ike_sa` is gone (or failed) before it was authenticated: forget what it said.
@@ -516,7 +536,7 @@ impl Shared {
             .iter()
             .filter(|id| {
                 !buffers.inbound.contains_key(id)
-                    && !buffers.pending.contains(id)
+                    && !buffers.pending.iter().any(|(p, _)| p == *id)
                     && !buffers.in_flight.contains(id)
             })
             .take(room)
@@ -525,8 +545,11 @@ impl Shared {
         if fresh.is_empty() {
             return;
         }
-        buffers.pending.extend(fresh);
-        buffers.settle(Instant::now());
+        let now = Instant::now();
+        buffers
+            .pending
+            .extend(fresh.into_iter().map(|id| (id, now)));
+        buffers.settle(now);
         self.wake.notify_all();
     }
 }

@@ -17,6 +17,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// After an answer that waiting cannot change (unknown SAE, refused certificate, bad
 /// settings): the KME is asked again this much later, so many such peers cannot flood it.
 const REFUSED_BACKOFF: Duration = Duration::from_secs(60);
+/// Announced key IDs our KME has not delivered by then are no longer asked for: the peer
+/// has used them (we fetched on demand) or the KME never will.
+pub const ANNOUNCEMENT_TTL: Duration = Duration::from_secs(60);
 /// Longest sleep with nothing to do: expiry is checked at least this often.
 const IDLE: Duration = Duration::from_secs(1);
 /// How long a refill that is not urgent (the outbound queue still holds a set) waits after
@@ -30,8 +33,15 @@ pub const REFILL_THREADS: usize = 4;
 const PER_KME: usize = REFILL_THREADS - 1;
 
 enum Job {
-    Outbound { peer: usize, sets: usize },
-    Inbound { peer: usize, ids: Vec<KeyId> },
+    Outbound {
+        peer: usize,
+        sets: usize,
+    },
+    /// Announced key IDs with the time of their announcement.
+    Inbound {
+        peer: usize,
+        pending: Vec<(KeyId, Instant)>,
+    },
 }
 
 impl Job {
@@ -50,7 +60,7 @@ pub(super) fn run(shared: Arc<Shared>) {
         // A panic in a KME request must not end the thread with the peer marked busy.
         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
             Job::Outbound { peer, sets } => fill_outbound(&shared, peer, sets),
-            Job::Inbound { peer, ids } => fill_inbound(&shared, peer, ids),
+            Job::Inbound { peer, pending } => fill_inbound(&shared, peer, pending),
         }));
         let mut state = shared.lock();
         state.kme_requests[shared.kme_of[peer]] -= 1;
@@ -112,9 +122,9 @@ fn next_job(shared: &Shared, next_peer: &mut usize) -> Option<Job> {
             } else if !buffers.pending.is_empty() && buffers.in_flight.is_empty() {
                 kme_free.then(|| {
                     let n = buffers.pending.len().min(MAX_KEY_IDS);
-                    let ids: Vec<KeyId> = buffers.pending.drain(..n).collect();
-                    buffers.in_flight.extend(ids.iter().copied());
-                    Job::Inbound { peer, ids }
+                    let pending: Vec<(KeyId, Instant)> = buffers.pending.drain(..n).collect();
+                    buffers.in_flight.extend(pending.iter().map(|(id, _)| *id));
+                    Job::Inbound { peer, pending }
                 })
             } else {
                 if !outbound_short && buffers.pending.is_empty() {
@@ -156,6 +166,21 @@ fn expire(shared: &Shared, peer: usize, buffers: &mut Buffers, now: Instant) {
     if expired_keys > 0 {
         shared.waste("expired", &shared.peers[peer], expired_keys);
     }
+    let announced = buffers.pending.len();
+    buffers
+        .pending
+        .retain(|(_, at)| now.duration_since(*at) < shared.announcement_ttl);
+    let undeliverable = announced - buffers.pending.len();
+    if undeliverable > 0 {
+        shared.count(&shared.counters.announce_failures, undeliverable);
+        log::info!(
+            "qkd: giving up on {undeliverable} key ID(s) SAE '{}' announced {:?} \
+             ago or more that KME {} did not deliver; they are fetched on demand if the peer uses them",
+            shared.peers[peer].sae_id,
+            shared.announcement_ttl,
+            shared.peers[peer].source.url()
+        );
+    }
 }
 
 fn fill_outbound(shared: &Shared, peer: usize, sets: usize) {
@@ -195,7 +220,8 @@ fn fill_outbound(shared: &Shared, peer: usize, sets: usize) {
     shared.wake.notify_all();
 }
 
-fn fill_inbound(shared: &Shared, peer: usize, ids: Vec<KeyId>) {
+fn fill_inbound(shared: &Shared, peer: usize, pending: Vec<(KeyId, Instant)>) {
+    let ids: Vec<KeyId> = pending.iter().map(|(id, _)| *id).collect();
     let p = &shared.peers[peer];
     let deadline = Instant::now() + p.kme_timeout;
     let result = p.source.dec_keys(&p.sae_id, &ids, deadline);
@@ -216,9 +242,10 @@ fn fill_inbound(shared: &Shared, peer: usize, ids: Vec<KeyId>) {
             recovered(buffers);
         }
         Err(e) if e.is_transient() => {
-            // Try these again later: the announcement stays valid while the peer has them.
-            for id in ids.iter().rev() {
-                buffers.pending.push_front(*id);
+            // Try these again later, as announced then: they expire (ANNOUNCEMENT_TTL) if
+            // the KME never delivers them.
+            for entry in pending.into_iter().rev() {
+                buffers.pending.push_front(entry);
             }
             failed(shared, peer, buffers, "fetching announced keys", &e);
         }

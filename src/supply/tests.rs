@@ -460,3 +460,32 @@ fn a_kme_that_refuses_the_peer_is_asked_again_only_after_a_long_pause() {
         "no retry within 0.6 s"
     );
 }
+
+#[test]
+fn announced_ids_the_kme_never_delivers_expire() {
+    let kme = Arc::new(NumberingKme::default());
+    kme.down.store(true, Ordering::SeqCst);
+    let mut s = supply(&kme, 1, Duration::from_secs(60));
+    Arc::get_mut(&mut s.shared).unwrap().announcement_ttl = Duration::from_millis(100);
+    s.start();
+    s.accept_announcement(0, &[KeyId([5; 16])], 1);
+    wait_for("given up", || {
+        s.counters().announce_failures.load(Ordering::SeqCst) == 1
+    });
+    assert_eq!(s.levels(0).pending_keys, 0);
+}
+
+#[test]
+fn a_cached_key_past_key_ttl_is_not_handed_out() {
+    let kme = Arc::new(NumberingKme::default());
+    let s = supply(&kme, 1, Duration::from_millis(50));
+    s.start();
+    let id = [KeyId([6; 16])];
+    s.accept_announcement(0, &id, 1);
+    wait_for("cached", || s.levels(0).inbound_keys == 1);
+    thread::sleep(Duration::from_millis(60));
+    assert!(
+        s.take_inbound(0, &id, now()).is_none(),
+        "expired at the take"
+    );
+}
