@@ -60,14 +60,14 @@ impl RequestLimiter {
         let for_peer = counts.per_peer[peer];
         if for_peer >= self.per_peer_max {
             return Err(format!(
-                "{for_peer} KME requests for this peer already in flight (one peer may use \
+                "{for_peer} KME requests already in flight for this peer (one peer may use \
                  {} of {PREFIX}.max_kme_requests = {max})",
                 self.per_peer_max
             ));
         }
         if !authenticated && counts.unauthenticated >= self.unauthenticated_max {
             return Err(format!(
-                "{} KME requests for not yet authenticated peers already in flight (they may \
+                "{} KME requests already in flight for peers not yet authenticated (they may \
                  use {} of {PREFIX}.max_kme_requests = {max}, the rest is kept for \
                  authenticated ones)",
                 counts.unauthenticated, self.unauthenticated_max
@@ -129,7 +129,10 @@ mod tests {
             .collect();
         assert_eq!(flood.len(), 1, "unauthenticated work gets 1 of 4 slots");
         let full = limiter.try_acquire(0, false).err().unwrap();
-        assert!(full.contains("not yet authenticated peers"), "{full}");
+        assert!(
+            full.contains("KME requests already in flight for peers not yet authenticated"),
+            "{full}"
+        );
         let rekeys: Vec<Permit> = (0..3)
             .map(|_| {
                 limiter
@@ -154,7 +157,10 @@ mod tests {
             limiter.try_acquire(0, true).unwrap(),
         ];
         let full = limiter.try_acquire(0, true).err().unwrap();
-        assert!(full.contains("for this peer"), "{full}");
+        assert!(
+            full.contains("KME requests already in flight for this peer"),
+            "{full}"
+        );
         let _c = limiter
             .try_acquire(1, true)
             .expect("another peer still has room");
