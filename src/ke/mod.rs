@@ -317,19 +317,24 @@ impl QkdKeyExchange {
                 if matches!(e, KeError::KeyMismatch { .. }) {
                     Counters::bump(&counters.key_mismatches);
                 }
-                let initiator = self.is_initiator();
-                let result = audit::failure_result(e);
-                if self.unauthenticated() {
-                    let limiter = &self.rt.unauthenticated_log;
-                    self.audit.emit_with(&self.ctx, initiator, &result, |line| {
-                        limiter.log(log::Level::Info, format_args!("{line}"))
-                    });
-                } else {
-                    self.audit.emit(&self.ctx, initiator, &result);
-                }
+                self.emit_audit(&audit::failure_result(e));
             }
         }
         result
+    }
+
+    /// The exchange's audit line; a responder's before authentication within
+    /// [`Runtime::unauthenticated_log`].
+    fn emit_audit(&mut self, result: &str) {
+        let initiator = self.is_initiator();
+        if self.unauthenticated() {
+            let limiter = &self.rt.unauthenticated_log;
+            self.audit.emit_with(&self.ctx, initiator, result, |line| {
+                limiter.log(log::Level::Info, format_args!("{line}"))
+            });
+        } else {
+            self.audit.emit(&self.ctx, initiator, result);
+        }
     }
 
     /// Only a responder starts with set_public_key (and marks itself at once).
@@ -687,9 +692,14 @@ impl QkdKeyExchange {
             secret.extend_from_slice(e);
         }
         self.secret = Some(secret);
-        let result = if qkd.is_some() { "qkd" } else { "dh-fallback" };
-        let initiator = self.is_initiator();
-        self.audit.emit(&self.ctx, initiator, result);
+        if qkd.is_some() {
+            // Never limited: only a peer with keys from our KME gets here.
+            let initiator = self.is_initiator();
+            self.audit.emit(&self.ctx, initiator, "qkd");
+        } else {
+            // Any peer allowing the fallback gets here before authentication.
+            self.emit_audit("dh-fallback");
+        }
         Ok(())
     }
 

@@ -938,6 +938,33 @@ fn a_flood_before_authentication_cannot_fill_the_log() {
     assert_eq!(counter(&b.rt.counters.failures), 20);
 }
 
+/// Exchanges before authentication that a peer can complete without any key (it asks for
+/// the DH fallback, which we allow) cannot fill the log either; each is still counted as a
+/// DH fallback (better a false alarm than a hidden downgrade).
+#[test]
+fn a_flood_of_fallback_requests_before_authentication_cannot_fill_the_log() {
+    let dh = [("fallback", "dh")];
+    let (link, mallory, b) = pair(&dh, &dh);
+    link.enc_503s.store(u32::MAX, Ordering::SeqCst);
+    let flood: Vec<Vec<u8>> = (0..200)
+        .map(|seed| mallory.initiator("sae-b", seed).get_public_key().unwrap())
+        .collect();
+    let started = Instant::now();
+    let (_, lines) = logged(|| {
+        for (seed, request) in flood.iter().enumerate() {
+            b.responder(seed as u8).set_public_key(request).unwrap();
+        }
+    });
+    let intervals = (started.elapsed().as_secs() / loglimit::INTERVAL.as_secs()) as usize + 1;
+    let bound = loglimit::BURST as usize + 2 * intervals;
+    assert!(
+        lines.len() <= bound,
+        "{} lines for 200 exchanges (bound {bound})",
+        lines.len()
+    );
+    assert_eq!(counter(&b.rt.counters.dh_fallbacks), 200);
+}
+
 /// Takes every request slot `limiter` gives to work for `peer` of that kind.
 fn exhaust(
     limiter: &crate::supply::RequestLimiter,
