@@ -8,8 +8,9 @@
  * after the real member, so offsets stay checkable.
  *
  * Differences between 6.0.1 and 6.1.0 that matter here:
- *  - key_exchange_t.set_seed exists in 6.0.1 unconditionally, in 6.1.0 only with
- *    TESTABLE_KE (Debian: on). We assume the 6-slot layout for both.
+ *  - key_exchange_t.set_seed exists in 6.0.1 unconditionally, from 6.0.2 on only with
+ *    TESTABLE_KE (default and Debian: on). We declare the 6-slot layout; a library built
+ *    without it is detected at load and refused (crate::version::inspect).
  *  - debug_t gains DBG_WCH=5 in >= 6.0.2, shifting CFG..LIB by one (see src/ffi/log.rs).
  *  - >= 6.0.3 requires the <name>_plugin_version symbol (see src/ffi/version.rs).
  */

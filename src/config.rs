@@ -667,6 +667,10 @@ pub(crate) mod tests {
                 "charon.plugins.qkd.sae_id: 'a/b' is not a valid SAE ID",
             ),
             (
+                &[("peers.gw-b.sae_id", "..")],
+                "charon.plugins.qkd.peers.gw-b.sae_id: '..' is not a valid SAE ID",
+            ),
+            (
                 &[("method_id", "1024")],
                 "charon.plugins.qkd.method_id: 1024 is outside",
             ),

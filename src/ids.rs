@@ -46,6 +46,13 @@ impl SaeId {
                 Self::MAX_LEN
             ));
         }
+        // A path segment of its own in KME URLs (`/api/v1/keys/{id}/enc_keys`), where "."
+        // and ".." would name another resource.
+        if id == "." || id == ".." {
+            return Err(format!(
+                "'{id}' is not a valid SAE ID (it would name another path in the KME's URLs)"
+            ));
+        }
         Ok(SaeId(id.to_owned()))
     }
 
@@ -72,4 +79,23 @@ pub fn format_ids(ids: &[KeyId]) -> String {
         .map(KeyId::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_not_sae_ids() {
+        for id in [".", ".."] {
+            let err = SaeId::new(id).unwrap_err();
+            assert!(
+                err.contains(&format!("'{id}' is not a valid SAE ID")),
+                "{err}"
+            );
+        }
+        for id in ["...", ".a", "a..b", "sae-b"] {
+            assert!(SaeId::new(id).is_ok(), "{id}");
+        }
+    }
 }

@@ -12,6 +12,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod config;
+pub mod health;
 pub mod ids;
 pub mod ke;
 pub mod kme;

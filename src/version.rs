@@ -167,6 +167,36 @@ pub fn abi_guard(running: &Running, allow_unverified: bool) -> AbiGuard {
     }
 }
 
+/// A log format string libstrongswan's crypto tester holds only when built without
+/// `TESTABLE_KE` (`configure --disable-testable-ke`, strongSwan >= 6.0.2). Such a build's
+/// `key_exchange_t` has no `set_seed`: five slots where include/strongswan_abi.h declares
+/// six, so charon would call our `set_seed` as `get_method` and `get_method` as `destroy`.
+pub const NO_TESTABLE_KE_MARKER: &[u8] = b"passed basic test (vector tests disabled)";
+
+/// What the loaded libstrongswan file `image` tells: the running release and the verdict.
+/// A build without `TESTABLE_KE` is refused whatever the override says: its layout is known
+/// to differ from ours.
+pub fn inspect(image: &[u8], path: &str, allow_unverified: bool) -> (Running, AbiGuard) {
+    let running = find_version(image).map_or_else(
+        || Running::Unknown(format!("no unique version string in {path}")),
+        Running::Release,
+    );
+    if image
+        .windows(NO_TESTABLE_KE_MARKER.len())
+        .any(|w| w == NO_TESTABLE_KE_MARKER)
+    {
+        let reason = format!(
+            "qkd: not loading: {path} ({running}) was built without TESTABLE_KE \
+             (configure --disable-testable-ke), so its key_exchange_t lacks the set_seed slot \
+             this plugin's ABI declares; rebuild strongSwan with --enable-testable-ke (the \
+             default, as in Debian's packages)"
+        );
+        return (running, AbiGuard::Refused { reason });
+    }
+    let guard = abi_guard(&running, allow_unverified);
+    (running, guard)
+}
+
 /// What `qkd_plugin_version` should hold: the running VERSION when the plugin may load (so
 /// the >= 6.0.3 loader accepts it), the verified series when it may not (so that loader's
 /// own refusal reads "plugin version 6.0.x/6.1.x doesn't match version 7.0.0"). None when
@@ -242,6 +272,27 @@ mod tests {
                 reason.contains("charon.plugins.qkd.allow_unverified_strongswan = yes"),
                 "{reason}"
             );
+        }
+    }
+
+    #[test]
+    fn a_strongswan_without_testable_ke_is_refused_even_with_the_override() {
+        let plain = b"\x7fELF\0enabled  %N[%s]: passed %u test vectors\x006.1.0\0".to_vec();
+        let mut five_slots = plain.clone();
+        five_slots.extend_from_slice(
+            b"enabled  %N[%s]: passed basic test (vector tests disabled), %d points\0",
+        );
+        let path = "/usr/lib/ipsec/libstrongswan.so.0";
+        assert_eq!(inspect(&plain, path, false).1, AbiGuard::Verified);
+        for allow_unverified in [false, true] {
+            let (running, guard) = inspect(&five_slots, path, allow_unverified);
+            assert_eq!(running, release("6.1.0"));
+            let AbiGuard::Refused { reason } = guard else {
+                panic!("{guard:?}")
+            };
+            assert!(reason.contains(path), "{reason}");
+            assert!(reason.contains("built without TESTABLE_KE"), "{reason}");
+            assert!(reason.contains("--enable-testable-ke"), "{reason}");
         }
     }
 

@@ -112,14 +112,18 @@ unsafe fn exchange<'a>(this: *mut key_exchange_t) -> Option<&'a mut QkdKeyExchan
     unsafe { (this as *mut QkdKe).as_mut() }.map(|ke| &mut ke.exchange)
 }
 
-/// Copies a result into a malloc'ed chunk for charon, or logs why there is none.
-fn hand_out<T: AsRef<[u8]>>(result: Result<T, KeError>, out: &mut chunk_t) -> bool {
+/// Copies a result of `ex` into a malloc'ed chunk for charon, or logs why there is none.
+fn hand_out<T: AsRef<[u8]>>(
+    ex: &QkdKeyExchange,
+    result: Result<T, KeError>,
+    out: &mut chunk_t,
+) -> bool {
     match result {
         Ok(data) => chunk::malloc_copy(data.as_ref())
             .map(|c| *out = c)
             .is_some(),
         Err(e) => {
-            log::log!(e.level(), "qkd: {e}");
+            ex.log_error(&e);
             false
         }
     }
@@ -131,8 +135,9 @@ unsafe extern "C" fn get_public_key(this: *mut key_exchange_t, value: *mut chunk
         let (Some(ex), false) = (unsafe { exchange(this) }, value.is_null()) else {
             return false;
         };
+        let result = ex.get_public_key();
         // SAFETY: `value` is non-NULL and points to charon's chunk variable.
-        hand_out(ex.get_public_key(), unsafe { &mut *value })
+        hand_out(ex, result, unsafe { &mut *value })
     })
 }
 
@@ -144,9 +149,8 @@ unsafe extern "C" fn set_public_key(this: *mut key_exchange_t, value: chunk_t) -
         else {
             return false;
         };
-        ex.set_public_key(data)
-            .map_err(|e| log::log!(e.level(), "qkd: {e}"))
-            .is_ok()
+        let result = ex.set_public_key(data);
+        result.map_err(|e| ex.log_error(&e)).is_ok()
     })
 }
 
@@ -157,7 +161,7 @@ unsafe extern "C" fn get_shared_secret(this: *mut key_exchange_t, secret: *mut c
             return false;
         };
         // SAFETY: `secret` is non-NULL and points to charon's chunk variable.
-        hand_out(ex.shared_secret(), unsafe { &mut *secret })
+        hand_out(ex, ex.shared_secret(), unsafe { &mut *secret })
     })
 }
 

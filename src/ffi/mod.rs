@@ -45,7 +45,7 @@ pub(crate) fn boundary<T>(what: &str, fallback: T, f: impl FnOnce() -> T) -> T {
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            ::log::error!("qkd: internal error in {what}: {msg} (please report this bug)");
+            crate::health::record(format_args!("panic in {what}: {msg}"));
             fallback
         }
     }

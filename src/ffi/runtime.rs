@@ -9,11 +9,12 @@
 
 use super::settings::CharonSettings;
 use crate::config::{Config, KmeSettings, PeerConfig, PREFIX};
+use crate::health;
 use crate::ke::Runtime;
 use crate::kme::{Etsi014Client, FailoverSource, KeySource, KmeError, PROBE_INTERVAL};
 use crate::status::{KmeStats, MeasuredSource, Snapshot};
 use std::os::unix::fs::MetadataExt;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 /// The runtime every new key exchange picks up, and what its KME clients were built from.
@@ -33,13 +34,23 @@ type NodeStats = Vec<(String, Arc<KmeStats>)>;
 /// with (they hold an `Arc`).
 static INSTALLED: RwLock<Option<Installed>> = RwLock::new(None);
 
+/// A panic while the lock was held leaves a whole runtime or none (it is only ever
+/// replaced whole): recovered and reported, never read as "no runtime".
+fn installed_read() -> RwLockReadGuard<'static, Option<Installed>> {
+    health::read("the installed runtime", &INSTALLED)
+}
+
+fn installed_write() -> RwLockWriteGuard<'static, Option<Installed>> {
+    health::write("the installed runtime", &INSTALLED)
+}
+
 pub(crate) fn current() -> Option<Arc<Runtime>> {
-    Some(INSTALLED.read().ok()?.as_ref()?.runtime.clone())
+    Some(installed_read().as_ref()?.runtime.clone())
 }
 
 /// What `qkdctl status` shows about the installed runtime.
 pub(crate) fn snapshot() -> Option<Snapshot> {
-    let installed = INSTALLED.read().unwrap_or_else(|e| e.into_inner());
+    let installed = installed_read();
     let installed = installed.as_ref()?;
     Some(Snapshot::collect(
         &installed.runtime,
@@ -215,7 +226,7 @@ fn build(config: Config, previous: Option<&Installed>) -> Result<Installed, Stri
 pub(crate) fn install() -> Result<Arc<Runtime>, String> {
     let installed = build(load_config()?, None)?;
     let runtime = installed.runtime.clone();
-    *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = Some(installed);
+    *installed_write() = Some(installed);
     Ok(runtime)
 }
 
@@ -258,7 +269,7 @@ pub(crate) fn reload() -> bool {
         }
     };
     // Held across the build: a concurrent reload must not interleave with this one.
-    let mut installed = INSTALLED.write().unwrap_or_else(|e| e.into_inner());
+    let mut installed = installed_write();
     match installed.as_ref().map(|current| plan(current, &new)) {
         Some(ReloadPlan::Refuse(why)) => {
             log::error!(target: "cfg", "qkd: {why}");
@@ -290,7 +301,7 @@ pub(crate) fn reload() -> bool {
 
 /// Plugin unload: new exchanges find no runtime; the last exchange in flight drops it.
 pub(crate) fn uninstall() {
-    INSTALLED.write().unwrap_or_else(|e| e.into_inner()).take();
+    installed_write().take();
 }
 
 #[cfg(test)]
@@ -365,6 +376,31 @@ mod tests {
                 Some(peer.name.clone())
             })
             .collect()
+    }
+
+    /// The only test that touches the global runtime.
+    #[test]
+    fn a_panic_while_the_runtime_lock_is_held_does_not_switch_qkd_off() {
+        *installed_write() = Some(installed(config(&[])));
+        let installed_rt = current().expect("installed");
+        std::thread::spawn(|| {
+            let _guard = INSTALLED.write().unwrap();
+            panic!("test: a panic while the runtime lock is held");
+        })
+        .join()
+        .unwrap_err();
+        assert!(INSTALLED.is_poisoned());
+        let errors = health::internal_errors();
+        let rt = current().expect("a poisoned lock still yields the installed runtime");
+        assert!(Arc::ptr_eq(&rt, &installed_rt));
+        assert!(snapshot().is_some(), "and qkdctl still sees it");
+        assert!(
+            health::internal_errors() > errors,
+            "reported as an internal error"
+        );
+        assert!(snapshot().unwrap().internal_errors > errors);
+        uninstall();
+        assert!(current().is_none());
     }
 
     #[test]

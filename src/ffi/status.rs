@@ -9,6 +9,7 @@
 //! the socket.
 
 use super::runtime;
+use crate::health;
 use crate::status::server::StatusServer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,7 +28,7 @@ static STATE: Mutex<State> = Mutex::new(State {
 /// Serves `path` (None: no socket) unless already serving it. `retry`: try again a path
 /// that failed before.
 pub(crate) fn ensure(path: Option<&Path>, retry: bool) {
-    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut state = health::lock("the status socket state", &STATE);
     if state.server.as_ref().map(StatusServer::path) == path
         || (!retry && state.failed.as_deref() == path)
     {
@@ -57,7 +58,7 @@ pub(crate) fn ensure(path: Option<&Path>, retry: bool) {
 
 /// Plugin unload.
 pub(crate) fn stop() {
-    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut state = health::lock("the status socket state", &STATE);
     state.server = None;
     state.failed = None;
 }

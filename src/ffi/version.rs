@@ -11,7 +11,7 @@
 use super::settings::CharonSettings;
 use super::{log as charon_log, symbols};
 use crate::version::{
-    abi_guard, find_version, plugin_version_symbol, AbiGuard, Running, ALLOW_UNVERIFIED_KEY,
+    abi_guard, inspect, plugin_version_symbol, AbiGuard, Running, ALLOW_UNVERIFIED_KEY,
 };
 use std::ffi::{c_char, CString};
 use std::sync::{Once, OnceLock};
@@ -22,24 +22,22 @@ use std::sync::{Once, OnceLock};
 #[allow(non_upper_case_globals)]
 pub static mut qkd_plugin_version: *const c_char = c"6.0.1".as_ptr();
 
-fn running() -> Running {
-    if let Some(path) = symbols::libstrongswan_path() {
-        return match std::fs::read(&path) {
-            Ok(image) => find_version(&image).map_or_else(
-                || Running::Unknown(format!("no unique version string in {path}")),
-                Running::Release,
-            ),
+/// The running strongSwan and the verdict for it. 6.0.0/6.0.1 (no library path to read)
+/// always have `set_seed`; `TESTABLE_KE` only became optional in 6.0.2.
+fn inspect_running() -> (Running, AbiGuard) {
+    let running = match symbols::libstrongswan_path() {
+        Some(path) => match std::fs::read(&path) {
+            Ok(image) => return inspect(&image, &path, allow_unverified()),
             Err(e) => Running::Unknown(format!("cannot read {path}: {e}")),
-        };
-    }
-    if symbols::has_key_exchange_method_names() {
-        Running::Before6_0_2
-    } else {
-        Running::Unknown(
+        },
+        None if symbols::has_key_exchange_method_names() => Running::Before6_0_2,
+        None => Running::Unknown(
             "libstrongswan exports neither library_init_register nor key_exchange_method_names"
                 .into(),
-        )
-    }
+        ),
+    };
+    let guard = abi_guard(&running, allow_unverified());
+    (running, guard)
 }
 
 fn allow_unverified() -> bool {
@@ -49,11 +47,7 @@ fn allow_unverified() -> bool {
 /// The running strongSwan and the verdict for it, found once per process.
 fn verdict() -> &'static (Running, AbiGuard) {
     static VERDICT: OnceLock<(Running, AbiGuard)> = OnceLock::new();
-    VERDICT.get_or_init(|| {
-        let running = running();
-        let guard = abi_guard(&running, allow_unverified());
-        (running, guard)
-    })
+    VERDICT.get_or_init(inspect_running)
 }
 
 /// Whether the plugin may load; logs a refusal or an override once per process (the ELF

@@ -23,10 +23,21 @@ pub(super) struct Audit {
 impl Audit {
     /// Logs the line once; later outcomes of the same exchange are not news.
     pub fn emit(&mut self, ctx: &ExchangeContext, initiator: bool, result: &str) {
+        self.emit_with(ctx, initiator, result, |line| log::info!("{line}"));
+    }
+
+    /// [`Self::emit`] through `log` (a rate limiter for unauthenticated peers).
+    pub fn emit_with(
+        &mut self,
+        ctx: &ExchangeContext,
+        initiator: bool,
+        result: &str,
+        log: impl FnOnce(&str),
+    ) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        log::info!("{}", self.line(ctx, initiator, result));
+        log(&self.line(ctx, initiator, result));
     }
 
     /// The exchange object goes away without an outcome: the peer refused our request (or
@@ -75,6 +86,7 @@ pub(super) fn failure_result(error: &KeError) -> String {
         KeError::Encode(_) => "encode",
         KeError::InnerKe(_) => "in-method-ke",
         KeError::AlreadyFailed => "already-failed",
+        KeError::PeerRefused { .. } => "peer-refused",
         KeError::State(_) => "call-order",
     };
     format!("failed:{cause}")

@@ -8,6 +8,7 @@
 
 mod audit;
 mod confirm;
+mod loglimit;
 mod runtime;
 
 pub use runtime::{Counters, Runtime};
@@ -56,7 +57,8 @@ pub enum KeError {
         peer: SaeId,
         error: KmeError,
     },
-    /// Too many KME requests in flight already (`max_kme_requests`).
+    /// Too many KME requests in flight already (`max_kme_requests` or a share of it). Never
+    /// a reason to fall back to DH: the exchange is refused in-band and retried.
     Busy(String),
     /// The peer's KE data is malformed or does not fit what we sent.
     Peer(String),
@@ -76,6 +78,12 @@ pub enum KeError {
     InnerKe(String),
     /// charon asked again about an exchange that already failed (and was logged).
     AlreadyFailed,
+    /// The initiator was asked for the secret of an exchange whose response carried no KE
+    /// data: the peer refused it (in-band, e.g. without a QKD key on its side). `no_key_sent`:
+    /// our request already said we had no key (and that was logged).
+    PeerRefused {
+        no_key_sent: bool,
+    },
     /// strongSwan called us out of order.
     State(&'static str),
 }
@@ -85,8 +93,11 @@ impl KeError {
     /// querying an exchange that already failed is not news.
     pub fn level(&self) -> log::Level {
         match self {
-            KeError::PeerHasNoKey(_) => log::Level::Warn,
-            KeError::AlreadyFailed => log::Level::Debug,
+            KeError::PeerHasNoKey(_) | KeError::Busy(_) => log::Level::Warn,
+            KeError::PeerRefused { no_key_sent: false } => log::Level::Info,
+            KeError::AlreadyFailed | KeError::PeerRefused { no_key_sent: true } => {
+                log::Level::Debug
+            }
             _ => log::Level::Error,
         }
     }
@@ -110,6 +121,16 @@ impl fmt::Display for KeError {
             ),
             KeError::InnerKe(m) => write!(f, "in-method key exchange failed: {m}"),
             KeError::AlreadyFailed => f.write_str("this key exchange failed earlier (see above)"),
+            KeError::PeerRefused { no_key_sent } => write!(
+                f,
+                "no shared secret: the peer refused the exchange{} (see its log); strongSwan \
+                 keeps the current SA and retries",
+                if *no_key_sent {
+                    " we started without QKD key"
+                } else {
+                    " (its response carried no qkd key exchange data)"
+                }
+            ),
             KeError::State(m) => write!(f, "unexpected call order: {m}"),
         }
     }
@@ -243,9 +264,37 @@ impl QkdKeyExchange {
         if self.failed {
             return Err(KeError::AlreadyFailed);
         }
-        self.secret.clone().ok_or(KeError::State(
-            "get_shared_secret before the exchange completed",
-        ))
+        match (&self.secret, &self.role) {
+            (Some(secret), _) => Ok(secret.clone()),
+            // Our request went out but charon never passed us a response: an IKE rekey the
+            // responder refused in-band. Not a call-order bug.
+            (None, Some(Role::Initiator { .. })) => Err(KeError::PeerRefused {
+                no_key_sent: self.audit.sent_no_key,
+            }),
+            (None, _) => Err(KeError::State(
+                "get_shared_secret before the exchange completed",
+            )),
+        }
+    }
+
+    /// Logs an error this exchange returned to charon: at its level, and for a responder
+    /// whose peer is not authenticated yet, within [`Runtime::unauthenticated_log`].
+    pub fn log_error(&self, error: &KeError) {
+        self.log(error.level(), format_args!("qkd: {error}"));
+    }
+
+    fn log(&self, level: log::Level, message: fmt::Arguments<'_>) {
+        if self.unauthenticated() {
+            self.rt.unauthenticated_log.log(level, message);
+        } else {
+            log::log!(level, "{message}");
+        }
+    }
+
+    /// A responder before the peer authenticated (IKE_SA_INIT, IKE_INTERMEDIATE): anyone
+    /// can make one, so what it logs and counts is kept apart and limited.
+    fn unauthenticated(&self) -> bool {
+        matches!(self.role, Some(Role::Responder)) && !self.ctx.established
     }
 
     pub fn method(&self) -> u16 {
@@ -256,18 +305,36 @@ impl QkdKeyExchange {
         if let Err(e) = &result {
             if !matches!(e, KeError::State(_)) {
                 self.failed = true;
-                if !matches!(e, KeError::PeerHasNoKey(_)) {
-                    Counters::bump(&self.rt.counters.failures);
+                let counters = &self.rt.counters;
+                if self.unauthenticated() {
+                    // Refusals of no-key requests were counted where they were refused.
+                    if !matches!(e, KeError::PeerHasNoKey(_)) {
+                        Counters::bump(&counters.unauthenticated_refused);
+                    }
+                } else if !matches!(e, KeError::PeerHasNoKey(_)) {
+                    Counters::bump(&counters.failures);
                 }
                 if matches!(e, KeError::KeyMismatch { .. }) {
-                    Counters::bump(&self.rt.counters.key_mismatches);
+                    Counters::bump(&counters.key_mismatches);
                 }
-                let initiator = self.is_initiator();
-                self.audit
-                    .emit(&self.ctx, initiator, &audit::failure_result(e));
+                self.emit_audit(&audit::failure_result(e));
             }
         }
         result
+    }
+
+    /// The exchange's audit line; a responder's before authentication within
+    /// [`Runtime::unauthenticated_log`].
+    fn emit_audit(&mut self, result: &str) {
+        let initiator = self.is_initiator();
+        if self.unauthenticated() {
+            let limiter = &self.rt.unauthenticated_log;
+            self.audit.emit_with(&self.ctx, initiator, result, |line| {
+                limiter.log(log::Level::Info, format_args!("{line}"))
+            });
+        } else {
+            self.audit.emit(&self.ctx, initiator, result);
+        }
     }
 
     /// Only a responder starts with set_public_key (and marks itself at once).
@@ -305,6 +372,12 @@ impl QkdKeyExchange {
             }
             None => self.fetch_enc(peer, deadline),
         };
+        // Falling back means a secret of the in-method key exchanges alone: only offer it if
+        // there are some, and never because our KME request budget is full (a flood must
+        // not be able to downgrade us).
+        let offers_dh = cfg.fallback == Fallback::Dh
+            && !self.inner.is_empty()
+            && !matches!(keys, Err(KeError::Busy(_)));
         let (qkd, request_keys) = match keys {
             Ok(qkd) => {
                 let ids = Keys::Ids(qkd.key_ids.clone());
@@ -317,7 +390,7 @@ impl QkdKeyExchange {
                 let n = Counters::bump(&rt.counters.no_key_sent);
                 log::warn!(
                     "qkd: {error}; starting the exchange without QKD key ({reason}, #{n}): {}",
-                    if cfg.fallback == Fallback::Dh && !self.inner.is_empty() {
+                    if offers_dh {
                         "the peer may accept a secret of the in-method key exchanges alone (fallback = dh)"
                     } else {
                         "the peer will refuse it and strongSwan keeps the current SA and retries"
@@ -328,9 +401,7 @@ impl QkdKeyExchange {
         };
         let request = Request {
             sender: cfg.sae_id.clone(),
-            // Falling back means a secret of the in-method key exchanges alone: only offer it
-            // if there are some.
-            allows_dh_fallback: cfg.fallback == Fallback::Dh && !self.inner.is_empty(),
+            allows_dh_fallback: offers_dh,
             keys: request_keys,
             // Also in an initial exchange: the peer acts on it once this IKE SA is
             // authenticated, and its next initial exchange then finds the keys in place.
@@ -348,7 +419,7 @@ impl QkdKeyExchange {
         let rt = &self.rt;
         let peer_cfg = &rt.config.peers[peer];
         let source = rt.source(peer);
-        let _permit = self.permit(&peer_cfg.sae_id)?;
+        let _permit = self.permit(peer)?;
         let mut sets = wait_for_keys(rt.config.wait_timeout, || {
             source.enc_keys(&peer_cfg.sae_id, rt.config.key_size, 1, deadline)
         })
@@ -370,15 +441,21 @@ impl QkdKeyExchange {
         Ok(qkd)
     }
 
-    fn permit(&self, peer: &SaeId) -> Result<crate::supply::Permit, KeError> {
-        self.rt.limiter.try_acquire().ok_or_else(|| {
-            KeError::Busy(format!(
-                "no QKD key for SAE '{peer}': {} KME requests already in flight \
-                 ({PREFIX}.max_kme_requests = {}); not waiting for another",
-                self.rt.limiter.max(),
-                self.rt.limiter.max()
-            ))
-        })
+    /// A slot of the on-demand KME request budget for `peer`: its share, and for a
+    /// responder before authentication the unauthenticated share.
+    fn permit(&self, peer: usize) -> Result<crate::supply::Permit, KeError> {
+        let authenticated = !self.unauthenticated();
+        self.rt
+            .limiter
+            .try_acquire(peer, authenticated)
+            .map_err(|full| {
+                KeError::Busy(format!(
+                    "no QKD key for SAE '{}' now: {full}; not waiting for another, and not \
+                     falling back to DH for it: the exchange is refused in-band and retried \
+                     (raise buffer so exchanges need no KME request)",
+                    self.rt.config.peers[peer].sae_id
+                ))
+            })
     }
 
     fn complete(
@@ -440,6 +517,8 @@ impl QkdKeyExchange {
         }
         let both_allow_dh =
             cfg.fallback == Fallback::Dh && request.allows_dh_fallback && !self.inner.is_empty();
+        // Everything cheap before any KME request.
+        self.check_share_methods(&request.shares)?;
         let obtained = match &request.keys {
             Keys::None(reason) => Err(KeError::PeerHasNoKey(format!(
                 "SAE '{}' started the exchange without QKD key ({reason})",
@@ -452,12 +531,20 @@ impl QkdKeyExchange {
                 self.take_announcement(peer, &request.announce, qkd.key_ids.len());
                 Some(qkd)
             }
-            Err(error) if both_allow_dh => {
-                log::warn!("qkd: {error}; both peers allow fallback = dh");
+            Err(error) if both_allow_dh && !matches!(error, KeError::Busy(_)) => {
+                self.log(
+                    log::Level::Warn,
+                    format_args!("qkd: {error}; both peers allow fallback = dh"),
+                );
                 None
             }
+            Err(busy @ KeError::Busy(_)) => return Err(busy),
             Err(KeError::PeerHasNoKey(why)) => {
-                let n = Counters::bump(&rt.counters.no_key_refused);
+                let n = Counters::bump(if self.unauthenticated() {
+                    &rt.counters.unauthenticated_refused
+                } else {
+                    &rt.counters.no_key_refused
+                });
                 return Err(KeError::PeerHasNoKey(format!(
                     "{why}; {}: refusing it in-band (#{n}), strongSwan keeps the current SA and \
                      the peer retries",
@@ -510,7 +597,22 @@ impl QkdKeyExchange {
             qkd.log_obtained("slave", master, peer_cfg, "from the inbound cache");
             return self.check_size(peer, master, qkd);
         }
-        let _permit = self.permit(master)?;
+        let too_many = |needed: usize| {
+            KeError::Peer(format!(
+                "SAE '{master}' named {} key IDs, but key_size = {} takes {needed} at KME {}; \
+                 not fetching them (check key_size on both peers)",
+                ids.len(),
+                cfg.key_size,
+                source.url()
+            ))
+        };
+        // Known without asking the KME: refused before taking a request slot.
+        if let Some(needed) = source.known_keys_per_set(master, cfg.key_size) {
+            if ids.len() > needed {
+                return Err(too_many(needed));
+            }
+        }
+        let _permit = self.permit(peer)?;
         let kme_error = |error| KeError::Kme {
             peer: master.clone(),
             error,
@@ -519,13 +621,7 @@ impl QkdKeyExchange {
             .keys_per_set(master, cfg.key_size, deadline)
             .map_err(kme_error)?;
         if ids.len() > needed {
-            return Err(KeError::Peer(format!(
-                "SAE '{master}' named {} key IDs, but key_size = {} takes {needed} at KME {}; \
-                 not fetching them (check key_size on both peers)",
-                ids.len(),
-                cfg.key_size,
-                source.url()
-            )));
+            return Err(too_many(needed));
         }
         let keys = wait_for_keys(cfg.wait_timeout, || source.dec_keys(master, ids, deadline))
             .map_err(kme_error)?;
@@ -597,8 +693,11 @@ impl QkdKeyExchange {
             }
             None => {
                 let n = Counters::bump(&counters.dh_fallbacks);
-                log::warn!(
-                    "qkd: WARNING: shared secret is {methods} only, without QKD key (DH fallback #{n})"
+                self.log(
+                    log::Level::Warn,
+                    format_args!(
+                        "qkd: WARNING: shared secret is {methods} only, without QKD key (DH fallback #{n})"
+                    ),
                 );
             }
         }
@@ -606,9 +705,14 @@ impl QkdKeyExchange {
             secret.extend_from_slice(e);
         }
         self.secret = Some(secret);
-        let result = if qkd.is_some() { "qkd" } else { "dh-fallback" };
-        let initiator = self.is_initiator();
-        self.audit.emit(&self.ctx, initiator, result);
+        if qkd.is_some() {
+            // Never limited: only a peer with keys from our KME gets here.
+            let initiator = self.is_initiator();
+            self.audit.emit(&self.ctx, initiator, "qkd");
+        } else {
+            // Any peer allowing the fallback gets here before authentication.
+            self.emit_audit("dh-fallback");
+        }
         Ok(())
     }
 
@@ -646,9 +750,8 @@ impl QkdKeyExchange {
             .collect()
     }
 
-    /// The peer's shares must name our in-method key exchanges in our order; their
-    /// secrets, concatenated in that order (None without in-method key exchanges).
-    fn peer_shares(&mut self, shares: Vec<Share>) -> Result<Option<Zeroizing<Vec<u8>>>, KeError> {
+    /// The peer's shares must name our in-method key exchanges in our order.
+    fn check_share_methods(&self, shares: &[Share]) -> Result<(), KeError> {
         if !shares
             .iter()
             .map(|s| s.method)
@@ -660,6 +763,13 @@ impl QkdKeyExchange {
                 self.inner_names()
             )));
         }
+        Ok(())
+    }
+
+    /// The secrets of the peer's shares ([`Self::check_share_methods`]), concatenated in
+    /// our order (None without in-method key exchanges).
+    fn peer_shares(&mut self, shares: Vec<Share>) -> Result<Option<Zeroizing<Vec<u8>>>, KeError> {
+        self.check_share_methods(&shares)?;
         if self.inner.is_empty() {
             return Ok(None);
         }

@@ -2,6 +2,7 @@
 //! per distinct KME (so TLS connections are reused across exchanges), the key supply
 //! (buffers and their refill threads), the cap on on-demand KME requests, and counters.
 
+use super::loglimit::LogLimiter;
 use crate::config::{Config, KmeSettings, PeerConfig};
 use crate::kme::{KeySource, KmeError};
 use crate::supply::{DepthLimits, RequestLimiter, Supply, SupplyPeer};
@@ -15,6 +16,8 @@ pub struct Runtime {
     pub supply: Supply,
     pub limiter: RequestLimiter,
     pub counters: Counters,
+    /// What responders log about exchanges before the peer is authenticated.
+    pub unauthenticated_log: LogLimiter,
 }
 
 #[derive(Default)]
@@ -28,6 +31,9 @@ pub struct Counters {
     pub failures: AtomicU64,
     /// Of the failures: both KMEs delivered keys for the same IDs, but different keys.
     pub key_mismatches: AtomicU64,
+    /// Exchanges refused as responder before the peer was authenticated, for any reason
+    /// (counted here only, not in `no_key_refused` or `failures`).
+    pub unauthenticated_refused: AtomicU64,
 }
 
 impl Counters {
@@ -78,10 +84,11 @@ impl Runtime {
                 config.key_size,
                 config.key_ttl,
             ),
-            limiter: RequestLimiter::new(config.max_kme_requests),
+            limiter: RequestLimiter::new(config.max_kme_requests, config.peers.len()),
             config,
             sources,
             counters: Counters::default(),
+            unauthenticated_log: LogLimiter::new(std::time::Instant::now()),
         })
     }
 

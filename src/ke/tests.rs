@@ -41,7 +41,10 @@ impl FakeKme {
             });
         }
         let n = self.link.counter.fetch_add(1, Ordering::SeqCst);
-        let id = KeyId([n as u8; 16]);
+        // Unique per link however many keys a test draws; byte 0 still tells keys apart.
+        let mut id = [n as u8; 16];
+        id[12..].copy_from_slice(&n.to_be_bytes());
+        let id = KeyId(id);
         let material: Vec<u8> = (0..size_bits / 8)
             .map(|i| (i as u8) ^ (n as u8).wrapping_mul(31))
             .collect();
@@ -116,6 +119,10 @@ impl KeySource for FakeKme {
 
     fn keys_per_set(&self, _: &SaeId, _: u32, _: Instant) -> Result<usize, KmeError> {
         Ok(1)
+    }
+
+    fn known_keys_per_set(&self, _: &SaeId, _: u32) -> Option<usize> {
+        Some(1)
     }
 
     fn url(&self) -> &str {
@@ -437,6 +444,10 @@ fn slave_kme_outage_without_fallback_fails_with_reason() {
     let err = run_err(&mut a.initiator("sae-b", 1), &mut b.responder(2));
     assert!(err.contains("KME https://kme.test unreachable"), "{err}");
     assert!(err.contains("fallback = none: QKD is mandatory"), "{err}");
+    // Before authentication: counted apart; in a rekey: a failure.
+    assert_eq!(counter(&b.rt.counters.unauthenticated_refused), 1);
+    assert_eq!(counter(&b.rt.counters.failures), 0);
+    run_err(&mut a.rekey("sae-b", 1), &mut b.rekey("sae-a", 2));
     assert_eq!(counter(&b.rt.counters.failures), 1);
 }
 
@@ -485,7 +496,14 @@ fn no_key_at_the_initiator_is_refused_in_band_and_the_retry_succeeds() {
     ] {
         assert_eq!(e.level(), log::Level::Debug, "{e}");
     }
-    assert_eq!(i.shared_secret().unwrap_err().level(), log::Level::Error);
+    // charon asks the refused rekey's initiator for its secret: it says what happened, and
+    // quietly, as the no-key request was logged already. Not a call-order bug.
+    let refused = i.shared_secret().unwrap_err();
+    assert!(
+        matches!(refused, KeError::PeerRefused { no_key_sent: true }),
+        "{refused}"
+    );
+    assert_eq!(refused.level(), log::Level::Debug, "{refused}");
 
     // strongSwan's retry: new objects, the KME has keys again.
     let (si, sr) = run(&mut a.rekey("sae-b", 3), &mut b.rekey("sae-a", 4)).unwrap();
@@ -499,7 +517,7 @@ fn no_key_reasons_say_what_failed() {
     link.enc_503s.store(1, Ordering::SeqCst);
     let request = Request::decode(&a.initiator("sae-b", 1).get_public_key().unwrap()).unwrap();
     assert_eq!(request.keys, Keys::None(NoKeyReason::KmeEmpty));
-    let _busy = a.rt.limiter.try_acquire().unwrap();
+    let _busy = a.rt.limiter.try_acquire(0, true).unwrap();
     let request = Request::decode(&a.initiator("sae-b", 1).get_public_key().unwrap()).unwrap();
     assert_eq!(request.keys, Keys::None(NoKeyReason::Local));
     let url = || "https://kme.test".to_string();
@@ -528,7 +546,7 @@ fn no_key_reasons_say_what_failed() {
 #[test]
 fn a_full_request_cap_fails_fast_with_a_clear_line() {
     let (_link, a, b) = pair(&[("max_kme_requests", "1")], &[("max_kme_requests", "1")]);
-    let held = b.rt.limiter.try_acquire().unwrap();
+    let held = b.rt.limiter.try_acquire(0, true).unwrap();
     let err = run_err(&mut a.initiator("sae-b", 1), &mut b.responder(2));
     assert!(
         err.contains("1 KME requests already in flight (charon.plugins.qkd.max_kme_requests = 1)"),
@@ -698,9 +716,11 @@ fn mismatched_hybrid_groups_are_refused() {
         ),
         "{err}"
     );
-    let (_link, a, b) = pair(&[], &[("dh_group", "ecp256")]);
+    let (link, a, b) = pair(&[], &[("dh_group", "ecp256")]);
     let err = run_err(&mut a.initiator("sae-b", 1), &mut b.responder(2));
     assert!(err.contains("carries curve25519 but ecp256 here"), "{err}");
+    // Checked before the responder asks its KME (the initiator's key stays unfetched).
+    assert_eq!(link.dec_calls.load(Ordering::SeqCst), 0);
     let (_link, a, b) = pair(&[("kem", "mlkem768")], &[("kem", "mlkem1024")]);
     let err = run_err(&mut a.initiator("sae-b", 1), &mut b.responder(2));
     assert!(
@@ -896,4 +916,210 @@ fn the_slave_never_uses_a_key_id_twice() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("already keyed an earlier exchange"), "{err}");
+}
+
+// ---- what peers can make us do before authentication ----------------------------------
+
+/// Every log line of the calling thread while `f` runs (level, text).
+fn logged<R>(f: impl FnOnce() -> R) -> (R, Vec<(log::Level, String)>) {
+    use std::cell::RefCell;
+    thread_local! {
+        static LINES: RefCell<Option<Vec<(log::Level, String)>>> = const { RefCell::new(None) };
+    }
+    struct Capture;
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record) {
+            LINES.with(|lines| {
+                if let Some(lines) = lines.borrow_mut().as_mut() {
+                    lines.push((record.level(), record.args().to_string()));
+                }
+            });
+        }
+        fn flush(&self) {}
+    }
+    static CAPTURE: Capture = Capture;
+    let _ = log::set_logger(&CAPTURE);
+    log::set_max_level(log::LevelFilter::Trace);
+    LINES.with(|lines| *lines.borrow_mut() = Some(Vec::new()));
+    let result = f();
+    let lines = LINES.with(|lines| lines.borrow_mut().take().unwrap());
+    (result, lines)
+}
+
+/// A flood of bad exchanges before authentication: a few lines and then silence, counted
+/// apart from the failures of authenticated peers; their failures are still all logged.
+#[test]
+fn a_flood_before_authentication_cannot_fill_the_log() {
+    let (link, a, b) = pair(&[], &[]);
+    // Not a configured SAE ID at gw-b: refused, before any KME request.
+    let mallory = Gateway::new(&link, "sae-m", "sae-b", &[]);
+    let flood: Vec<Vec<u8>> = (0..200)
+        .map(|seed| mallory.initiator("sae-b", seed).get_public_key().unwrap())
+        .collect();
+    let started = Instant::now();
+    let (_, lines) = logged(|| {
+        for (seed, request) in flood.iter().enumerate() {
+            let mut r = b.responder(seed as u8);
+            // What charon's call does with the error: the exchange logs it.
+            let error = r.set_public_key(request).unwrap_err();
+            r.log_error(&error);
+        }
+    });
+    let intervals = (started.elapsed().as_secs() / loglimit::INTERVAL.as_secs()) as usize + 1;
+    let bound = loglimit::BURST as usize + 2 * intervals;
+    assert!(
+        lines.len() <= bound,
+        "{} lines for 200 exchanges (bound {bound})",
+        lines.len()
+    );
+    assert_eq!(counter(&b.rt.counters.unauthenticated_refused), 200);
+    assert_eq!(counter(&b.rt.counters.failures), 0);
+
+    // An authenticated peer's failures are not limited.
+    *link.dec_down.lock().unwrap() = true;
+    let rekeys: Vec<Vec<u8>> = (0..20)
+        .map(|seed| a.rekey("sae-b", seed).get_public_key().unwrap())
+        .collect();
+    let (_, lines) = logged(|| {
+        for (seed, request) in rekeys.iter().enumerate() {
+            let mut r = b.rekey("sae-a", seed as u8);
+            let error = r.set_public_key(request).unwrap_err();
+            r.log_error(&error);
+        }
+    });
+    let unreachable = lines
+        .iter()
+        .filter(|(_, l)| l.contains("unreachable"))
+        .count();
+    assert_eq!(unreachable, 20, "{lines:?}");
+    assert_eq!(counter(&b.rt.counters.failures), 20);
+}
+
+/// Exchanges before authentication that a peer can complete without any key (it asks for
+/// the DH fallback, which we allow) cannot fill the log either; each is still counted as a
+/// DH fallback (better a false alarm than a hidden downgrade).
+#[test]
+fn a_flood_of_fallback_requests_before_authentication_cannot_fill_the_log() {
+    let dh = [("fallback", "dh")];
+    let (link, mallory, b) = pair(&dh, &dh);
+    link.enc_503s.store(u32::MAX, Ordering::SeqCst);
+    let flood: Vec<Vec<u8>> = (0..200)
+        .map(|seed| mallory.initiator("sae-b", seed).get_public_key().unwrap())
+        .collect();
+    let started = Instant::now();
+    let (_, lines) = logged(|| {
+        for (seed, request) in flood.iter().enumerate() {
+            b.responder(seed as u8).set_public_key(request).unwrap();
+        }
+    });
+    let intervals = (started.elapsed().as_secs() / loglimit::INTERVAL.as_secs()) as usize + 1;
+    let bound = loglimit::BURST as usize + 2 * intervals;
+    assert!(
+        lines.len() <= bound,
+        "{} lines for 200 exchanges (bound {bound})",
+        lines.len()
+    );
+    assert_eq!(counter(&b.rt.counters.dh_fallbacks), 200);
+}
+
+/// Takes every request slot `limiter` gives to work for `peer` of that kind.
+fn exhaust(
+    limiter: &crate::supply::RequestLimiter,
+    authenticated: bool,
+) -> Vec<crate::supply::Permit> {
+    std::iter::from_fn(|| limiter.try_acquire(0, authenticated).ok()).collect()
+}
+
+/// Unauthenticated exchanges holding every slot they may (a flood against a slow KME)
+/// neither starve authenticated rekeys nor turn exchanges into DH fallbacks.
+#[test]
+fn a_flood_before_authentication_neither_starves_rekeys_nor_downgrades() {
+    let dh = [("fallback", "dh")];
+    let (_link, a, b) = pair(&dh, &dh);
+    let flood = exhaust(&b.rt.limiter, false);
+    assert!(!flood.is_empty());
+    // A new IKE SA meanwhile: no slot for its unauthenticated responder, and no fallback.
+    let mut r = b.responder(2);
+    let err = run(&mut a.initiator("sae-b", 1), &mut r).unwrap_err();
+    assert!(matches!(err, KeError::Busy(_)), "{err}");
+    assert_eq!(err.level(), log::Level::Warn, "a refusal, retried: {err}");
+    assert!(err.to_string().contains("not falling back to DH"), "{err}");
+    // Rekeys of the authenticated IKE SA still reach the KME and get QKD keys.
+    for seed in 0..3 {
+        let (si, sr) = run(
+            &mut a.rekey("sae-b", seed),
+            &mut b.rekey("sae-a", seed + 10),
+        )
+        .unwrap();
+        assert_eq!(si, sr);
+    }
+    assert_eq!(counter(&b.rt.counters.qkd_secrets), 3);
+    for gw in [&a, &b] {
+        assert_eq!(counter(&gw.rt.counters.dh_fallbacks), 0);
+    }
+    drop(flood);
+}
+
+/// An initiator whose own request budget is full says "no key" and does not offer the DH
+/// fallback: the responder refuses in-band and strongSwan retries.
+#[test]
+fn a_full_request_budget_never_offers_the_dh_fallback() {
+    let dh = [("fallback", "dh")];
+    let (_link, a, b) = pair(&dh, &dh);
+    let _held = exhaust(&a.rt.limiter, true);
+    let mut i = a.rekey("sae-b", 1);
+    let request = Request::decode(&i.get_public_key().unwrap()).unwrap();
+    assert_eq!(request.keys, Keys::None(NoKeyReason::Local));
+    assert!(!request.allows_dh_fallback);
+    let err = b
+        .rekey("sae-a", 2)
+        .set_public_key(&request.encode().unwrap())
+        .unwrap_err();
+    assert!(matches!(err, KeError::PeerHasNoKey(_)), "{err}");
+    assert_eq!(counter(&b.rt.counters.dh_fallbacks), 0);
+}
+
+/// A request naming more key IDs than a set takes is refused on what is known, before it
+/// costs a request slot (with every slot taken it is still refused for what it is).
+#[test]
+fn too_many_key_ids_are_refused_before_taking_a_request_slot() {
+    let (link, _a, b) = pair(&[], &[]);
+    let _held = exhaust(&b.rt.limiter, true);
+    let request = Request {
+        sender: SaeId::new("sae-a").unwrap(),
+        allows_dh_fallback: false,
+        keys: Keys::Ids(vec![KeyId([1; 16]), KeyId([2; 16])]),
+        announce: vec![],
+        shares: vec![crate::wire::Share {
+            method: 31,
+            value: vec![7; 32],
+        }],
+    };
+    let err = b
+        .responder(2)
+        .set_public_key(&request.encode().unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("named 2 key IDs"), "{err}");
+    assert_eq!(link.dec_calls.load(Ordering::SeqCst), 0);
+}
+
+/// An initiator whose rekey the peer refused (its KME could not deliver, fallback = none)
+/// is asked for its secret by charon: it says the peer refused, at INFO, not "unexpected
+/// call order".
+#[test]
+fn a_refused_rekey_is_reported_as_a_refusal_not_a_call_order_bug() {
+    let (link, a, b) = pair(&[], &[]);
+    *link.dec_down.lock().unwrap() = true;
+    let mut i = a.rekey("sae-b", 1);
+    let request = i.get_public_key().unwrap();
+    assert!(b.rekey("sae-a", 2).set_public_key(&request).is_err());
+    let (_, lines) = logged(|| i.log_error(&i.shared_secret().unwrap_err()));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let (level, line) = &lines[0];
+    assert_eq!(*level, log::Level::Info, "{line}");
+    assert!(line.contains("the peer refused the exchange"), "{line}");
+    assert!(!line.contains("unexpected call order"), "{line}");
 }

@@ -406,6 +406,12 @@ impl KeySource for Etsi014Client {
         Ok(plan::plan(&known.status, known.served_bits, size_bits, &self.url)?.keys_per_set)
     }
 
+    fn known_keys_per_set(&self, peer: &SaeId, size_bits: u32) -> Option<usize> {
+        let known = lock(&self.status_cache).get(peer).cloned()?;
+        let plan = plan::plan(&known.status, known.served_bits, size_bits, &self.url).ok()?;
+        Some(plan.keys_per_set)
+    }
+
     fn url(&self) -> &str {
         &self.url
     }
@@ -413,7 +419,7 @@ impl KeySource for Etsi014Client {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded values stay consistent even if a holder panicked: keep using them.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
+    crate::health::lock("a KME client's connection or status cache", mutex)
 }
 
 /// Checks the configured base URL: https, usable as a base, no query or fragment.

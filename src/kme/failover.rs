@@ -88,7 +88,7 @@ impl FailoverSource {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state stays consistent even if a holder panicked: keep using it.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::health::lock("a KME's node failover state", &self.state)
     }
 
     /// The nodes to try now, in order: every node that is up, and down nodes whose probe
@@ -263,6 +263,12 @@ impl KeySource for FailoverSource {
         self.request(peer, deadline, false, |node, until| {
             node.keys_per_set(peer, size_bits, until)
         })
+    }
+
+    /// What the active node knows.
+    fn known_keys_per_set(&self, peer: &SaeId, size_bits: u32) -> Option<usize> {
+        let active = self.lock().active;
+        self.nodes[active].known_keys_per_set(peer, size_bits)
     }
 
     /// The active node's URL.

@@ -133,6 +133,12 @@ pub trait KeySource: Send + Sync {
         deadline: Instant,
     ) -> Result<usize, KmeError>;
 
+    /// [`Self::keys_per_set`] if it is known without asking the KME (cached status), so a
+    /// peer's request can be checked before it costs a KME request slot.
+    fn known_keys_per_set(&self, _peer: &SaeId, _size_bits: u32) -> Option<usize> {
+        None
+    }
+
     /// Human-readable location for log lines (the KME base URL; of a KME with several
     /// nodes, the one in use).
     fn url(&self) -> &str;

@@ -89,7 +89,7 @@ impl KmeStats {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, StatsState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::health::lock("a KME node's statistics", &self.state)
     }
 }
 
@@ -165,6 +165,10 @@ impl KeySource for MeasuredSource {
         self.inner
             .keys_per_set(peer, size_bits, deadline)
             .inspect_err(|e| self.stats.record_error(e))
+    }
+
+    fn known_keys_per_set(&self, peer: &SaeId, size_bits: u32) -> Option<usize> {
+        self.inner.known_keys_per_set(peer, size_bits)
     }
 
     fn url(&self) -> &str {

@@ -46,6 +46,10 @@ pub struct Snapshot {
     pub buffered_keys: BufferCounters,
     pub kmes: Vec<KmeStatus>,
     pub peers: Vec<PeerStatus>,
+    /// Panics caught and poisoned locks recovered since the plugin was loaded
+    /// ([`crate::health`]): each was logged as an internal error; should stay 0.
+    #[serde(default)]
+    pub internal_errors: u64,
 }
 
 /// [`Counters`]: key exchanges by outcome.
@@ -58,6 +62,11 @@ pub struct ExchangeCounters {
     pub failures: u64,
     /// Of the failures: key confirmation found different keys under the same key IDs.
     pub key_mismatches: u64,
+    /// Exchanges refused as responder before the peer was authenticated (IKE_SA_INIT,
+    /// IKE_INTERMEDIATE), for any reason: anyone can drive this one, so it is kept apart
+    /// from `no_key_refused` and `failures`.
+    #[serde(default)]
+    pub unauthenticated_refused: u64,
 }
 
 /// [`crate::supply::SupplyCounters`]: buffered keys (counted per key, not per set).
@@ -150,6 +159,7 @@ impl From<&Counters> for ExchangeCounters {
             no_key_refused: load(&c.no_key_refused),
             failures: load(&c.failures),
             key_mismatches: load(&c.key_mismatches),
+            unauthenticated_refused: load(&c.unauthenticated_refused),
         }
     }
 }
@@ -214,6 +224,7 @@ impl Snapshot {
             },
             kmes,
             peers,
+            internal_errors: crate::health::internal_errors(),
         }
     }
 
@@ -321,8 +332,8 @@ pub fn render_table(s: &Snapshot) -> String {
     );
     let _ = writeln!(
         out,
-        "exchanges: {} QKD secrets, {} DH fallbacks, {} started without key, {} refused (peer had no key), {} failed ({} key mismatches)",
-        e.qkd_secrets, e.dh_fallbacks, e.no_key_sent, e.no_key_refused, e.failures, e.key_mismatches
+        "exchanges: {} QKD secrets, {} DH fallbacks, {} started without key, {} refused (peer had no key), {} failed ({} key mismatches), {} refused before authentication",
+        e.qkd_secrets, e.dh_fallbacks, e.no_key_sent, e.no_key_refused, e.failures, e.key_mismatches, e.unauthenticated_refused
     );
     let _ = writeln!(
         out,
@@ -408,6 +419,14 @@ pub fn render_table(s: &Snapshot) -> String {
             None => out.push('\n'),
         }
     }
+    if s.internal_errors > 0 {
+        let _ = writeln!(
+            out,
+            "INTERNAL ERRORS: {} since the plugin was loaded (panics or poisoned locks, see the \
+             \"qkd: internal error\" lines in charon's log): please report them",
+            s.internal_errors
+        );
+    }
     out
 }
 
@@ -462,6 +481,8 @@ pub fn render_metrics(s: &Snapshot) -> String {
         ("no_key_refused_total", "Exchanges refused in-band because the peer had no QKD key.", e.no_key_refused),
         ("failures_total", "Key exchanges that failed for another reason (see the qkd-audit log lines).", e.failures),
         ("key_mismatches_total", "Failed exchanges whose KMEs delivered different keys under the same key IDs.", e.key_mismatches),
+        ("unauthenticated_refused_total", "Exchanges refused as responder before the peer was authenticated (not in the other counters).", e.unauthenticated_refused),
+        ("internal_errors_total", "Panics caught and poisoned locks recovered since the plugin was loaded (bugs: see the log).", s.internal_errors),
         ("keys_buffered_total", "Keys a KME delivered into the outbound queues and inbound caches.", b.buffered),
         ("keys_used_total", "Buffered keys taken by an exchange.", b.used),
         ("keys_wasted_total", "Buffered keys wiped unused (expired after key_ttl, or dropped on reload).", b.wasted),

@@ -1,4 +1,4 @@
-use super::server::{request_status, StatusServer};
+use super::server::{self, request_status, StatusServer};
 use super::*;
 use crate::config::Config;
 use crate::config::MapSettings;
@@ -7,6 +7,7 @@ use crate::kme::{FailoverSource, KmeError, NodeRole, NodeState, QkdKey};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 use zeroize::Zeroizing;
@@ -377,4 +378,120 @@ fn server_answers_survives_bad_clients_and_is_owner_only() {
         .contains("no configuration"));
     drop(server);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn socket_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("qkd-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A client that sends one byte every 100 ms and never a newline, until the server closes
+/// the connection; tells `closed` when that happened.
+fn trickling_client(path: &Path) -> std::sync::mpsc::Receiver<()> {
+    let mut client = UnixStream::connect(path).unwrap();
+    let (closed, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while client.write_all(b"x").is_ok() {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = closed.send(());
+    });
+    rx
+}
+
+/// The name of the socket never refers to anything but a 0600 socket: it is bound under
+/// another name, in a private directory, and renamed into place.
+#[test]
+fn the_socket_is_bound_privately_then_renamed_into_place() {
+    let dir = socket_dir("status-bind");
+    let path = dir.join("charon.qkd");
+    let listener = server::bind_private(&path).unwrap();
+    let bound = listener.local_addr().unwrap();
+    let bound = bound.as_pathname().unwrap();
+    assert_ne!(
+        bound, path,
+        "bound at the public name (then chmod: a window)"
+    );
+    assert!(
+        !bound.parent().unwrap().exists(),
+        "the private directory is gone"
+    );
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    UnixStream::connect(&path).expect("served under its public name");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "nothing else left behind"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A client that keeps sending, a byte at a time, is cut off at its deadline in all (not
+/// one per read, which it would never exceed).
+#[test]
+fn a_trickling_client_is_dropped_at_its_total_deadline() {
+    let dir = socket_dir("status-trickle");
+    let path = dir.join("charon.qkd");
+    let server = StatusServer::start_with_deadline(
+        &path,
+        Arc::new(|| None),
+        std::time::Duration::from_millis(300),
+    )
+    .unwrap();
+    let closed = trickling_client(&path);
+    closed
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the server closed the connection");
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Stopping the server (plugin unload, a reload moving the socket) does not wait for the
+/// client it is serving, however long that client's deadline.
+#[test]
+fn a_stalled_client_does_not_delay_stop() {
+    let dir = socket_dir("status-stop");
+    let path = dir.join("charon.qkd");
+    let server = StatusServer::start_with_deadline(
+        &path,
+        Arc::new(|| None),
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap();
+    let closed = trickling_client(&path);
+    let _silent = UnixStream::connect(&path).unwrap();
+    let (stopped, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(server);
+        let _ = stopped.send(());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30))
+        .expect("stop returned while a client was being served");
+    // Not left behind after a bounded wait: the thread cut its client off and ended.
+    closed
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("stop cut the client off");
+    assert!(!path.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn internal_errors_show_in_the_table_and_the_metrics() {
+    let mut s = snapshot_after_traffic();
+    s.internal_errors = 2;
+    let table = render_table(&s);
+    assert!(
+        table.contains("INTERNAL ERRORS: 2 since the plugin was loaded"),
+        "{table}"
+    );
+    let metrics = render_metrics(&s);
+    assert!(
+        metrics.contains("strongswan_qkd_internal_errors_total 2\n"),
+        "{metrics}"
+    );
+    s.internal_errors = 0;
+    assert!(!render_table(&s).contains("INTERNAL ERRORS"));
 }

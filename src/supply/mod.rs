@@ -492,8 +492,10 @@ impl Drop for Supply {
 }
 
 impl Shared {
+    /// A panic while the state was locked is recovered from, logged and counted
+    /// (`crate::health`), never silently.
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::health::lock("key supply", &self.state)
     }
 
     fn count(&self, counter: &AtomicU64, keys: usize) {
