@@ -150,6 +150,9 @@ struct Unverified {
 /// Most announcements held for IKE SAs being set up: an unauthenticated peer can occupy no
 /// more than this fixed budget (oldest dropped first), and nothing is fetched for them.
 const MAX_UNVERIFIED: usize = 256;
+/// Most key IDs pending per peer when exchanges add the ones they wait for (a flood of
+/// unauthenticated exchanges naming made-up IDs gets no further).
+const MAX_PENDING: usize = 256;
 /// Key IDs remembered as used by the slave side (512 KiB at most).
 const USED_IDS_REMEMBERED: usize = 16384;
 
@@ -163,6 +166,8 @@ struct Buffers {
     pending: VecDeque<(KeyId, Instant)>,
     /// Being fetched by a refill thread right now.
     in_flight: HashSet<KeyId>,
+    /// An exchange waits for pending keys: fetch them without settling first.
+    urgent: bool,
     /// Inbound keys one peer exchange uses; bounds what an announcement may ask for.
     ids_per_set: usize,
     /// No refill for this peer before then (after a KME failure).
@@ -182,6 +187,7 @@ impl Buffers {
             inbound: HashMap::new(),
             pending: VecDeque::new(),
             in_flight: HashSet::new(),
+            urgent: false,
             ids_per_set: 1,
             retry_at: None,
             settle_until: None,
@@ -301,9 +307,11 @@ impl Supply {
         }
     }
 
-    /// Master side: the next unexpired outbound key set for `peer`. When the queue is empty
-    /// while a refill for this peer is in flight, waits for it until `deadline` rather than
-    /// asking the KME a second time. None: fetch on demand (within the same deadline).
+    /// Master side: the next unexpired outbound key set for `peer`. When the queue is empty,
+    /// waits until `deadline` for the refill in flight or the one the refill threads start
+    /// now (they batch, and keep within the KME's limits, what many exchanges at once would
+    /// otherwise ask one by one). None: no refill runs or it failed (the KME is backed off):
+    /// fetch on demand, which says why there is no key.
     pub fn take_outbound(&self, peer: usize, deadline: Instant) -> Option<KeySet> {
         let mut state = self.shared.lock();
         if self.shared.limits.floor > 0 {
@@ -325,7 +333,8 @@ impl Supply {
             }
             // Wake the refill threads: demand just rose, the queue may need more.
             self.shared.wake.notify_all();
-            if !buffers.refilling_outbound || now >= deadline || state.stopped {
+            let refill_coming = buffers.refilling_outbound || can_refill(&state, peer, now);
+            if !refill_coming || now >= deadline || state.stopped {
                 return None;
             }
             state = self
@@ -349,8 +358,10 @@ impl Supply {
     }
 
     /// Slave side: the keys `ids` from the inbound cache, in order, if all are there. Keys
-    /// a refill thread is fetching right now are waited for until `deadline`; keys still
-    /// pending are withdrawn so the caller can fetch them itself without a double fetch.
+    /// not cached are handed to the refill threads first in line (bounded per peer), and
+    /// waited for until `deadline`, like keys they are fetching already. None: the refill
+    /// failed or cannot run; what is still pending is withdrawn so that the caller can
+    /// fetch on demand (which says why there is no key) without a double fetch.
     pub fn take_inbound(
         &self,
         peer: usize,
@@ -374,7 +385,32 @@ impl Supply {
                 self.shared.count(&self.shared.counters.used, keys.len());
                 return Some(keys);
             }
-            if !ids.iter().any(|id| buffers.in_flight.contains(id)) || now >= deadline {
+            let refill_possible = can_refill(&state, peer, now);
+            let buffers = &mut state.buffers[peer];
+            if refill_possible {
+                let asked: Vec<KeyId> = ids
+                    .iter()
+                    .filter(|id| {
+                        !buffers.inbound.get(id).is_some_and(fresh)
+                            && !buffers.in_flight.contains(id)
+                            && !buffers.pending.iter().any(|(p, _)| p == *id)
+                    })
+                    .copied()
+                    .collect();
+                if !asked.is_empty() && buffers.pending.len() + asked.len() <= MAX_PENDING {
+                    for id in asked.into_iter().rev() {
+                        buffers.pending.push_front((id, now));
+                    }
+                    buffers.urgent = true;
+                    self.shared.wake.notify_all();
+                }
+            }
+            let coming = ids.iter().any(|id| {
+                buffers.in_flight.contains(id)
+                    || (refill_possible && buffers.pending.iter().any(|(p, _)| p == id))
+            });
+            if !coming || now >= deadline || state.stopped {
+                let buffers = &mut state.buffers[peer];
                 buffers.pending.retain(|(id, _)| !ids.contains(id));
                 // Keys of this exchange already cached are no use without the others.
                 for id in ids {
@@ -441,6 +477,13 @@ impl Supply {
     pub fn forget(&self, ike_sa: u32) {
         self.shared.lock().unverified.retain(|u| u.ike_sa != ike_sa);
     }
+}
+
+/// A refill for `peer` can start now: threads run and its KME is not backed off.
+fn can_refill(state: &State, peer: usize, now: Instant) -> bool {
+    state.live_threads > 0
+        && !state.stopped
+        && state.buffers[peer].retry_at.is_none_or(|at| at <= now)
 }
 
 impl Drop for Supply {

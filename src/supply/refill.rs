@@ -106,7 +106,7 @@ fn next_job(shared: &Shared, next_peer: &mut usize) -> Option<Job> {
                 continue;
             }
             let settling = buffers.settle_until.filter(|at| *at > now);
-            if let Some(at) = settling.filter(|_| !buffers.outbound.is_empty()) {
+            if let Some(at) = settling.filter(|_| !buffers.outbound.is_empty() && !buffers.urgent) {
                 soonest = soonest.min(at);
                 continue;
             }
@@ -123,6 +123,7 @@ fn next_job(shared: &Shared, next_peer: &mut usize) -> Option<Job> {
                 kme_free.then(|| {
                     let n = buffers.pending.len().min(MAX_KEY_IDS);
                     let pending: Vec<(KeyId, Instant)> = buffers.pending.drain(..n).collect();
+                    buffers.urgent = false;
                     buffers.in_flight.extend(pending.iter().map(|(id, _)| *id));
                     Job::Inbound { peer, pending }
                 })

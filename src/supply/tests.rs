@@ -389,8 +389,8 @@ fn announced_keys_are_fetched_ahead_bounded_and_once() {
     let keys = s.take_inbound(0, &ids[..1], deadline).unwrap();
     assert_eq!(&keys[0].material[..], &[10; 32]);
     assert!(
-        s.take_inbound(0, &ids[..1], deadline).is_none(),
-        "used once"
+        s.take_inbound(0, &ids[..1], now()).is_none(),
+        "used once: no longer cached"
     );
     assert_eq!(s.counters().used.load(Ordering::SeqCst), 1);
 }
@@ -488,4 +488,49 @@ fn a_cached_key_past_key_ttl_is_not_handed_out() {
         s.take_inbound(0, &id, now()).is_none(),
         "expired at the take"
     );
+}
+
+/// A key the peer did not announce is fetched by the refill threads for the exchange that
+/// needs it, not by the exchange's own request.
+#[test]
+fn an_exchange_waits_for_unannounced_keys_from_the_refill_threads() {
+    let kme = Arc::new(NumberingKme::default());
+    let s = supply(&kme, 1, Duration::from_secs(60));
+    s.start();
+    let ids: Vec<KeyId> = (40..42).map(|n| KeyId([n; 16])).collect();
+    let keys = s
+        .take_inbound(0, &ids, now() + Duration::from_secs(5))
+        .expect("fetched for the exchange");
+    assert_eq!(keys.len(), 2);
+    assert_eq!(kme.dec_calls.load(Ordering::SeqCst), 1);
+}
+
+/// Many exchanges at once with an empty queue: they wait for the refill threads, which ask
+/// the KME for many sets per request, instead of each asking the KME (or failing).
+#[test]
+fn exchanges_at_once_share_batched_refills() {
+    let kme = Arc::new(NumberingKme::default());
+    *kme.delay.lock().unwrap() = Duration::from_millis(20);
+    kme.holding.store(true, Ordering::SeqCst);
+    let limits = DepthLimits {
+        floor: 1,
+        cap: 16,
+        total: 1000,
+    };
+    let s = Supply::new(vec![peer(0, &kme)], limits, 256, Duration::from_secs(60));
+    s.start();
+    let got = thread::scope(|scope| {
+        let takers: Vec<_> = (0..12)
+            .map(|_| scope.spawn(|| s.take_outbound(0, now() + Duration::from_secs(5))))
+            .collect();
+        kme.holding.store(false, Ordering::SeqCst);
+        takers
+            .into_iter()
+            .map(|t| t.join().unwrap().is_some())
+            .filter(|got| *got)
+            .count()
+    });
+    assert_eq!(got, 12, "every exchange got a set");
+    let calls = kme.enc_calls.load(Ordering::SeqCst);
+    assert!(calls < 12, "{calls} enc_keys calls for 12 exchanges");
 }
