@@ -1,4 +1,4 @@
-//! Key supply (DESIGN §7): QKD keys in place on both sides before an exchange needs them.
+//! Key supply (docs/design.md §7): QKD keys in place on both sides before an exchange needs them.
 //!
 //! Per peer, two buffers:
 //! * the **outbound queue**: key sets this gateway obtained as ETSI master (enc_keys), used
