@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup-host.sh packages
+scripts/check-doc-links.sh
 cargo test --workspace --release
 FUZZ_SECONDS=${FUZZ_SECONDS:-10} fuzz/smoke.sh
 tests/interop/run.sh --strict "$@"
