@@ -9,6 +9,7 @@
 # Long runs: see FUZZING.md.
 set -euo pipefail
 cd "$(dirname "$0")"
+. ../scripts/lib.sh
 
 TARGETS=(wire_decode kme_json config_parse)
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-20}

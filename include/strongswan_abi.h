@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/time.h>
 
 typedef struct {
 	u_char *ptr;
@@ -186,6 +187,58 @@ struct enum_name_t {
 
 /* ---- library_t (global `lib`) ---------------------------------------------------------- */
 
+/* ---- processor and jobs (processing/processor.h, processing/jobs/job.h) ---------------- */
+
+typedef struct job_t job_t;
+
+typedef enum {
+	JOB_PRIO_CRITICAL = 0,
+	JOB_PRIO_HIGH = 1,
+	JOB_PRIO_MEDIUM = 2,
+	JOB_PRIO_LOW = 3,
+} job_priority_t;
+
+typedef enum {
+	JOB_REQUEUE_TYPE_NONE = 0,
+} job_requeue_type_t;
+
+typedef enum {
+	JOB_STATUS_QUEUED = 0,
+} job_status_t;
+
+typedef struct timeval timeval_t;
+
+/* Returned by value from execute (24 bytes: through a hidden pointer on SysV x86-64).
+ * `schedule` is an anonymous enum in strongSwan (unsigned int with GCC). */
+typedef struct {
+	job_requeue_type_t type;
+	unsigned int schedule;
+	union {
+		uint32_t rel;
+		timeval_t abs;
+	} time;
+} job_requeue_t;
+
+/* complete: the processor reads status and every slot */
+struct job_t {
+	job_status_t status;
+	job_requeue_t (*execute)(job_t *this);
+	bool (*cancel)(job_t *this);
+	job_priority_t (*get_priority)(job_t *this);
+	void (*destroy)(job_t *this);
+};
+
+typedef struct processor_t processor_t;
+
+struct processor_t {
+	void *get_total_threads;
+	void *get_idle_threads;
+	void *get_working_threads;
+	void *get_job_load;
+	void (*queue_job)(processor_t *this, job_t *job);
+	/* execute_job, set_threads, cancel, destroy: not used */
+};
+
 typedef struct library_t library_t;
 
 struct library_t {
@@ -206,7 +259,7 @@ struct library_t {
 	void *resolver;
 	void *db;
 	void *plugins;
-	void *processor;
+	processor_t *processor;
 	void *scheduler;
 	void *watcher;
 	void *streams;
@@ -260,9 +313,36 @@ struct ike_sa_t {
 
 typedef struct bus_t bus_t;
 
+typedef struct listener_t listener_t;
+
+/* listener_t (bus/listeners/listener.h): complete, because charon reads every slot of a
+ * registered listener; NULL slots are skipped. Same 20 slots in 6.0.1 and 6.1.0. */
+struct listener_t {
+	void *alert;
+	void *ike_state_change;
+	void *child_state_change;
+	void *message;
+	void *ike_keys;
+	void *ike_derived_keys;
+	void *child_keys;
+	void *child_derived_keys;
+	bool (*ike_updown)(listener_t *this, ike_sa_t *ike_sa, bool up);
+	void *ike_rekey;
+	void *ike_update;
+	void *ike_reestablish_pre;
+	void *ike_reestablish_post;
+	void *child_updown;
+	void *child_rekey;
+	void *children_migrate;
+	void *authorize;
+	void *narrow;
+	void *assign_vips;
+	void *handle_vips;
+};
+
 struct bus_t {
-	void *add_listener;
-	void *remove_listener;
+	void (*add_listener)(bus_t *this, listener_t *listener);
+	void (*remove_listener)(bus_t *this, listener_t *listener);
 	void *add_logger;
 	void *remove_logger;
 	void *set_sa;

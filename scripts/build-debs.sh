@@ -1,11 +1,12 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Builds target/debian/strongswan-qkd_<version>_<arch>.deb and qkd-kme-sim_<version>_<arch>.deb
 # from this source tree with plain dpkg-deb (no debian/ source package needed):
 #   scripts/build-debs.sh            (or: make deb)
 # Needs cargo, libclang-dev (bindgen), dpkg-dev, binutils. Runs lintian on the results if
 # it is installed; packaging/LINTIAN.md explains the tags it leaves.
-set -eu
+set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 REPO=$(pwd)
 
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)

@@ -24,6 +24,19 @@ QKD_ROOTFS_PACKAGES="${QKD_ROOTFS_PACKAGES:-strongswan-swanctl,strongswan-charon
 log()  { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 die()  { log "ERROR: $*"; exit 1; }
 
+# A script that stops on an error says which command failed and where, never exits silently.
+# Installed by scripts that run with errexit; `-E` passes it into functions and command
+# substitutions, so a failing $(...) is named too. QKD_STEP_LOG, when set, names the log of
+# the step running now.
+on_error() {
+    local rc=$?
+    log "ERROR: '$BASH_COMMAND' failed (exit $rc) at ${BASH_SOURCE[1]:-?}:${BASH_LINENO[0]}${QKD_STEP_LOG:+; its log: $QKD_STEP_LOG}"
+}
+if [[ $- == *e* ]]; then
+    set -E
+    trap on_error ERR
+fi
+
 need_root() { [ "$(id -u)" -eq 0 ] || die "$1 needs root"; }
 
 # The Debian archive the machine's own apt uses, for debootstrap and apt-get source: an

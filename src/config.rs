@@ -101,6 +101,11 @@ pub struct Config {
     /// announced to the peer) and the inbound cache (the peer's announced keys, fetched
     /// ahead). 0 = fetch on demand in the exchange.
     pub buffer: usize,
+    /// Most outbound key sets per peer when the measured demand asks for more than
+    /// `buffer` (and the inbound cache's bound); >= buffer.
+    pub buffer_max: usize,
+    /// Most outbound key sets above the `buffer` floors over all peers together (memory).
+    pub buffer_total: usize,
     /// Buffered keys older than this are wiped unused (and counted as wasted).
     pub key_ttl: Duration,
     /// KME requests charon's worker threads may have in flight at once; beyond it an
@@ -116,6 +121,11 @@ pub const DEFAULT_METHOD_ID: u16 = 1042;
 pub const DEFAULT_KEY_SIZE: u32 = 256;
 const DEFAULT_KME_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_BUFFER: usize = 4;
+/// Enough for ~500 new SAs/s with the KME 50 ms away (depth = demand × delay × 2).
+pub const DEFAULT_BUFFER_MAX: usize = 64;
+const MAX_BUFFER_MAX: usize = 4096;
+/// 4096 sets of 256-bit keys: 128 KiB of key material above the floors.
+pub const DEFAULT_BUFFER_TOTAL: usize = 4096;
 const DEFAULT_KEY_TTL: Duration = Duration::from_secs(3600);
 /// Well below charon's 16 worker threads, so DPD, rekeys and vici keep threads.
 const DEFAULT_MAX_KME_REQUESTS: usize = 4;
@@ -241,6 +251,18 @@ impl Config {
         let buffer = global
             .parse("buffer", |v| parse_count(v, 0, 64, "key sets"))?
             .unwrap_or(DEFAULT_BUFFER);
+        let buffer_max = global
+            .parse("buffer_max", |v| parse_count(v, 0, MAX_BUFFER_MAX, "key sets"))?
+            .unwrap_or(DEFAULT_BUFFER_MAX);
+        if buffer_max < buffer {
+            return Err(global.error(
+                "buffer_max",
+                format!("{buffer_max} is below buffer = {buffer}; set buffer_max >= buffer"),
+            ));
+        }
+        let buffer_total = global
+            .parse("buffer_total", |v| parse_count(v, 0, 1 << 20, "key sets"))?
+            .unwrap_or(DEFAULT_BUFFER_TOTAL);
         let key_ttl = global
             .parse("key_ttl", parse_duration)?
             .unwrap_or(DEFAULT_KEY_TTL);
@@ -296,6 +318,8 @@ impl Config {
             dh_group,
             kem,
             buffer,
+            buffer_max,
+            buffer_total,
             key_ttl,
             max_kme_requests,
             status_socket,

@@ -5,6 +5,7 @@
 # interop scenario with real charons.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 scripts/setup-host.sh packages
 scripts/check-doc-links.sh

@@ -21,6 +21,7 @@ pub(crate) mod abi {
 }
 
 mod chunk;
+mod events;
 mod inner_ke;
 mod key_exchange;
 mod log;

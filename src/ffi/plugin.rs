@@ -7,7 +7,9 @@ use super::abi::{
     FEATURE_SDEPEND, KEY_EXCHANGE_METHOD,
 };
 use super::inner_ke::CharonKe;
-use super::{boundary, key_exchange, log as charon_log, runtime, status, symbols, version};
+use super::{
+    boundary, events, key_exchange, log as charon_log, runtime, status, symbols, version,
+};
 use crate::config::{method_name, Config, PREFIX};
 use std::ffi::{c_char, c_int, c_void};
 
@@ -172,6 +174,8 @@ pub extern "C" fn qkd_plugin_create() -> *mut plugin_t {
             rt.config.peers.len(),
             crate::ke::describe_methods(rt.config.inner_methods().into_iter())
         );
+        // Key supply start (after the privilege drop) and IKE SA authentication events.
+        events::register();
         Box::into_raw(plugin) as *mut plugin_t
     })
 }
@@ -205,6 +209,8 @@ unsafe extern "C" fn reload(_: *mut plugin_t) -> bool {
         let reloaded = runtime::reload();
         if let Some(rt) = runtime::current() {
             status::ensure(rt.config.status_socket.as_deref(), true);
+            // A reload runs in a worker thread; a new runtime's supply starts here.
+            rt.supply.start();
         }
         reloaded
     })
@@ -227,6 +233,7 @@ unsafe extern "C" fn destroy(this: *mut plugin_t) {
                 )
             };
         }
+        events::unregister();
         status::stop();
         runtime::uninstall();
     })

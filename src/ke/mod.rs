@@ -291,7 +291,8 @@ impl QkdKeyExchange {
         let peer = rt.peer_index(peer_cfg);
         self.audit.peer_sae = Some(peer_cfg.sae_id.clone());
         self.audit.kme = Some(rt.source(peer).url().to_owned());
-        let keys = match rt.supply.take_outbound(peer) {
+        let deadline = self.deadline(peer);
+        let keys = match rt.supply.take_outbound(peer, deadline) {
             Some(set) => {
                 let qkd = QkdMaterial::from_keys(set.keys);
                 qkd.log_obtained(
@@ -302,7 +303,7 @@ impl QkdKeyExchange {
                 );
                 Ok(qkd)
             }
-            None => self.fetch_enc(peer),
+            None => self.fetch_enc(peer, deadline),
         };
         let (qkd, request_keys) = match keys {
             Ok(qkd) => {
@@ -331,11 +332,9 @@ impl QkdKeyExchange {
             // if there are some.
             allows_dh_fallback: cfg.fallback == Fallback::Dh && !self.inner.is_empty(),
             keys: request_keys,
-            announce: if self.ctx.established {
-                rt.supply.announcement(peer)
-            } else {
-                Vec::new()
-            },
+            // Also in an initial exchange: the peer acts on it once this IKE SA is
+            // authenticated, and its next initial exchange then finds the keys in place.
+            announce: rt.supply.announcement(peer),
             shares: self.own_shares()?,
         };
         let data = request.encode().map_err(KeError::Encode)?;
@@ -345,12 +344,11 @@ impl QkdKeyExchange {
     }
 
     /// On-demand enc_keys in charon's thread, within the request cap and the deadline.
-    fn fetch_enc(&self, peer: usize) -> Result<QkdMaterial, KeError> {
+    fn fetch_enc(&self, peer: usize, deadline: Instant) -> Result<QkdMaterial, KeError> {
         let rt = &self.rt;
         let peer_cfg = &rt.config.peers[peer];
         let source = rt.source(peer);
         let _permit = self.permit(&peer_cfg.sae_id)?;
-        let deadline = self.deadline(peer);
         let mut sets = wait_for_keys(rt.config.wait_timeout, || {
             source.enc_keys(&peer_cfg.sae_id, rt.config.key_size, 1, deadline)
         })
@@ -397,10 +395,7 @@ impl QkdKeyExchange {
                 if !confirm::verify(&tag, &qkd.key, &rt.config.sae_id, peer_sae, &qkd.key_ids) {
                     return Err(KeError::KeyMismatch { key_ids: qkd.ids() });
                 }
-                if self.ctx.established {
-                    rt.supply
-                        .accept_announcement(peer, &response.announce, qkd.key_ids.len());
-                }
+                self.take_announcement(peer, &response.announce, qkd.key_ids.len());
                 Some(qkd)
             }
             (Some(qkd), None) => {
@@ -454,10 +449,7 @@ impl QkdKeyExchange {
         };
         let qkd = match obtained {
             Ok(qkd) => {
-                if self.ctx.established {
-                    rt.supply
-                        .accept_announcement(peer, &request.announce, qkd.key_ids.len());
-                }
+                self.take_announcement(peer, &request.announce, qkd.key_ids.len());
                 Some(qkd)
             }
             Err(error) if both_allow_dh => {
@@ -481,15 +473,23 @@ impl QkdKeyExchange {
             confirmation: qkd
                 .as_ref()
                 .map(|q| confirm::tag(&q.key, &request.sender, &cfg.sae_id, &q.key_ids)),
-            announce: if self.ctx.established {
-                rt.supply.announcement(peer)
-            } else {
-                Vec::new()
-            },
+            announce: rt.supply.announcement(peer),
             shares: self.own_shares()?,
         };
         self.own_data = Some(response.encode().map_err(KeError::Encode)?);
         self.finish(qkd, inner_secret)
+    }
+
+    /// The peer's announcement in an exchange whose own keys (`ids_per_set`) both KMEs
+    /// delivered: fetched ahead at once in an authenticated IKE SA; in one being set up, held
+    /// until it is authenticated (trust rule: an unauthenticated peer makes us fetch nothing).
+    fn take_announcement(&self, peer: usize, ids: &[KeyId], ids_per_set: usize) {
+        let supply = &self.rt.supply;
+        match (self.ctx.established, self.ctx.unique_id) {
+            (true, _) => supply.accept_announcement(peer, ids, ids_per_set),
+            (false, Some(ike_sa)) => supply.hold_announcement(ike_sa, peer, ids, ids_per_set),
+            (false, None) => {}
+        }
     }
 
     /// Slave side: the keys the peer named, from the inbound cache or on demand. More IDs

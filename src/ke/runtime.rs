@@ -1,10 +1,10 @@
 //! What every key exchange of one plugin configuration shares: the settings, one KME client
 //! per distinct KME (so TLS connections are reused across exchanges), the key supply
-//! (buffers and their one refill thread), the cap on on-demand KME requests, and counters.
+//! (buffers and their refill threads), the cap on on-demand KME requests, and counters.
 
 use crate::config::{Config, KmeSettings, PeerConfig};
 use crate::kme::{KeySource, KmeError};
-use crate::supply::{RequestLimiter, Supply, SupplyPeer};
+use crate::supply::{DepthLimits, RequestLimiter, Supply, SupplyPeer};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -38,7 +38,7 @@ impl Counters {
 
 impl Runtime {
     /// Builds the KME clients (`connect`, once per distinct KME) and the key supply. Starts
-    /// no thread: the supply starts with the first exchange.
+    /// no thread: see [`Supply::start`].
     pub fn new(
         config: Config,
         connect: impl Fn(&KmeSettings) -> Result<Arc<dyn KeySource>, KmeError>,
@@ -68,7 +68,16 @@ impl Runtime {
             })
             .collect();
         Ok(Runtime {
-            supply: Supply::new(supply_peers, config.buffer, config.key_size, config.key_ttl),
+            supply: Supply::new(
+                supply_peers,
+                DepthLimits {
+                    floor: config.buffer,
+                    cap: config.buffer_max,
+                    total: config.buffer_total,
+                },
+                config.key_size,
+                config.key_ttl,
+            ),
             limiter: RequestLimiter::new(config.max_kme_requests),
             config,
             sources,

@@ -804,24 +804,51 @@ fn announced_keys_carry_rekeys_while_both_kmes_are_down() {
     assert!(refused, "the buffers ran out at some point");
 }
 
-/// Announcements come only inside established IKE SAs: an initial (unauthenticated)
-/// exchange neither sends nor honours one.
+/// Initial exchanges announce too, so the next initial exchange with the peer finds its key
+/// in place; the receiver acts on an announcement only once the IKE SA that carried it is
+/// authenticated, and on nothing from an IKE SA that never is.
 #[test]
-fn initial_exchanges_carry_no_announcements() {
-    let buf = [("buffer", "2")];
+fn initial_exchange_announcements_wait_for_authentication() {
+    let buf = [("buffer", "3")];
     let (_link, a, b) = pair(&buf, &buf);
     a.rt.supply.start();
-    wait_for("a's queue", || a.rt.supply.levels(0).outbound_sets == 2);
-    let mut i = a.initiator("sae-b", 1);
+    wait_for("a's queue", || a.rt.supply.levels(0).outbound_sets == 3);
+    let setup = |unique_id| ExchangeContext {
+        unique_id: Some(unique_id),
+        ..Default::default()
+    };
+    let mut i = a.exchange_with(
+        ExchangeContext {
+            connection: Some("sae-b".into()),
+            ..setup(1)
+        },
+        1,
+    );
     let request = Request::decode(&i.get_public_key().unwrap()).unwrap();
-    assert!(request.announce.is_empty());
-    // Even a request that carries one is not acted on before authentication.
-    let mut forged = request.clone();
-    forged.announce = vec![KeyId([0xee; 16])];
-    let mut r = b.responder(2);
-    r.set_public_key(&forged.encode().unwrap()).unwrap();
-    assert_eq!(b.rt.supply.levels(0).pending_keys, 0);
-    assert_eq!(b.rt.supply.levels(0).inbound_keys, 0);
+    assert_eq!(request.announce.len(), 2, "the two sets a keeps queued");
+    // Held until IKE SA 21 is authenticated, then fetched ahead.
+    let mut r = b.exchange_with(setup(21), 3);
+    r.set_public_key(&request.encode().unwrap()).unwrap();
+    i.set_public_key(&r.get_public_key().unwrap()).unwrap();
+    b.rt.supply.start();
+    assert_eq!(b.rt.supply.levels(0).pending_keys + b.rt.supply.levels(0).inbound_keys, 0);
+    b.rt.supply.authenticated(21);
+    wait_for("fetched ahead", || b.rt.supply.levels(0).inbound_keys == 2);
+    // The next initial exchange takes a's next set, which b already holds.
+    let dec_calls = _link.dec_calls.load(Ordering::SeqCst);
+    let (si, sr) = run(
+        &mut a.exchange_with(
+            ExchangeContext {
+                connection: Some("sae-b".into()),
+                ..setup(2)
+            },
+            4,
+        ),
+        &mut b.exchange_with(setup(22), 5),
+    )
+    .unwrap();
+    assert_eq!(si, sr);
+    assert_eq!(_link.dec_calls.load(Ordering::SeqCst), dec_calls, "no dec_keys in the second initial exchange");
 }
 
 /// An announcement is a hint: a stale one (keys the master never uses, e.g. after its

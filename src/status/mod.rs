@@ -106,7 +106,7 @@ pub struct LastError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerStatus {
     /// swanctl connection name (`peers.<name>`).
     pub name: String,
@@ -120,6 +120,21 @@ pub struct PeerStatus {
     pub inbound_keys: usize,
     /// Announced keys not fetched yet.
     pub pending_keys: usize,
+    /// Outbound sets the depth controller keeps in place now (demand × KME delay), and its
+    /// cap (`buffer_max`). Fields from here on are absent in older plugins' snapshots.
+    #[serde(default)]
+    pub target_sets: usize,
+    #[serde(default)]
+    pub cap_sets: usize,
+    /// Key sets this gateway's exchanges take per second (smoothed).
+    #[serde(default)]
+    pub demand_per_second: f64,
+    /// Keys the KME delivers into the outbound queue per second (smoothed).
+    #[serde(default)]
+    pub supply_per_second: f64,
+    /// Seconds until the outbound queue runs dry at the current demand (None: no demand).
+    #[serde(default)]
+    pub dry_in_seconds: Option<f64>,
 }
 
 fn load(counter: &AtomicU64) -> u64 {
@@ -171,6 +186,11 @@ impl Snapshot {
                 outbound_sets: levels.outbound_sets,
                 inbound_keys: levels.inbound_keys,
                 pending_keys: levels.pending_keys,
+                target_sets: levels.target_sets,
+                cap_sets: levels.cap_sets,
+                demand_per_second: levels.demand_per_second,
+                supply_per_second: levels.supply_per_second,
+                dry_in_seconds: levels.dry_in().map(|d| d.as_secs_f64()),
             });
         }
         let supply = rt.supply.counters();
@@ -320,8 +340,12 @@ pub fn render_table(s: &Snapshot) -> String {
         "OUT SETS",
         "IN KEYS",
         "PENDING",
+        "DEPTH/CAP",
+        "DEMAND/S",
+        "SUPPLY/S",
+        "DRY IN",
     ];
-    let rows: Vec<[String; 10]> = s
+    let rows: Vec<[String; 14]> = s
         .peers
         .iter()
         .map(|p| {
@@ -338,6 +362,10 @@ pub fn render_table(s: &Snapshot) -> String {
                 p.outbound_sets.to_string(),
                 p.inbound_keys.to_string(),
                 p.pending_keys.to_string(),
+                format!("{}/{}", p.target_sets, p.cap_sets),
+                format!("{:.1}", p.demand_per_second),
+                format!("{:.1}", p.supply_per_second),
+                p.dry_in_seconds.map_or("-".into(), |d| format!("{d:.1}s")),
             ]
         })
         .collect();
@@ -441,7 +469,7 @@ pub fn render_metrics(s: &Snapshot) -> String {
     ] {
         family(name, "counter", help, one(value));
     }
-    let per_peer = |value: fn(&PeerStatus) -> usize| {
+    let per_peer = |value: fn(&PeerStatus) -> String| {
         s.peers
             .iter()
             .map(|p| {
@@ -451,7 +479,7 @@ pub fn render_metrics(s: &Snapshot) -> String {
                         label(&p.name),
                         label(&p.peer_sae_id)
                     ),
-                    value(p).to_string(),
+                    value(p),
                 )
             })
             .collect()
@@ -460,19 +488,37 @@ pub fn render_metrics(s: &Snapshot) -> String {
         "outbound_key_sets",
         "gauge",
         "Key sets in the peer's outbound queue (this gateway as ETSI master).",
-        per_peer(|p| p.outbound_sets),
+        per_peer(|p| p.outbound_sets.to_string()),
     );
     family(
         "inbound_keys",
         "gauge",
         "Keys in the peer's inbound cache (fetched ahead as ETSI slave).",
-        per_peer(|p| p.inbound_keys),
+        per_peer(|p| p.inbound_keys.to_string()),
     );
     family(
         "pending_keys",
         "gauge",
         "Keys the peer announced that are not fetched yet.",
-        per_peer(|p| p.pending_keys),
+        per_peer(|p| p.pending_keys.to_string()),
+    );
+    family(
+        "outbound_target_sets",
+        "gauge",
+        "Key sets the depth controller keeps in the peer's outbound queue now (demand x KME delay, within buffer..buffer_max).",
+        per_peer(|p| p.target_sets.to_string()),
+    );
+    family(
+        "key_demand_sets_per_second",
+        "gauge",
+        "Key sets this gateway's exchanges with the peer take per second (smoothed).",
+        per_peer(|p| format!("{:.3}", p.demand_per_second)),
+    );
+    family(
+        "key_supply_keys_per_second",
+        "gauge",
+        "Keys the KME delivers into the peer's outbound queue per second (smoothed).",
+        per_peer(|p| format!("{:.3}", p.supply_per_second)),
     );
     let per_kme = |value: &dyn Fn(&KmeStatus) -> Option<String>| {
         s.kmes

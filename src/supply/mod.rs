@@ -1,23 +1,31 @@
-//! Key supply (docs/design.md §7): QKD keys in place on both sides before an exchange needs them.
+//! Key supply (docs/design.md, "Key supply"): QKD keys in place on both sides before an
+//! exchange needs them.
 //!
 //! Per peer, two buffers:
 //! * the **outbound queue**: key sets this gateway obtained as ETSI master (enc_keys), used
-//!   one per exchange it initiates, and announced to the peer inside encrypted exchanges;
+//!   one per exchange it initiates, and announced to the peer in every exchange;
 //! * the **inbound cache**: keys the peer announced, fetched from our KME as slave
 //!   (dec_keys) before the peer's exchange names them.
 //!
-//! One refill thread serves every peer (`refill.rs`); it is started by the first exchange,
-//! so never before charon has dropped its privileges. An announcement is only a hint: every
-//! exchange names its key IDs and falls back to fetching them on demand, so a lost, stale or
-//! repeated announcement, or a restart of either side, can only cost a KME round trip.
-//! Every key is used once and wiped when used, expired (`key_ttl`) or dropped; keys fetched
-//! but never used are counted as wasted.
+//! Buffers belong to the peer, not to an IKE SA: keys announced in one IKE SA serve every
+//! later exchange with that peer. The depth of the outbound queue follows the measured
+//! demand and KME delay (`depth.rs`), between `buffer` and `buffer_max`. A few refill threads
+//! (`refill.rs`) serve every peer, at most one request per peer and direction and a bounded
+//! number per KME in flight; they start after charon dropped its privileges. An announcement
+//! is only a hint, acted on once the IKE SA that carried it is authenticated: every exchange
+//! names its key IDs and falls back to fetching them on demand, so a lost, stale or repeated
+//! announcement, or a restart of either side, can only cost a KME round trip. Every key is
+//! used once and wiped when used, expired (`key_ttl`) or dropped; keys fetched but never
+//! used are counted as wasted.
 
+mod depth;
 mod limit;
 mod refill;
 
 pub use limit::{Permit, RequestLimiter};
-pub use refill::SETTLE;
+pub use refill::{REFILL_THREADS, SETTLE};
+
+use depth::Depth;
 
 use crate::ids::{KeyId, SaeId};
 use crate::kme::{KeySource, QkdKey};
@@ -48,6 +56,17 @@ pub struct SupplyPeer {
     pub kme_timeout: Duration,
 }
 
+/// How many key sets the supply may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DepthLimits {
+    /// Outbound sets kept per peer even when idle (`buffer`); 0 turns buffering off.
+    pub floor: usize,
+    /// Most outbound sets per peer however high the demand (`buffer_max`).
+    pub cap: usize,
+    /// Most outbound sets above the floors over all peers together (`buffer_total`).
+    pub total: usize,
+}
+
 /// What happened to buffered keys (counted per key, not per set).
 #[derive(Default)]
 pub struct SupplyCounters {
@@ -61,12 +80,27 @@ pub struct SupplyCounters {
     pub announce_failures: AtomicU64,
 }
 
-/// Buffer levels of one peer, for logs and status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Buffer levels and rates of one peer, for logs and status.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Levels {
     pub outbound_sets: usize,
     pub inbound_keys: usize,
     pub pending_keys: usize,
+    /// Outbound sets the depth controller keeps in place now, and its cap.
+    pub target_sets: usize,
+    pub cap_sets: usize,
+    /// Key sets this gateway's exchanges take per second (smoothed).
+    pub demand_per_second: f64,
+    /// Keys the KME delivered into the outbound queue per second (smoothed).
+    pub supply_per_second: f64,
+}
+
+impl Levels {
+    /// How long the outbound queue lasts at the current demand without a refill.
+    pub fn dry_in(&self) -> Option<Duration> {
+        (self.demand_per_second > 0.0)
+            .then(|| Duration::from_secs_f64(self.outbound_sets as f64 / self.demand_per_second))
+    }
 }
 
 pub struct Supply {
@@ -75,29 +109,51 @@ pub struct Supply {
 
 struct Shared {
     peers: Vec<SupplyPeer>,
-    /// Outbound key sets kept per peer; the inbound cache holds as many sets' worth.
-    target: usize,
+    /// Per peer: index of its KME among the distinct sources (peers may share one).
+    kme_of: Vec<usize>,
+    limits: DepthLimits,
     key_size: u32,
     ttl: Duration,
     state: Mutex<State>,
     /// Signalled when buffers change (a take, an announcement, a delivery) or on stop.
     wake: Condvar,
     started: AtomicBool,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     counters: SupplyCounters,
 }
 
 struct State {
     stopped: bool,
+    /// Refill threads still running.
+    live_threads: usize,
     buffers: Vec<Buffers>,
+    /// Refill requests in flight per KME (indexed like `Shared::kme_of`'s values).
+    kme_requests: Vec<usize>,
+    /// Announcements received in IKE SAs not yet authenticated, by IKE SA unique ID.
+    unverified: VecDeque<Unverified>,
 }
 
-#[derive(Default)]
+/// An announcement held until its IKE SA is authenticated (or gone).
+struct Unverified {
+    ike_sa: u32,
+    peer: usize,
+    ids: Vec<KeyId>,
+    ids_per_set: usize,
+}
+
+/// Most announcements held for IKE SAs being set up: an unauthenticated peer can occupy no
+/// more than this fixed budget (oldest dropped first), and nothing is fetched for them.
+const MAX_UNVERIFIED: usize = 256;
+
 struct Buffers {
     outbound: VecDeque<KeySet>,
+    depth: Depth,
+    /// An enc_keys refill for this peer is in flight.
+    refilling_outbound: bool,
     inbound: HashMap<KeyId, Cached>,
     /// Announced, not fetched yet (oldest first).
     pending: VecDeque<KeyId>,
-    /// Being fetched by the refill thread right now.
+    /// Being fetched by a refill thread right now.
     in_flight: HashSet<KeyId>,
     /// Inbound keys one peer exchange uses; bounds what an announcement may ask for.
     ids_per_set: usize,
@@ -110,6 +166,21 @@ struct Buffers {
 }
 
 impl Buffers {
+    fn new(limits: &DepthLimits) -> Buffers {
+        Buffers {
+            outbound: VecDeque::new(),
+            depth: Depth::new(limits.floor, limits.cap),
+            refilling_outbound: false,
+            inbound: HashMap::new(),
+            pending: VecDeque::new(),
+            in_flight: HashSet::new(),
+            ids_per_set: 1,
+            retry_at: None,
+            settle_until: None,
+            backoff: Duration::ZERO,
+        }
+    }
+
     /// Defers a refill that is not urgent by refill::SETTLE from the first exchange after
     /// the refill thread last found nothing to do for this peer, never longer: a stream of
     /// exchanges cannot starve the refill.
@@ -125,39 +196,73 @@ struct Cached {
 
 impl Supply {
     /// `peers` indexed like the configuration's peers. Starts nothing: see [`Supply::start`].
-    pub fn new(peers: Vec<SupplyPeer>, target: usize, key_size: u32, ttl: Duration) -> Supply {
-        let buffers = peers.iter().map(|_| Buffers::default()).collect();
+    pub fn new(
+        peers: Vec<SupplyPeer>,
+        limits: DepthLimits,
+        key_size: u32,
+        ttl: Duration,
+    ) -> Supply {
+        let mut kmes: Vec<&Arc<dyn KeySource>> = Vec::new();
+        let kme_of = peers
+            .iter()
+            .map(|p| match kmes.iter().position(|k| Arc::ptr_eq(k, &p.source)) {
+                Some(i) => i,
+                None => {
+                    kmes.push(&p.source);
+                    kmes.len() - 1
+                }
+            })
+            .collect();
+        let kme_count = kmes.len();
+        let buffers = peers.iter().map(|_| Buffers::new(&limits)).collect();
         Supply {
             shared: Arc::new(Shared {
                 peers,
-                target,
+                kme_of,
+                limits,
                 key_size,
                 ttl,
                 state: Mutex::new(State {
                     stopped: false,
+                    live_threads: 0,
                     buffers,
+                    kme_requests: vec![0; kme_count],
+                    unverified: VecDeque::new(),
                 }),
                 wake: Condvar::new(),
                 started: AtomicBool::new(false),
+                threads: Mutex::new(Vec::new()),
                 counters: SupplyCounters::default(),
             }),
         }
     }
 
-    /// Starts the refill thread once (no-op with `buffer = 0`). Called from exchanges, which
-    /// charon runs only after dropping its privileges.
+    /// Starts the refill threads once (no-op with `buffer = 0`); they fill every peer's
+    /// outbound queue to the floor at once. Must be called from a thread of charon that runs
+    /// after charon dropped its privileges (a worker): the threads inherit its capabilities.
     pub fn start(&self) {
-        if self.shared.target == 0 || self.shared.started.swap(true, Ordering::SeqCst) {
+        if self.shared.limits.floor == 0 || self.shared.started.swap(true, Ordering::SeqCst) {
             return;
         }
-        let shared = self.shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("qkd-supply".into())
-            .spawn(move || refill::run(shared));
-        if let Err(e) = spawned {
-            log::error!(
-                "qkd: cannot start the key supply thread ({e}): keys are fetched on demand"
-            );
+        let mut threads = self.shared.threads.lock().unwrap_or_else(|e| e.into_inner());
+        for n in 0..REFILL_THREADS {
+            let shared = self.shared.clone();
+            shared.lock().live_threads += 1;
+            let spawned = std::thread::Builder::new()
+                .name(format!("qkd-supply-{n}"))
+                .spawn(move || refill::run(shared));
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    self.shared.lock().live_threads -= 1;
+                    log::error!(
+                        "qkd: cannot start key supply thread {n} ({e}): {} of {REFILL_THREADS} run; \
+                         keys are fetched on demand when none is in place",
+                        threads.len()
+                    );
+                    break;
+                }
+            }
         }
     }
 
@@ -166,32 +271,54 @@ impl Supply {
     }
 
     pub fn levels(&self, peer: usize) -> Levels {
+        let now = Instant::now();
         let state = self.shared.lock();
         let b = &state.buffers[peer];
         Levels {
             outbound_sets: b.outbound.len(),
             inbound_keys: b.inbound.len(),
             pending_keys: b.pending.len() + b.in_flight.len(),
+            target_sets: self.shared.target(&state, peer, now),
+            cap_sets: b.depth.cap(),
+            demand_per_second: b.depth.demand(now),
+            supply_per_second: b.depth.supply(now),
         }
     }
 
-    /// Master side: the next unexpired outbound key set for `peer`, if one is ready.
-    pub fn take_outbound(&self, peer: usize) -> Option<KeySet> {
-        let now = Instant::now();
+    /// Master side: the next unexpired outbound key set for `peer`. When the queue is empty
+    /// while a refill for this peer is in flight, waits for it until `deadline` rather than
+    /// asking the KME a second time. None: fetch on demand (within the same deadline).
+    pub fn take_outbound(&self, peer: usize, deadline: Instant) -> Option<KeySet> {
         let mut state = self.shared.lock();
-        let buffers = &mut state.buffers[peer];
-        while let Some(set) = buffers.outbound.pop_front() {
-            if now.duration_since(set.obtained) < self.shared.ttl {
-                self.shared
-                    .count(&self.shared.counters.used, set.keys.len());
-                buffers.settle(now);
-                self.shared.wake.notify_all();
-                return Some(set);
-            }
-            self.shared
-                .waste("outbound", &self.shared.peers[peer], set.keys.len());
+        if self.shared.limits.floor > 0 {
+            state.buffers[peer].depth.taken(Instant::now(), 1);
         }
-        None
+        loop {
+            let now = Instant::now();
+            let buffers = &mut state.buffers[peer];
+            while let Some(set) = buffers.outbound.pop_front() {
+                if now.duration_since(set.obtained) < self.shared.ttl {
+                    self.shared
+                        .count(&self.shared.counters.used, set.keys.len());
+                    buffers.settle(now);
+                    self.shared.wake.notify_all();
+                    return Some(set);
+                }
+                self.shared
+                    .waste("outbound", &self.shared.peers[peer], set.keys.len());
+            }
+            // Wake the refill threads: demand just rose, the queue may need more.
+            self.shared.wake.notify_all();
+            if !buffers.refilling_outbound || now >= deadline || state.stopped {
+                return None;
+            }
+            state = self
+                .shared
+                .wake
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// The key IDs this gateway will use next towards `peer`, for the peer to fetch ahead.
@@ -206,7 +333,7 @@ impl Supply {
     }
 
     /// Slave side: the keys `ids` from the inbound cache, in order, if all are there. Keys
-    /// the refill thread is fetching right now are waited for until `deadline`; keys still
+    /// a refill thread is fetching right now are waited for until `deadline`; keys still
     /// pending are withdrawn so the caller can fetch them itself without a double fetch.
     pub fn take_inbound(
         &self,
@@ -248,42 +375,89 @@ impl Supply {
 
     /// Slave side: `peer` announced `ids` in an authenticated exchange whose own keys
     /// (`ids_per_set` of them) our KME delivered. Queues what is new, bounded by the cache
-    /// size, for the refill thread.
+    /// size (`buffer_max` sets), for the refill threads.
     pub fn accept_announcement(&self, peer: usize, ids: &[KeyId], ids_per_set: usize) {
-        if self.shared.target == 0 || ids.is_empty() {
+        let mut state = self.shared.lock();
+        self.shared.accept(&mut state, peer, ids, ids_per_set);
+    }
+
+    /// Slave side, in an IKE SA not yet authenticated (IKE_SA_INIT/IKE_INTERMEDIATE): the
+    /// announcement is held, unused, until [`Supply::authenticated`] says the IKE SA that
+    /// carried it completed IKE_AUTH. Later announcements of the same IKE SA replace it.
+    pub fn hold_announcement(&self, ike_sa: u32, peer: usize, ids: &[KeyId], ids_per_set: usize) {
+        if self.shared.limits.floor == 0 || ids.is_empty() {
             return;
         }
         let mut state = self.shared.lock();
-        let buffers = &mut state.buffers[peer];
-        buffers.ids_per_set = ids_per_set.max(1);
-        let room = (self.shared.target * buffers.ids_per_set).saturating_sub(
-            buffers.inbound.len() + buffers.pending.len() + buffers.in_flight.len(),
-        );
-        let fresh: Vec<KeyId> = ids
-            .iter()
-            .filter(|id| {
-                !buffers.inbound.contains_key(id)
-                    && !buffers.pending.contains(id)
-                    && !buffers.in_flight.contains(id)
-            })
-            .take(room)
-            .copied()
-            .collect();
-        if fresh.is_empty() {
-            return;
+        state.unverified.retain(|u| u.ike_sa != ike_sa);
+        if state.unverified.len() >= MAX_UNVERIFIED {
+            state.unverified.pop_front();
         }
-        buffers.pending.extend(fresh);
-        buffers.settle(Instant::now());
-        self.shared.wake.notify_all();
+        state.unverified.push_back(Unverified {
+            ike_sa,
+            peer,
+            ids: ids.iter().take(MAX_KEY_IDS).copied().collect(),
+            ids_per_set,
+        });
+    }
+
+    /// IKE SA `ike_sa` is authenticated: what it announced may be fetched now.
+    pub fn authenticated(&self, ike_sa: u32) {
+        let mut state = self.shared.lock();
+        if let Some(pos) = state.unverified.iter().position(|u| u.ike_sa == ike_sa) {
+            let held = state.unverified.remove(pos).expect("position is in range");
+            self.shared
+                .accept(&mut state, held.peer, &held.ids, held.ids_per_set);
+        }
+    }
+
+    /// IKE SA `ike_sa` is gone (or failed) before it was authenticated: forget what it said.
+    pub fn forget(&self, ike_sa: u32) {
+        self.shared.lock().unverified.retain(|u| u.ike_sa != ike_sa);
     }
 }
 
 impl Drop for Supply {
     fn drop(&mut self) {
-        // The refill thread holds the shared state; tell it to finish. Buffered keys are
-        // wiped when the last reference goes.
-        self.shared.lock().stopped = true;
+        // Tell the refill threads to finish and wait for them, bounded by the longest KME
+        // request one of them may be in; buffered keys are wiped when the last reference goes.
+        let bound = self
+            .shared
+            .peers
+            .iter()
+            .map(|p| p.kme_timeout)
+            .max()
+            .unwrap_or_default()
+            + Duration::from_secs(1);
+        let deadline = Instant::now() + bound;
+        let mut state = self.shared.lock();
+        state.stopped = true;
         self.shared.wake.notify_all();
+        while state.live_threads > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                log::error!(
+                    "qkd: {} key supply thread(s) still in a KME request after {bound:?}; \
+                     not waiting longer",
+                    state.live_threads
+                );
+                return;
+            }
+            state = self
+                .shared
+                .wake
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(state);
+        let threads = std::mem::take(
+            &mut *self.shared.threads.lock().unwrap_or_else(|e| e.into_inner()),
+        );
+        for handle in threads {
+            // The thread has left refill::run; a panic there was caught and logged.
+            let _ = handle.join();
+        }
     }
 }
 
@@ -302,6 +476,48 @@ impl Shared {
             "qkd: wiped {keys} unused {buffer} key(s) of SAE '{}' (expired or superseded)",
             peer.sae_id
         );
+    }
+
+    /// Outbound sets to keep for `peer` now: its depth controller's answer, with what the
+    /// other peers hold above their floors counted against `buffer_total`.
+    fn target(&self, state: &State, peer: usize, now: Instant) -> usize {
+        let floor = self.limits.floor;
+        let others_above_floor: usize = state
+            .buffers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != peer)
+            .map(|(_, b)| b.outbound.len().saturating_sub(floor))
+            .sum();
+        let room = self.limits.total.saturating_sub(others_above_floor);
+        state.buffers[peer].depth.target(now, room)
+    }
+
+    fn accept(&self, state: &mut State, peer: usize, ids: &[KeyId], ids_per_set: usize) {
+        if self.limits.floor == 0 || ids.is_empty() {
+            return;
+        }
+        let buffers = &mut state.buffers[peer];
+        buffers.ids_per_set = ids_per_set.max(1);
+        let room = (self.limits.cap * buffers.ids_per_set).saturating_sub(
+            buffers.inbound.len() + buffers.pending.len() + buffers.in_flight.len(),
+        );
+        let fresh: Vec<KeyId> = ids
+            .iter()
+            .filter(|id| {
+                !buffers.inbound.contains_key(id)
+                    && !buffers.pending.contains(id)
+                    && !buffers.in_flight.contains(id)
+            })
+            .take(room)
+            .copied()
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        buffers.pending.extend(fresh);
+        buffers.settle(Instant::now());
+        self.wake.notify_all();
     }
 }
 

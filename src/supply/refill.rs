@@ -1,6 +1,9 @@
-//! The one refill thread: tops up every peer's outbound queue (enc_keys in batches) and
-//! fetches announced keys into the inbound caches (dec_keys in batches), expires old keys,
-//! and backs off per peer while its KME fails. KME calls run without the lock held.
+//! The refill threads: top up every peer's outbound queue to its depth (enc_keys, several
+//! sets per request), fetch announced keys into the inbound caches (dec_keys, several IDs per
+//! request), expire old keys, and back off per peer while its KME fails. At most one request
+//! per peer and direction is in flight (a peer's needs are coalesced into it), and at most
+//! [`PER_KME`] per KME, so one slow KME or peer cannot hold up the others' refills. KME calls
+//! run without the lock held.
 
 use super::{Buffers, Cached, KeySet, Shared};
 use crate::ids::KeyId;
@@ -21,26 +24,57 @@ const IDLE: Duration = Duration::from_secs(1);
 /// (IKE_AUTH, the CHILD SA) then do not share the CPU and the KME link with our TLS request.
 pub const SETTLE: Duration = Duration::from_millis(50);
 
+/// Refill threads: requests to different KMEs and peers run side by side.
+pub const REFILL_THREADS: usize = 4;
+/// Refill requests in flight to one KME at most: a slow KME leaves a thread for the others.
+const PER_KME: usize = REFILL_THREADS - 1;
+
 enum Job {
     Outbound { peer: usize, sets: usize },
     Inbound { peer: usize, ids: Vec<KeyId> },
 }
 
-pub(super) fn run(shared: Arc<Shared>) {
-    let mut next_peer = 0;
-    loop {
-        let Some(job) = next_job(&shared, &mut next_peer) else {
-            return;
-        };
-        match job {
-            Job::Outbound { peer, sets } => fill_outbound(&shared, peer, sets),
-            Job::Inbound { peer, ids } => fill_inbound(&shared, peer, ids),
+impl Job {
+    fn peer(&self) -> usize {
+        match self {
+            Job::Outbound { peer, .. } | Job::Inbound { peer, .. } => *peer,
         }
     }
 }
 
+pub(super) fn run(shared: Arc<Shared>) {
+    let mut next_peer = 0;
+    while let Some(job) = next_job(&shared, &mut next_peer) {
+        let peer = job.peer();
+        let outbound = matches!(job, Job::Outbound { .. });
+        // A panic in a KME request must not end the thread with the peer marked busy.
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
+            Job::Outbound { peer, sets } => fill_outbound(&shared, peer, sets),
+            Job::Inbound { peer, ids } => fill_inbound(&shared, peer, ids),
+        }));
+        let mut state = shared.lock();
+        state.kme_requests[shared.kme_of[peer]] -= 1;
+        if done.is_err() {
+            log::error!(
+                "qkd: BUG: a key supply refill for SAE '{}' panicked; the refill is retried later",
+                shared.peers[peer].sae_id
+            );
+            let buffers = &mut state.buffers[peer];
+            if outbound {
+                buffers.refilling_outbound = false;
+            } else {
+                buffers.in_flight.clear();
+            }
+            buffers.retry_at = Some(Instant::now() + MAX_BACKOFF);
+        }
+        shared.wake.notify_all();
+    }
+    shared.lock().live_threads -= 1;
+    shared.wake.notify_all();
+}
+
 /// Waits for work; None once the supply is dropped. Peers are served round-robin so one
-/// slow KME cannot starve the others' turns.
+/// busy peer cannot starve the others' turns.
 fn next_job(shared: &Shared, next_peer: &mut usize) -> Option<Job> {
     let mut state = shared.lock();
     loop {
@@ -52,6 +86,9 @@ fn next_job(shared: &Shared, next_peer: &mut usize) -> Option<Job> {
         let mut soonest = now + IDLE;
         for offset in 0..count {
             let peer = (*next_peer + offset) % count;
+            let target = shared.target(&state, peer, now);
+            let kme = shared.kme_of[peer];
+            let kme_free = state.kme_requests[kme] < PER_KME;
             let buffers = &mut state.buffers[peer];
             expire(shared, peer, buffers, now);
             if let Some(at) = buffers.retry_at.filter(|at| *at > now) {
@@ -63,25 +100,34 @@ fn next_job(shared: &Shared, next_peer: &mut usize) -> Option<Job> {
                 soonest = soonest.min(at);
                 continue;
             }
-            let job = if buffers.outbound.len() < shared.target {
-                Some(Job::Outbound {
-                    peer,
-                    sets: shared.target - buffers.outbound.len(),
+            let outbound_short = buffers.outbound.len() < target;
+            let job = if outbound_short && !buffers.refilling_outbound {
+                kme_free.then(|| {
+                    buffers.refilling_outbound = true;
+                    Job::Outbound {
+                        peer,
+                        sets: target - buffers.outbound.len(),
+                    }
                 })
-            } else if !buffers.pending.is_empty() {
-                let n = buffers.pending.len().min(MAX_KEY_IDS);
-                let ids: Vec<KeyId> = buffers.pending.drain(..n).collect();
-                buffers.in_flight.extend(ids.iter().copied());
-                Some(Job::Inbound { peer, ids })
+            } else if !buffers.pending.is_empty() && buffers.in_flight.is_empty() {
+                kme_free.then(|| {
+                    let n = buffers.pending.len().min(MAX_KEY_IDS);
+                    let ids: Vec<KeyId> = buffers.pending.drain(..n).collect();
+                    buffers.in_flight.extend(ids.iter().copied());
+                    Job::Inbound { peer, ids }
+                })
             } else {
+                if !outbound_short && buffers.pending.is_empty() {
+                    // All deferred work is done: the next exchange may defer again.
+                    buffers.settle_until = None;
+                }
                 None
             };
-            if job.is_some() {
+            if let Some(job) = job {
+                state.kme_requests[kme] += 1;
                 *next_peer = (peer + 1) % count;
-                return job;
+                return Some(job);
             }
-            // All deferred work is done: the next exchange may defer again.
-            buffers.settle_until = None;
         }
         let wait = soonest.saturating_duration_since(now);
         state = shared
@@ -114,16 +160,20 @@ fn expire(shared: &Shared, peer: usize, buffers: &mut Buffers, now: Instant) {
 
 fn fill_outbound(shared: &Shared, peer: usize, sets: usize) {
     let p = &shared.peers[peer];
-    let deadline = Instant::now() + p.kme_timeout;
+    let asked = Instant::now();
+    let deadline = asked + p.kme_timeout;
     let result = p
         .source
         .enc_keys(&p.sae_id, shared.key_size, sets, deadline);
     let mut state = shared.lock();
+    let target = shared.target(&state, peer, Instant::now());
     let buffers = &mut state.buffers[peer];
+    buffers.refilling_outbound = false;
     match result {
         Ok(new_sets) => {
             let now = Instant::now();
             let keys: usize = new_sets.iter().map(|s| s.len()).sum();
+            buffers.depth.refilled(now, keys, now - asked);
             shared.count(&shared.counters.buffered, keys);
             buffers
                 .outbound
@@ -137,7 +187,7 @@ fn fill_outbound(shared: &Shared, peer: usize, sets: usize) {
                 p.source.url(),
                 p.sae_id,
                 buffers.outbound.len(),
-                shared.target
+                target
             );
         }
         Err(e) => failed(shared, peer, buffers, "refilling the outbound queue", &e),

@@ -3,6 +3,7 @@
 use super::*;
 use crate::kme::KmeError;
 use std::sync::atomic::AtomicU32;
+use std::sync::Mutex;
 use std::thread;
 use zeroize::Zeroizing;
 
@@ -14,6 +15,14 @@ struct NumberingKme {
     down: AtomicBool,
     /// Answers like a KME that does not know the SAE: waiting does not help.
     refusing: AtomicBool,
+    /// enc_keys does not answer while set (until its deadline).
+    holding: AtomicBool,
+    /// enc_keys calls in progress.
+    enc_in_progress: AtomicU32,
+    /// Each enc_keys answer takes this long.
+    delay: Mutex<Duration>,
+    /// The most sets one enc_keys call asked for.
+    most_sets: AtomicU32,
 }
 
 impl NumberingKme {
@@ -48,9 +57,16 @@ impl KeySource for NumberingKme {
         _: &SaeId,
         _: u32,
         sets: usize,
-        _: Instant,
+        deadline: Instant,
     ) -> Result<Vec<Vec<QkdKey>>, KmeError> {
         self.enc_calls.fetch_add(1, Ordering::SeqCst);
+        self.most_sets.fetch_max(sets as u32, Ordering::SeqCst);
+        self.enc_in_progress.fetch_add(1, Ordering::SeqCst);
+        while self.holding.load(Ordering::SeqCst) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        thread::sleep(*self.delay.lock().unwrap());
+        self.enc_in_progress.fetch_sub(1, Ordering::SeqCst);
         self.fail_if_down()?;
         Ok((0..sets)
             .map(|_| vec![Self::key(self.issued.fetch_add(1, Ordering::SeqCst) as u8)])
@@ -72,13 +88,26 @@ impl KeySource for NumberingKme {
     }
 }
 
-fn supply(kme: &Arc<NumberingKme>, target: usize, ttl: Duration) -> Supply {
-    let peers = vec![SupplyPeer {
-        sae_id: SaeId::new("sae-b").unwrap(),
+fn peer(n: usize, kme: &Arc<NumberingKme>) -> SupplyPeer {
+    SupplyPeer {
+        sae_id: SaeId::new(&format!("sae-{n}")).unwrap(),
         source: kme.clone(),
         kme_timeout: Duration::from_secs(1),
-    }];
-    Supply::new(peers, target, 256, ttl)
+    }
+}
+
+/// A fixed depth of `target` sets (floor = cap).
+fn supply(kme: &Arc<NumberingKme>, target: usize, ttl: Duration) -> Supply {
+    let limits = DepthLimits {
+        floor: target,
+        cap: target,
+        total: 1000,
+    };
+    Supply::new(vec![peer(0, kme)], limits, 256, ttl)
+}
+
+fn now() -> Instant {
+    Instant::now()
 }
 
 fn wait_for(what: &str, cond: impl Fn() -> bool) {
@@ -89,9 +118,6 @@ fn wait_for(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
-fn task_count() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
 
 #[test]
 fn nothing_runs_before_start_then_the_queue_fills_in_one_batch() {
@@ -115,7 +141,7 @@ fn nothing_runs_before_start_then_the_queue_fills_in_one_batch() {
         s.announcement(0),
         [KeyId([0; 16]), KeyId([1; 16]), KeyId([2; 16])]
     );
-    let first = s.take_outbound(0).unwrap();
+    let first = s.take_outbound(0, now()).unwrap();
     assert_eq!(first.ids().collect::<Vec<_>>(), [KeyId([0; 16])]);
     wait_for("refilled", || s.levels(0).outbound_sets == 3);
     assert_eq!(
@@ -134,10 +160,10 @@ fn refills_wait_for_the_exchange_unless_the_queue_is_empty() {
     s.start();
     wait_for("queue full", || s.levels(0).outbound_sets == 2);
     let taken = Instant::now();
-    s.take_outbound(0).unwrap();
+    s.take_outbound(0, now()).unwrap();
     thread::sleep(refill::SETTLE / 5);
     assert_eq!(s.levels(0).outbound_sets, 1, "not refilled while settling");
-    s.take_outbound(0).unwrap();
+    s.take_outbound(0, now()).unwrap();
     wait_for("empty queue refilled", || s.levels(0).outbound_sets == 2);
     assert!(
         taken.elapsed() < refill::SETTLE,
@@ -150,7 +176,7 @@ fn refills_wait_for_the_exchange_unless_the_queue_is_empty() {
     let first = Instant::now();
     let gap = refill::SETTLE * 2 / 5;
     for _ in 0..3 {
-        s.take_outbound(0).unwrap();
+        s.take_outbound(0, now()).unwrap();
         thread::sleep(gap);
     }
     wait_for("refilled", || s.levels(0).outbound_sets == 4);
@@ -164,28 +190,156 @@ fn refills_wait_for_the_exchange_unless_the_queue_is_empty() {
 }
 
 #[test]
-fn one_thread_for_all_peers_and_it_ends_with_the_supply() {
+fn a_few_threads_serve_all_peers_and_are_joined_when_the_supply_goes() {
     let kme = Arc::new(NumberingKme::default());
-    let before = task_count();
-    let peers = (0..200)
-        .map(|n| SupplyPeer {
-            sae_id: SaeId::new(&format!("sae-{n}")).unwrap(),
-            source: kme.clone(),
-            kme_timeout: Duration::from_secs(1),
-        })
-        .collect();
-    let s = Supply::new(peers, 1, 256, Duration::from_secs(60));
+    let peers = (0..200).map(|n| peer(n, &kme)).collect();
+    let limits = DepthLimits {
+        floor: 1,
+        cap: 1,
+        total: 0,
+    };
+    let s = Supply::new(peers, limits, 256, Duration::from_secs(60));
     s.start();
     wait_for("every peer served", || {
         (0..200).all(|p| s.levels(p).outbound_sets == 1)
     });
-    assert!(
-        task_count() <= before + 1,
-        "{} threads for 200 peers",
-        task_count() - before
-    );
+    assert_eq!(s.shared.threads.lock().unwrap().len(), REFILL_THREADS);
     drop(s);
-    wait_for("thread gone", || Arc::strong_count(&kme) == 1);
+    assert_eq!(
+        Arc::strong_count(&kme),
+        1,
+        "every refill thread has ended when drop returns"
+    );
+}
+
+#[test]
+fn one_slow_kme_does_not_hold_up_another_kmes_refills() {
+    let slow = Arc::new(NumberingKme::default());
+    let fast = Arc::new(NumberingKme::default());
+    slow.holding.store(true, Ordering::SeqCst);
+    let limits = DepthLimits {
+        floor: 2,
+        cap: 2,
+        total: 0,
+    };
+    let s = Supply::new(
+        vec![peer(0, &slow), peer(1, &fast)],
+        limits,
+        256,
+        Duration::from_secs(60),
+    );
+    s.start();
+    wait_for("slow KME asked", || slow.enc_in_progress.load(Ordering::SeqCst) == 1);
+    wait_for("fast peer filled", || s.levels(1).outbound_sets == 2);
+    assert_eq!(s.levels(0).outbound_sets, 0, "the slow KME has not answered");
+    slow.holding.store(false, Ordering::SeqCst);
+    wait_for("slow peer filled", || s.levels(0).outbound_sets == 2);
+}
+
+#[test]
+fn an_exchange_waits_for_the_refill_in_flight_instead_of_asking_the_kme_again() {
+    let kme = Arc::new(NumberingKme::default());
+    kme.holding.store(true, Ordering::SeqCst);
+    let s = supply(&kme, 2, Duration::from_secs(60));
+    s.start();
+    wait_for("refill in flight", || kme.enc_in_progress.load(Ordering::SeqCst) == 1);
+    thread::scope(|scope| {
+        let exchange = scope.spawn(|| s.take_outbound(0, now() + Duration::from_secs(5)));
+        kme.holding.store(false, Ordering::SeqCst);
+        let set = exchange.join().unwrap().expect("a set from the refill");
+        assert_eq!(set.ids().collect::<Vec<_>>(), [KeyId([0; 16])]);
+    });
+    assert_eq!(kme.enc_calls.load(Ordering::SeqCst), 1, "one request served both");
+    assert!(
+        s.take_outbound(0, now()).is_some(),
+        "the refill's second set stays queued"
+    );
+}
+
+/// Exchanges as fast as keys come: each refill is asked for more sets than the last one
+/// delivered, up to the cap, so a 20 ms KME is asked far fewer times than there are exchanges.
+#[test]
+fn depth_grows_with_demand_up_to_the_cap() {
+    let kme = Arc::new(NumberingKme::default());
+    *kme.delay.lock().unwrap() = Duration::from_millis(20);
+    let limits = DepthLimits {
+        floor: 1,
+        cap: 8,
+        total: 1000,
+    };
+    let s = Supply::new(vec![peer(0, &kme)], limits, 256, Duration::from_secs(60));
+    s.start();
+    wait_for("floor", || s.levels(0).outbound_sets == 1);
+    assert_eq!(s.levels(0).target_sets, 1, "idle: the floor");
+    let mut taken = 0;
+    while taken < 100 {
+        if s.take_outbound(0, now() + Duration::from_secs(1)).is_some() {
+            taken += 1;
+        } else {
+            thread::yield_now();
+        }
+    }
+    assert_eq!(kme.most_sets.load(Ordering::SeqCst), 8, "asked up to the cap");
+    let calls = kme.enc_calls.load(Ordering::SeqCst);
+    assert!(calls < 40, "{calls} enc_keys calls for 100 sets");
+}
+
+#[test]
+fn the_total_bound_limits_growth_above_the_floors() {
+    let kme = Arc::new(NumberingKme::default());
+    *kme.delay.lock().unwrap() = Duration::from_millis(20);
+    let limits = DepthLimits {
+        floor: 1,
+        cap: 8,
+        total: 3,
+    };
+    let s = Supply::new(
+        vec![peer(0, &kme), peer(1, &kme)],
+        limits,
+        256,
+        Duration::from_secs(60),
+    );
+    s.start();
+    wait_for("floors", || (0..2).all(|p| s.levels(p).outbound_sets == 1));
+    let mut taken = 0;
+    while taken < 60 {
+        if s.take_outbound(0, now() + Duration::from_secs(1)).is_some() {
+            taken += 1;
+        } else {
+            thread::yield_now();
+        }
+        assert!(s.levels(0).outbound_sets <= 4, "floor 1 + total 3");
+    }
+    assert_eq!(kme.most_sets.load(Ordering::SeqCst), 4, "grown to floor + total, no more");
+}
+
+#[test]
+fn announcements_of_an_ike_sa_being_set_up_wait_for_its_authentication() {
+    let kme = Arc::new(NumberingKme::default());
+    let s = supply(&kme, 4, Duration::from_secs(60));
+    s.start();
+    let ids: Vec<KeyId> = (20..23).map(|n| KeyId([n; 16])).collect();
+    s.hold_announcement(7, 0, &ids, 1);
+    s.hold_announcement(8, 0, &[KeyId([30; 16])], 1);
+    assert_eq!(s.levels(0).pending_keys, 0, "nothing fetched for an unauthenticated peer");
+    s.forget(8);
+    s.authenticated(8);
+    s.authenticated(7);
+    wait_for("fetched after authentication", || s.levels(0).inbound_keys == 3);
+    assert_eq!(kme.dec_calls.load(Ordering::SeqCst), 1, "one dec_keys for the three");
+}
+
+#[test]
+fn held_announcements_are_bounded() {
+    let kme = Arc::new(NumberingKme::default());
+    let s = supply(&kme, 4, Duration::from_secs(60));
+    for ike_sa in 0..=MAX_UNVERIFIED as u32 {
+        s.hold_announcement(ike_sa, 0, &[KeyId([1; 16])], 1);
+    }
+    s.authenticated(0);
+    assert_eq!(s.levels(0).pending_keys, 0, "the oldest was dropped");
+    s.authenticated(MAX_UNVERIFIED as u32);
+    assert_eq!(s.levels(0).pending_keys, 1);
 }
 
 #[test]
@@ -238,7 +392,7 @@ fn expired_keys_are_wiped_and_counted_as_wasted() {
     wait_for("cached", || s.levels(0).inbound_keys == 1);
     thread::sleep(Duration::from_millis(60));
     assert!(
-        s.take_outbound(0)
+        s.take_outbound(0, now())
             .is_none_or(|set| set.ids().all(|id| id != KeyId([0; 16]))),
         "an expired set is never handed out"
     );
@@ -259,7 +413,7 @@ fn a_failing_kme_is_retried_with_backoff_and_the_buffer_recovers() {
         (1..=3).contains(&attempts),
         "{attempts} attempts in 0.5 s: backoff"
     );
-    assert!(s.take_outbound(0).is_none());
+    assert!(s.take_outbound(0, now()).is_none());
     kme.down.store(false, Ordering::SeqCst);
     wait_for("recovered", || s.levels(0).outbound_sets == 2);
 }

@@ -59,6 +59,9 @@ enum {
 #include <networking/host.h>
 #include <daemon.h>
 #include <bus/bus.h>
+#include <bus/listeners/listener.h>
+#include <processing/processor.h>
+#include <processing/jobs/job.h>
 #include <sa/ike_sa.h>
 #define DBGV(name) printf("enum DBG_%s %lld\n", #name, (long long)DBG_##name)
 #endif
@@ -258,6 +261,54 @@ int main(void)
 	M(ike_sa_t, get_my_host);
 	M(ike_sa_t, set_my_host);
 	M(ike_sa_t, get_other_host);
+
+	/* listener_t: complete */
+	S(listener_t);
+	M(listener_t, alert);
+	M(listener_t, ike_state_change);
+	M(listener_t, child_state_change);
+	M(listener_t, message);
+	M(listener_t, ike_keys);
+	M(listener_t, ike_derived_keys);
+	M(listener_t, child_keys);
+	M(listener_t, child_derived_keys);
+	M(listener_t, ike_updown);
+	M(listener_t, ike_rekey);
+	M(listener_t, ike_update);
+	M(listener_t, ike_reestablish_pre);
+	M(listener_t, ike_reestablish_post);
+	M(listener_t, child_updown);
+	M(listener_t, child_rekey);
+	M(listener_t, children_migrate);
+	M(listener_t, authorize);
+	M(listener_t, narrow);
+	M(listener_t, assign_vips);
+	M(listener_t, handle_vips);
+
+	/* job_t, job_requeue_t: complete; processor_t: leading slots only */
+	S(job_t);
+	M(job_t, status);
+	M(job_t, execute);
+	M(job_t, cancel);
+	M(job_t, get_priority);
+	M(job_t, destroy);
+	S(job_requeue_t);
+	M(job_requeue_t, type);
+	M(job_requeue_t, schedule);
+	M(job_requeue_t, time);
+	M(job_requeue_t, time.rel);
+	M(job_requeue_t, time.abs);
+	E(JOB_REQUEUE_TYPE_NONE);
+	E(JOB_STATUS_QUEUED);
+	E(JOB_PRIO_CRITICAL);
+	E(JOB_PRIO_HIGH);
+	E(JOB_PRIO_MEDIUM);
+	E(JOB_PRIO_LOW);
+	M(processor_t, get_total_threads);
+	M(processor_t, get_idle_threads);
+	M(processor_t, get_working_threads);
+	M(processor_t, get_job_load);
+	M(processor_t, queue_job);
 
 	/* bus_t: leading slots only */
 	M(bus_t, add_listener);

@@ -583,8 +583,42 @@ static crypto_factory_t crypto = {
 
 /* ---- library_t, daemon_t ----------------------------------------------------------------- */
 
+/* processor.c: queued jobs run once the worker threads exist (charon->start, after the
+ * privileges were dropped); see run_queued_jobs(). */
+static job_t *queued_jobs[4];
+static int queued_count, jobs_destroyed;
+
+static void processor_queue_job(processor_t *this, job_t *job)
+{
+	(void)this;
+	if (queued_count < 4)
+	{
+		queued_jobs[queued_count++] = job;
+	}
+}
+
+static processor_t processor = {
+	.queue_job = processor_queue_job,
+};
+
+static void run_queued_jobs(void)
+{
+	for (int i = 0; i < queued_count; i++)
+	{
+		job_requeue_t requeue = queued_jobs[i]->execute(queued_jobs[i]);
+
+		check(requeue.type == JOB_REQUEUE_TYPE_NONE, "the start job runs once (JOB_REQUEUE_NONE)");
+		check(queued_jobs[i]->get_priority(queued_jobs[i]) == JOB_PRIO_MEDIUM,
+			  "the start job has medium priority");
+		queued_jobs[i]->destroy(queued_jobs[i]);
+		jobs_destroyed++;
+	}
+	queued_count = 0;
+}
+
 static library_t fake_lib = {
 	.ns = "charon",
+	.processor = &processor,
 	.proposal = &proposal,
 	.crypto = &crypto,
 	.settings = &settings,
@@ -642,7 +676,30 @@ static ike_sa_t *bus_get_sa(bus_t *this)
 	return &ike_sa;
 }
 
+/* bus.c: the plugin's listener, while registered */
+static listener_t *listener;
+static int listeners_added, listeners_removed;
+
+static void bus_add_listener(bus_t *this, listener_t *l)
+{
+	(void)this;
+	listener = l;
+	listeners_added++;
+}
+
+static void bus_remove_listener(bus_t *this, listener_t *l)
+{
+	(void)this;
+	if (l == listener)
+	{
+		listener = NULL;
+		listeners_removed++;
+	}
+}
+
 static bus_t bus = {
+	.add_listener = bus_add_listener,
+	.remove_listener = bus_remove_listener,
 	.get_sa = bus_get_sa,
 };
 
@@ -730,6 +787,8 @@ static void unload(plugin_t *plugin)
 	registered_constructor = NULL;
 	pthread_rwlock_unlock(&factory_lock);
 	plugin->destroy(plugin);
+	check(listeners_added == 1 && listeners_removed == 1 && !listener,
+		  "plugin destroy removes the one listener it added");
 	check(enum_remove_calls == 1 && enum_removed == added,
 		  "plugin destroy calls enum_remove_enum_names with the names it added");
 	check(enum_to_name(key_exchange_method_names, registered_method) == NULL,
@@ -1103,6 +1162,14 @@ int main(int argc, char *argv[])
 	{
 		return 1;
 	}
+	check(queued_count == 1 && jobs_destroyed == 0,
+		  "the plugin queues one start job and runs nothing before charon's workers start");
+	run_queued_jobs();
+	check(listener && listener->ike_updown, "a listener for IKE SA up/down is registered");
+	/* An IKE SA the plugin knows nothing about comes up and goes: nothing happens. */
+	check(listener->ike_updown(listener, &ike_sa, true) &&
+		  listener->ike_updown(listener, &ike_sa, false),
+		  "ike_updown keeps the listener registered");
 
 	if (strcmp(mode, "initiator") == 0)
 	{

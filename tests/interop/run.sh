@@ -161,8 +161,11 @@ if [ "$MODE" != down ]; then
     if [ "$BUILD" = 1 ]; then
     "$SCRIPTS/setup-host.sh" build
     # The gateways install the plugin and the simulator from these packages.
-    QKD_DEB_LINTIAN=0 "$SCRIPTS/build-debs.sh" >"${QKD_CACHE_DIR:-$REPO_ROOT/.cache}/build-debs.log" 2>&1 \
-        || log "build: scripts/build-debs.sh failed (see build-debs.log): staging the binaries instead"
+    mkdir -p "$QKD_CACHE_DIR"
+    if ! QKD_DEB_LINTIAN=0 "$SCRIPTS/build-debs.sh" >"$QKD_CACHE_DIR/build-debs.log" 2>&1; then
+        tail -n 20 "$QKD_CACHE_DIR/build-debs.log" >&2
+        log "build: scripts/build-debs.sh failed (log: $QKD_CACHE_DIR/build-debs.log): staging the binaries instead"
+    fi
 fi
 fi
 if [ "$MODE" = down ]; then
@@ -218,7 +221,8 @@ cp "$INTEROP_DIR/image/gw-entry.sh" "$ctx/rootfs/usr/local/sbin/gw-entry"
 export QKD_INTEROP_HAVE_PLUGIN=0 QKD_INTEROP_HAVE_SIM=0 QKD_INTEROP_FROM_DEB=0
 mkdir -p "$ctx/debs"
 DEB_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debian"
-deb_of() { ls -1t "$DEB_DIR/$1"_*.deb 2>/dev/null | head -n 1; }
+# Newest package NAME in $DEB_DIR; empty (not a failure) when there is none.
+deb_of() { local debs=("$DEB_DIR/$1"_*.deb); [ -e "${debs[0]}" ] && ls -1t "${debs[@]}" | head -n 1 || true; }
 PLUGIN_DEB=$(deb_of strongswan-qkd) SIM_DEB=$(deb_of qkd-kme-sim)
 # The packages, when they hold the current build: the image then runs what users install
 # (dpkg -i in the Dockerfile); otherwise the bare binaries are staged as an overlay.

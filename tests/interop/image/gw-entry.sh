@@ -4,7 +4,7 @@
 # in /etc/strongswan.conf).
 set -eu
 for addr in ${INSIDE_ADDRS:-}; do
-    ip addr replace "$addr" dev lo
+    ip addr replace "$addr" dev lo || { echo "gw-entry: cannot add $addr to lo" >&2; exit 1; }
 done
 mkdir -p /var/log/strongswan
 # A restarted container keeps /run: a stale pid file would make charon refuse to start.
