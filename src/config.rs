@@ -252,7 +252,9 @@ impl Config {
             .parse("buffer", |v| parse_count(v, 0, 64, "key sets"))?
             .unwrap_or(DEFAULT_BUFFER);
         let buffer_max = global
-            .parse("buffer_max", |v| parse_count(v, 0, MAX_BUFFER_MAX, "key sets"))?
+            .parse("buffer_max", |v| {
+                parse_count(v, 0, MAX_BUFFER_MAX, "key sets")
+            })?
             .unwrap_or(DEFAULT_BUFFER_MAX);
         if buffer_max < buffer {
             return Err(global.error(

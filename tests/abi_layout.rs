@@ -30,7 +30,13 @@ use std::time::Instant;
 const SS_VERSION: &str = "6.1.0";
 
 /// Structs we declare only up to some slot: their sizeof is not compared.
-const PARTIAL_STRUCTS: &[&str] = &["crypto_factory_t", "ike_sa_t", "bus_t", "daemon_t"];
+const PARTIAL_STRUCTS: &[&str] = &[
+    "crypto_factory_t",
+    "ike_sa_t",
+    "bus_t",
+    "daemon_t",
+    "processor_t",
+];
 
 /// Types only our header has (the real header uses anonymous enums for plugin_feature_t's
 /// kind and type, and declares `dbg` without a typedef). Members of these types are checked

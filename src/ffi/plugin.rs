@@ -7,9 +7,7 @@ use super::abi::{
     FEATURE_SDEPEND, KEY_EXCHANGE_METHOD,
 };
 use super::inner_ke::CharonKe;
-use super::{
-    boundary, events, key_exchange, log as charon_log, runtime, status, symbols, version,
-};
+use super::{boundary, events, key_exchange, log as charon_log, runtime, status, symbols, version};
 use crate::config::{method_name, Config, PREFIX};
 use std::ffi::{c_char, c_int, c_void};
 

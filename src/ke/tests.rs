@@ -831,7 +831,10 @@ fn initial_exchange_announcements_wait_for_authentication() {
     r.set_public_key(&request.encode().unwrap()).unwrap();
     i.set_public_key(&r.get_public_key().unwrap()).unwrap();
     b.rt.supply.start();
-    assert_eq!(b.rt.supply.levels(0).pending_keys + b.rt.supply.levels(0).inbound_keys, 0);
+    assert_eq!(
+        b.rt.supply.levels(0).pending_keys + b.rt.supply.levels(0).inbound_keys,
+        0
+    );
     b.rt.supply.authenticated(21);
     wait_for("fetched ahead", || b.rt.supply.levels(0).inbound_keys == 2);
     // The next initial exchange takes a's next set, which b already holds.
@@ -848,7 +851,11 @@ fn initial_exchange_announcements_wait_for_authentication() {
     )
     .unwrap();
     assert_eq!(si, sr);
-    assert_eq!(_link.dec_calls.load(Ordering::SeqCst), dec_calls, "no dec_keys in the second initial exchange");
+    assert_eq!(
+        _link.dec_calls.load(Ordering::SeqCst),
+        dec_calls,
+        "no dec_keys in the second initial exchange"
+    );
 }
 
 /// An announcement is a hint: a stale one (keys the master never uses, e.g. after its

@@ -137,7 +137,11 @@ mod tests {
         depth.refilled(t0, 1, 50 * MS);
         // 200 sets/s over a 50 ms refill, twice over.
         let last = takes(&mut depth, t0, 50, 5 * MS);
-        assert!((depth.demand(last) - 200.0).abs() < 1.0, "{}", depth.demand(last));
+        assert!(
+            (depth.demand(last) - 200.0).abs() < 1.0,
+            "{}",
+            depth.demand(last)
+        );
         assert_eq!(depth.target(last, usize::MAX), 20);
     }
 
@@ -148,8 +152,16 @@ mod tests {
         depth.refilled(t0, 1, 100 * MS);
         let last = takes(&mut depth, t0, 100, MS);
         assert_eq!(depth.target(last, usize::MAX), 16, "cap");
-        assert_eq!(depth.target(last, 3), 7, "floor + what the total bound leaves");
-        assert_eq!(depth.target(last, 0), 4, "the floor even when the total is used up");
+        assert_eq!(
+            depth.target(last, 3),
+            7,
+            "floor + what the total bound leaves"
+        );
+        assert_eq!(
+            depth.target(last, 0),
+            4,
+            "the floor even when the total is used up"
+        );
     }
 
     #[test]

@@ -205,13 +205,15 @@ impl Supply {
         let mut kmes: Vec<&Arc<dyn KeySource>> = Vec::new();
         let kme_of = peers
             .iter()
-            .map(|p| match kmes.iter().position(|k| Arc::ptr_eq(k, &p.source)) {
-                Some(i) => i,
-                None => {
-                    kmes.push(&p.source);
-                    kmes.len() - 1
-                }
-            })
+            .map(
+                |p| match kmes.iter().position(|k| Arc::ptr_eq(k, &p.source)) {
+                    Some(i) => i,
+                    None => {
+                        kmes.push(&p.source);
+                        kmes.len() - 1
+                    }
+                },
+            )
             .collect();
         let kme_count = kmes.len();
         let buffers = peers.iter().map(|_| Buffers::new(&limits)).collect();
@@ -244,7 +246,11 @@ impl Supply {
         if self.shared.limits.floor == 0 || self.shared.started.swap(true, Ordering::SeqCst) {
             return;
         }
-        let mut threads = self.shared.threads.lock().unwrap_or_else(|e| e.into_inner());
+        let mut threads = self
+            .shared
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for n in 0..REFILL_THREADS {
             let shared = self.shared.clone();
             shared.lock().live_threads += 1;
@@ -452,7 +458,11 @@ impl Drop for Supply {
         }
         drop(state);
         let threads = std::mem::take(
-            &mut *self.shared.threads.lock().unwrap_or_else(|e| e.into_inner()),
+            &mut *self
+                .shared
+                .threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
         );
         for handle in threads {
             // The thread has left refill::run; a panic there was caught and logged.

@@ -118,7 +118,6 @@ fn wait_for(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
-
 #[test]
 fn nothing_runs_before_start_then_the_queue_fills_in_one_batch() {
     let kme = Arc::new(NumberingKme::default());
@@ -229,9 +228,15 @@ fn one_slow_kme_does_not_hold_up_another_kmes_refills() {
         Duration::from_secs(60),
     );
     s.start();
-    wait_for("slow KME asked", || slow.enc_in_progress.load(Ordering::SeqCst) == 1);
+    wait_for("slow KME asked", || {
+        slow.enc_in_progress.load(Ordering::SeqCst) == 1
+    });
     wait_for("fast peer filled", || s.levels(1).outbound_sets == 2);
-    assert_eq!(s.levels(0).outbound_sets, 0, "the slow KME has not answered");
+    assert_eq!(
+        s.levels(0).outbound_sets,
+        0,
+        "the slow KME has not answered"
+    );
     slow.holding.store(false, Ordering::SeqCst);
     wait_for("slow peer filled", || s.levels(0).outbound_sets == 2);
 }
@@ -242,14 +247,20 @@ fn an_exchange_waits_for_the_refill_in_flight_instead_of_asking_the_kme_again() 
     kme.holding.store(true, Ordering::SeqCst);
     let s = supply(&kme, 2, Duration::from_secs(60));
     s.start();
-    wait_for("refill in flight", || kme.enc_in_progress.load(Ordering::SeqCst) == 1);
+    wait_for("refill in flight", || {
+        kme.enc_in_progress.load(Ordering::SeqCst) == 1
+    });
     thread::scope(|scope| {
         let exchange = scope.spawn(|| s.take_outbound(0, now() + Duration::from_secs(5)));
         kme.holding.store(false, Ordering::SeqCst);
         let set = exchange.join().unwrap().expect("a set from the refill");
         assert_eq!(set.ids().collect::<Vec<_>>(), [KeyId([0; 16])]);
     });
-    assert_eq!(kme.enc_calls.load(Ordering::SeqCst), 1, "one request served both");
+    assert_eq!(
+        kme.enc_calls.load(Ordering::SeqCst),
+        1,
+        "one request served both"
+    );
     assert!(
         s.take_outbound(0, now()).is_some(),
         "the refill's second set stays queued"
@@ -279,7 +290,11 @@ fn depth_grows_with_demand_up_to_the_cap() {
             thread::yield_now();
         }
     }
-    assert_eq!(kme.most_sets.load(Ordering::SeqCst), 8, "asked up to the cap");
+    assert_eq!(
+        kme.most_sets.load(Ordering::SeqCst),
+        8,
+        "asked up to the cap"
+    );
     let calls = kme.enc_calls.load(Ordering::SeqCst);
     assert!(calls < 40, "{calls} enc_keys calls for 100 sets");
 }
@@ -310,7 +325,11 @@ fn the_total_bound_limits_growth_above_the_floors() {
         }
         assert!(s.levels(0).outbound_sets <= 4, "floor 1 + total 3");
     }
-    assert_eq!(kme.most_sets.load(Ordering::SeqCst), 4, "grown to floor + total, no more");
+    assert_eq!(
+        kme.most_sets.load(Ordering::SeqCst),
+        4,
+        "grown to floor + total, no more"
+    );
 }
 
 #[test]
@@ -321,12 +340,22 @@ fn announcements_of_an_ike_sa_being_set_up_wait_for_its_authentication() {
     let ids: Vec<KeyId> = (20..23).map(|n| KeyId([n; 16])).collect();
     s.hold_announcement(7, 0, &ids, 1);
     s.hold_announcement(8, 0, &[KeyId([30; 16])], 1);
-    assert_eq!(s.levels(0).pending_keys, 0, "nothing fetched for an unauthenticated peer");
+    assert_eq!(
+        s.levels(0).pending_keys,
+        0,
+        "nothing fetched for an unauthenticated peer"
+    );
     s.forget(8);
     s.authenticated(8);
     s.authenticated(7);
-    wait_for("fetched after authentication", || s.levels(0).inbound_keys == 3);
-    assert_eq!(kme.dec_calls.load(Ordering::SeqCst), 1, "one dec_keys for the three");
+    wait_for("fetched after authentication", || {
+        s.levels(0).inbound_keys == 3
+    });
+    assert_eq!(
+        kme.dec_calls.load(Ordering::SeqCst),
+        1,
+        "one dec_keys for the three"
+    );
 }
 
 #[test]

@@ -1,9 +1,9 @@
-# desc: benchmark (not part of the test run): IKE+CHILD setup and PFS CHILD rekey over vici from one host process, x25519 / x25519-ke1_mlkem768 / x25519-ke1_qkd / recommended (x25519-ke1_qkd + esp qkd) / qkd alone, KME +0 and +25 ms, alternated in rounds, ratios to the floors measured side by side
+# desc: benchmark (not part of the test run): what users do, over vici from one host process: IKE+CHILD setups back to back, CHILD SAs one after another in one IKE SA, PFS CHILD rekeys back to back; x25519 / x25519-ke1_mlkem768 / recommended (x25519-ke1_qkd + esp qkd); KME +0 and +25 ms, alternated in rounds, ratios measured side by side
 # suites: forky
 #   tests/interop/run.sh --no-setup tests/interop/bench/vici-bench.sh
-#   QKD_BENCH_ROUNDS (default 3), QKD_BENCH_SETUPS (5), QKD_BENCH_REKEYS (6), QKD_BENCH_WARMUP (2), QKD_BENCH_GAP (0.1 s untimed pause before each timed operation),
-#   QKD_BENCH_NO_ANNOUNCE=1 (setups back to back, no untimed rekey after each),
-#   QKD_BENCH_LATENCIES (0,25), QKD_BENCH_CONFIGS (all); set QKD_SCENARIO_TIMEOUT for long runs.
+#   QKD_BENCH_ROUNDS (default 3), QKD_BENCH_SETUPS (30), QKD_BENCH_CHILDREN (300), QKD_BENCH_REKEYS (20),
+#   QKD_BENCH_LATENCIES (0,25), QKD_BENCH_CONFIGS (x25519,x25519-ke1_mlkem768,recommended; also
+#   x25519-ke1_qkd, "qkd alone"); set QKD_SCENARIO_TIMEOUT for long runs.
 #   QKD_BENCH_FRAGMENT_SIZE (charon.fragment_size; strongSwan's default 1280 splits ML-KEM rounds in two),
 #   QKD_BENCH_KEM=mlkem768: both charons run with charon.plugins.qkd.kem = mlkem768, so every qkd
 #   configuration carries ML-KEM-768 in the qkd method (issue 10's x25519-ke1_qkd target);
@@ -55,9 +55,9 @@ for side in A B; do
     export "${side}_LOCAL_TS=$(gw_var "$side" LOCAL_INSIDE)" "${side}_REMOTE_TS=$(gw_var "$side" REMOTE_INSIDE)"
 done
 python3 "$QKD_INTEROP_DIR/bench/vici_bench.py" \
-    --rounds "${QKD_BENCH_ROUNDS:-3}" --setups "${QKD_BENCH_SETUPS:-5}" --rekeys "${QKD_BENCH_REKEYS:-6}" \
-    --warmup "${QKD_BENCH_WARMUP:-2}" --gap "${QKD_BENCH_GAP:-0.1}" ${QKD_BENCH_NO_ANNOUNCE:+--no-announce} --latencies "${QKD_BENCH_LATENCIES:-0,25}" \
-    --configs "${QKD_BENCH_CONFIGS:-}" --kem "${QKD_BENCH_KEM:-}" --dh-group "$QKD_DH_GROUP" --json "$QKD_INTEROP_SCEN_DIR/samples.json" \
+    --rounds "${QKD_BENCH_ROUNDS:-3}" --setups "${QKD_BENCH_SETUPS:-30}" --children "${QKD_BENCH_CHILDREN:-300}" \
+    --rekeys "${QKD_BENCH_REKEYS:-20}" --latencies "${QKD_BENCH_LATENCIES:-0,25}" \
+    ${QKD_BENCH_CONFIGS:+--configs "$QKD_BENCH_CONFIGS"} --kem "${QKD_BENCH_KEM:-}" --dh-group "$QKD_DH_GROUP" --json "$QKD_INTEROP_SCEN_DIR/samples.json" \
     || fail "vici_bench.py failed"
 step "load after: $(uptime)"
 # Where the QKD keys of the measured exchanges came from (both gateways, whole run).

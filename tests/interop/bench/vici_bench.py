@@ -1,23 +1,26 @@
 #!/usr/bin/env python3
-"""IKE+CHILD setup and PFS CHILD rekey times of several proposal layouts, measured over vici.
+"""What users do, timed over vici: several proposal layouts side by side.
 
 Driven by bench/vici-bench.sh, which starts the KME simulator and two strongSwan 6.1.0
 charons whose vici sockets are bind-mounted to the host. This one process talks to both
 charons (strongSwan's own `vici` package): a command session and an event session per
-gateway. Nothing timed goes through swanctl or docker exec.
+gateway. Nothing timed goes through swanctl or docker exec, and nothing is arranged to suit
+the key supply: no untimed rekeys that announce keys, no pauses between timed operations.
 
 Per round, per KME latency (set once per block with the simulator's admin command, not
-timed), per configuration (order rotated every round): load-conn on both gateways, warm the
-key buffers with untimed rekeys in both directions, then
-  (a) IKE+CHILD setup: the synchronous vici `initiate` round trip on gw-a (the IKE SA is
-      terminated, untimed, before each one);
-  (b) PFS CHILD rekey: vici `rekey` (asynchronous) on one gateway until the `child-rekey`
-      event of that gateway arrives (strongSwan raises it on the initiator once the last
-      exchange of the rekey is done and the new outbound SA is installed, before the DELETE
-      of the old SA); then, untimed, until the peer's `child-rekey` event (it raises it when
-      the old SA is deleted), so the next rekey starts from a quiet IKE SA. Rekeys alternate
-      between gw-a and gw-b.
-Ratios are of medians measured in the same round and block, then the median over rounds.
+timed), per configuration (order rotated every round): load-conn on both gateways, one
+untimed warm-up setup, then
+  (a) IKE+CHILD setups back to back: the synchronous vici `initiate` round trip on gw-a; the
+      IKE SA is terminated, untimed, before each one;
+  (b) CHILD SAs created one after another in one IKE SA: vici `initiate` of the child in the
+      established IKE SA (a CREATE_CHILD_SA each, with the layout's PFS key exchange), timed
+      as a whole; reported as SAs per second;
+  (c) PFS CHILD rekeys back to back: vici `rekey` on one gateway until the `child-rekey`
+      event of that gateway arrives (raised once the new outbound SA is installed); the next
+      rekey starts when the peer's `child-rekey` event (old SA deleted) has arrived. Rekeys
+      alternate between gw-a and gw-b.
+Ratios are of medians (rates for b) measured in the same round and block, then the median
+over rounds.
 """
 
 import argparse
@@ -44,13 +47,16 @@ CONFIGS = [
     ("recommended", "aes256gcm16-prfsha384-x25519-ke1_qkd", "aes256gcm16-qkd"),
     ("qkd alone", "aes256-sha384-qkd", "aes256gcm16-qkd"),
 ]
-SETUP_FLOOR = "x25519-ke1_mlkem768"
-REKEY_FLOOR = "x25519"
-# Targets of issue 7 (ratio to the floor), per KME latency: which config, which metric.
-TARGETS = {0: 1.05, 25: 1.10}
-TARGET_ROWS = [("setup", "x25519-ke1_qkd", SETUP_FLOOR), ("rekey", "recommended", REKEY_FLOOR)]
-# Issue 10: with kem = mlkem768 (x25519 + ML-KEM-768 + QKD in qkd's one round), at any latency.
-KEM_TARGET = ("setup", "x25519-ke1_qkd", SETUP_FLOOR, 1.10)
+DEFAULT_CONFIGS = "x25519,x25519-ke1_mlkem768,recommended"
+# metric -> the layout the others are compared with; "create" is a rate (higher is better).
+FLOORS = {"setup": "x25519-ke1_mlkem768", "create": "x25519", "rekey": "x25519"}
+# Issue 16's targets: (metric, config, KME latency or None for any, bound on the ratio).
+# For "create" the ratio is config rate / floor rate and must be at least the bound.
+TARGETS = [
+    ("create", "recommended", 25, 0.9),
+    ("setup", "recommended", 25, 1.10),
+    ("rekey", "recommended", 0, 1.05),
+]
 
 CONN = "tunnel"
 CHILD = "net"
@@ -156,6 +162,18 @@ def kme_admin(container, *args):
     return out.stdout
 
 
+def create_children(a, n):
+    """n CHILD SAs created one after another in gw-a's established IKE SA; seconds in all."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        a.cmd.request("initiate", {"ike": CONN, "child": CHILD, "timeout": 15000, "loglevel": -1})
+    return time.perf_counter() - t0
+
+
+def child_count(gw):
+    return sum(len(ike.get("child-sas", {})) for entry in gw.ike_sas() for ike in entry.values())
+
+
 def setup_once(gws):
     a, b = gws
     a.terminate_all()
@@ -178,53 +196,49 @@ def rekey_once(initiator, responder):
     # The peer raises its child-rekey when the old SA is deleted: the rekey is over.
     if responder.drain_event(10) is None:
         raise RuntimeError(f"{responder.name}: no child-rekey event within 10 s")
-    time.sleep(0.02)  # the DELETE response reaches the initiator
     return dt
 
 
-def rekeys(gws, n, gap, timed=True):
+def rekeys(gws, n):
     a, b = gws
-    out = []
-    for i in range(n):
-        ini, resp = (a, b) if i % 2 == 0 else (b, a)
-        time.sleep(gap)
-        out.append(rekey_once(ini, resp))
-    return out if timed else []
+    return [rekey_once(*((a, b) if i % 2 == 0 else (b, a))) for i in range(n)]
 
 
-def setups(gws, n, gap, announce):
-    out = []
-    for _ in range(n):
-        time.sleep(gap)
-        out.append(setup_once(gws))
-        if announce:
-            # Untimed: one CHILD rekey from gw-a in the new, established IKE SA, where gw-a
-            # announces its outbound queue, so that gw-b can fetch the keys the next
-            # setup's IKE_INTERMEDIATE will name (an initial exchange carries no
-            # announcement: without this, only the first `buffer` setups after a rekey find
-            # the slave's keys cached).
-            rekey_once(gws[0], gws[1])
-    return out
+def setups(gws, n):
+    return [setup_once(gws) for _ in range(n)]
 
 
 def med_ms(xs):
     return statistics.median(xs) * 1000.0
 
 
+def metric_value(sample, metric):
+    """Median seconds (setup, rekey) or SAs per second (create) of one round's samples."""
+    if metric == "create":
+        n, secs = sample["create"]
+        return n / secs
+    return statistics.median(sample[metric])
+
+
+def ratio(samples, lat, metric, name, rnd):
+    floor = FLOORS[metric]
+    return metric_value(samples[lat][name][rnd], metric) / metric_value(samples[lat][floor][rnd], metric)
+
+
+def show(metric, v):
+    return f"{v:.1f}/s" if metric == "create" else f"{v * 1000:.1f} ms"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--setups", type=int, default=5, help="timed IKE+CHILD setups per config and round")
-    ap.add_argument("--rekeys", type=int, default=6, help="timed CHILD rekeys per config and round")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed rekeys from each side before timing")
-    ap.add_argument("--gap", type=float, default=0.1,
-                    help="untimed pause before each setup/rekey (s): the refill thread's time to top up the buffers")
-    ap.add_argument("--no-announce", action="store_true",
-                    help="setups back to back, without the untimed rekey after each that carries announcements")
+    ap.add_argument("--setups", type=int, default=30, help="timed IKE+CHILD setups per config and round")
+    ap.add_argument("--children", type=int, default=300, help="CHILD SAs created one after another per config and round")
+    ap.add_argument("--rekeys", type=int, default=20, help="timed CHILD rekeys per config and round")
     ap.add_argument("--latencies", default="0,25")
-    ap.add_argument("--configs", default="", help="comma-separated names (default: all)")
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated names")
     ap.add_argument("--json", help="write all samples here")
-    ap.add_argument("--kem", default="", help="the charons' charon.plugins.qkd.kem (for the labels and target)")
+    ap.add_argument("--kem", default="", help="the charons' charon.plugins.qkd.kem (for the labels)")
     ap.add_argument("--dh-group", default="curve25519", help="the charons' charon.plugins.qkd.dh_group (for the labels)")
     args = ap.parse_args()
 
@@ -234,13 +248,16 @@ def main():
         genv = {k: env[f"{side}_{k}"] for k in ("LOCAL_ADDR", "REMOTE_ADDR", "LOCAL_ID", "REMOTE_ID", "LOCAL_TS", "REMOTE_TS")}
         gws.append(Gateway(name, env[f"{side}_VICI"], genv))
     kme = env["KME_CONTAINER"]
-    configs = [c for c in CONFIGS if not args.configs or c[0] in args.configs.split(",")]
+    wanted = args.configs.split(",")
+    configs = [c for c in CONFIGS if c[0] in wanted]
     latencies = [int(x) for x in args.latencies.split(",")]
+    metrics = [m for m in ("setup", "create", "rekey") if FLOORS[m] in wanted]
     for gw in gws:
         v = gw.cmd.version()
         print(f"    {gw.name}: {s(v['daemon'])} {s(v['version'])} ({s(v['machine'])})", flush=True)
+    print(f"    load: {os.getloadavg()}", flush=True)
 
-    # samples[lat][cfg] = list over rounds of {"setup": [...], "rekey": [...]}
+    # samples[lat][cfg] = list over rounds of {"setup": [...], "create": (n, s), "rekey": [...]}
     samples = {lat: {c[0]: [] for c in configs} for lat in latencies}
     t_start = time.time()
     for rnd in range(args.rounds):
@@ -252,65 +269,58 @@ def main():
                 for gw in gws:
                     gw.terminate_all()
                     gw.load(ike, esp)
-                # Warm-up: one untimed setup and rekeys both ways fill and announce the buffers.
+                setup_once(gws)  # the one warm-up setup
+                setup = setups(gws, args.setups)
+                create = create_children(gws[0], args.children)
+                made = child_count(gws[0])
+                if made < args.children:
+                    raise RuntimeError(f"{name}: {made} CHILD SAs after {args.children} initiates")
+                for gw in gws:
+                    gw.terminate_all()
                 setup_once(gws)
-                rekeys(gws, 2 * args.warmup, args.gap, timed=False)
-                setup = setups(gws, args.setups, args.gap, not args.no_announce)
-                rekeys(gws, 2 * args.warmup, args.gap, timed=False)
-                rk = rekeys(gws, args.rekeys, args.gap)
-                samples[lat][name].append({"setup": setup, "rekey": rk})
-            # Per-round line: ratios of this round's medians.
+                rk = rekeys(gws, args.rekeys)
+                samples[lat][name].append({"setup": setup, "create": (args.children, create), "rekey": rk})
             parts = []
-            for metric, floor in (("setup", SETUP_FLOOR), ("rekey", REKEY_FLOOR)):
-                if floor not in samples[lat]:
-                    continue
-                f = med_ms(samples[lat][floor][-1][metric])
-                rs = " ".join(
-                    f"{n}={med_ms(samples[lat][n][-1][metric]) / f:.2f}" for n, _, _ in configs if n != floor
-                )
-                parts.append(f"{metric} vs {floor} ({f:.1f} ms): {rs}")
-            print(f"    round {rnd + 1} KME +{lat} ms: " + "; ".join(parts), flush=True)
+            for metric in metrics:
+                floor = FLOORS[metric]
+                f = metric_value(samples[lat][floor][-1], metric)
+                rs = " ".join(f"{n}={ratio(samples, lat, metric, n, -1):.2f}" for n, _, _ in configs if n != floor)
+                parts.append(f"{metric} vs {floor} ({show(metric, f)}): {rs}")
+            print(f"    round {rnd + 1} KME +{lat} ms (load {os.getloadavg()[0]:.2f}): " + "; ".join(parts), flush=True)
         for gw in gws:
             gw.terminate_all()
     kme_admin(kme, "latency", "0")
     elapsed = time.time() - t_start
 
-    # Summary tables.
-    print(f"\n    {args.rounds} rounds in {elapsed:.0f} s; per round and config {args.setups} setups, {args.rekeys} rekeys (alternating sides), {args.warmup} warm-up rekeys per side before each; {args.gap * 1000:.0f} ms untimed pause before each setup/rekey; "
-          + ("setups back to back" if args.no_announce else "an untimed rekey from gw-a after each setup (announcements)"))
+    print(f"\n    {args.rounds} rounds in {elapsed:.0f} s; per round and config: 1 untimed warm-up setup, "
+          f"{args.setups} setups back to back, {args.children} CHILD SAs one after another in one IKE SA, "
+          f"{args.rekeys} PFS CHILD rekeys back to back (alternating sides); no pauses, no arranged rekeys")
     for lat in latencies:
-        print(f"\n    KME +{lat} ms | setup p50 / p90 | setup ratio vs {SETUP_FLOOR} | rekey p50 / p90 | rekey ratio vs {REKEY_FLOOR}")
+        print(f"\n    KME +{lat} ms | " + " | ".join(
+            f"{m} {'rate' if m == 'create' else 'p50'} | {m} ratio vs {FLOORS[m]}" for m in metrics))
         for name, _, _ in configs:
             row = [name]
-            for metric, floor in (("setup", SETUP_FLOOR), ("rekey", REKEY_FLOOR)):
-                allv = sorted(x for r in samples[lat][name] for x in r[metric])
-                p90 = allv[min(len(allv) - 1, round(0.9 * (len(allv) - 1)))] * 1000.0
-                row.append(f"{med_ms(allv):.1f} ms / {p90:.1f} ms")
-                if floor in samples[lat]:
-                    ratios = [
-                        med_ms(samples[lat][name][i][metric]) / med_ms(samples[lat][floor][i][metric])
-                        for i in range(args.rounds)
-                    ]
-                    row.append(f"{statistics.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})")
+            for metric in metrics:
+                if metric == "create":
+                    rates = [metric_value(r, metric) for r in samples[lat][name]]
+                    row.append(f"{statistics.median(rates):.1f}/s")
                 else:
-                    row.append("-")
+                    allv = [x for r in samples[lat][name] for x in r[metric]]
+                    row.append(f"{statistics.median(allv) * 1000:.1f} ms")
+                ratios = [ratio(samples, lat, metric, name, i) for i in range(args.rounds)]
+                row.append(f"{statistics.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})")
             print("    | " + " | ".join(row) + " |")
     if args.kem:
         print(f"\n    qkd configs carry dh_group = {args.dh_group}, kem = {args.kem} in the qkd method")
     print("\n    targets (median over rounds of the per-round ratio):")
-    for lat in latencies:
-        rows = [(*KEM_TARGET[:3], KEM_TARGET[3])] if args.kem else [(*r, TARGETS.get(lat)) for r in TARGET_ROWS]
-        for metric, name, floor, limit in rows:
-            if limit is None or name not in samples[lat] or floor not in samples[lat]:
-                continue
-            ratios = [
-                med_ms(samples[lat][name][i][metric]) / med_ms(samples[lat][floor][i][metric])
-                for i in range(args.rounds)
-            ]
-            m = statistics.median(ratios)
-            ok = "met" if m <= limit else f"MISSED by {(m / limit - 1) * 100:.0f} %"
-            label = f"{name} (dh_group = {args.dh_group}, kem = {args.kem})" if args.kem else name
-            print(f"      KME +{lat} ms, {metric} {label} / {floor}: {m:.3f} (target <= {limit:.2f}): {ok}")
+    for metric, name, lat, bound in TARGETS:
+        if lat not in samples or name not in samples[lat] or FLOORS[metric] not in samples[lat]:
+            continue
+        m = statistics.median(ratio(samples, lat, metric, name, i) for i in range(args.rounds))
+        ok = (m >= bound) if metric == "create" else (m <= bound)
+        rel = ">=" if metric == "create" else "<="
+        print(f"      KME +{lat} ms, {metric} {name} / {FLOORS[metric]}: {m:.3f} (target {rel} {bound:.2f}): "
+              + ("met" if ok else "MISSED"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "samples": samples}, f, indent=1)
