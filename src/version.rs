@@ -2,9 +2,10 @@
 //!
 //! Our vtable and struct layouts (include/strongswan_abi.h) are checked against real
 //! strongSwan headers by tests/abi_layout.rs (6.1.0) and were verified on 6.0.1 (see
-//! shared/STRONGSWAN-ABI.md). A release series we did not check may have moved a slot: we
-//! would call the wrong function with our pointers. So the plugin loads only on the
-//! [`VERIFIED_SERIES`], unless the operator overrides that with [`ALLOW_UNVERIFIED_KEY`].
+//! docs/strongswan-abi.md, "How the ABI is verified"). A release series we did not check
+//! may have moved a slot: we would call the wrong function with our pointers. So the plugin
+//! loads only on the [`VERIFIED_SERIES`], unless the operator overrides that with
+//! [`ALLOW_UNVERIFIED_KEY`].
 //!
 //! strongSwan >= 6.0.3 refuses a plugin whose `<name>_plugin_version` string differs from
 //! its own VERSION, and libstrongswan exports no symbol holding it: the string exists only

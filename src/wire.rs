@@ -1,4 +1,4 @@
-//! KE data of the `qkd` method, wire version 3 (DESIGN §2, §7).
+//! KE data of the `qkd` method, wire version 3 (docs/design.md, sections 4 and 7).
 //!
 //! ```text
 //! request  (initiator = ETSI master -> responder = slave):

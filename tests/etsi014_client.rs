@@ -1001,6 +1001,8 @@ impl ScriptedKme {
         script: impl Fn(&str, &str) -> Reply + Send + Sync + 'static,
     ) -> ScriptedKme {
         use qkd_kme_sim::certs::CertAuthority;
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "scripted-kme-{}-{}",
@@ -1022,12 +1024,10 @@ impl ScriptedKme {
         std::fs::write(dir.join("sae.pem"), &client.cert_pem).unwrap();
         std::fs::write(dir.join("sae.key"), client.key_pem.as_bytes()).unwrap();
 
-        let chain = rustls_pemfile::certs(&mut server.cert_pem.as_bytes())
+        let chain = CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
-        let key = rustls_pemfile::private_key(&mut server.key_pem.as_bytes())
-            .unwrap()
-            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap();
         let config = Arc::new(
             rustls::ServerConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),

@@ -5,7 +5,7 @@
 //! built with -DSTRONGSWAN_VERSION also `library_init_register`, that VERSION string and
 //! the plugin version check of strongSwan 6.0.3 and later). It dlopens the plugin cdylib
 //! cargo built next to this test, loads it like the plugin loader, and runs one role of one
-//! exchange in the call order of STRONGSWAN-ABI.md §5 and §9, exchanging KE data
+//! exchange in charon's call order (docs/strongswan-abi.md), exchanging KE data
 //! as hex lines on stdin/stdout. Here two such processes (gw-a initiator, gw-b responder)
 //! run against the KME simulator, and the outputs are checked against the simulator's
 //! journal. Its own invariants (feature table layout, idempotent calls, NULL handling,

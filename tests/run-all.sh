@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 scripts/setup-host.sh packages
+scripts/check-doc-links.sh
 cargo test --workspace --release
 FUZZ_SECONDS=${FUZZ_SECONDS:-10} fuzz/smoke.sh
 tests/interop/run.sh --strict "$@"

@@ -1,5 +1,5 @@
 //! Deviations from ETSI GS QKD 014 that KMEs in the field show (see the repository's
-//! REAL-KMES.md), so that clients can be tested against them without those KMEs.
+//! docs/real-kmes.md), so that clients can be tested against them without those KMEs.
 //!
 //! Each deviation is off by default: the simulator is spec-conformant unless told otherwise.
 //! [`Profile::RealKme`] bundles the behaviour of the KME described in issue 8; single

@@ -1,4 +1,4 @@
-//! The deviations of the real-KME profile (REAL-KMES.md), each over real mutual-TLS
+//! The deviations of the real-KME profile (docs/real-kmes.md), each over real mutual-TLS
 //! connections, plus the hang and drip faults that client deadlines are tested against.
 
 mod common;

@@ -1,10 +1,10 @@
 //! The `qkd` key exchange as a state machine, independent of charon.
 //!
 //! strongSwan drives a key exchange object with three calls whose order reveals the role
-//! (STRONGSWAN-ABI.md §1): the initiator calls `get_public_key` first, the responder
-//! `set_public_key` first (KEM order). The initiator of each exchange is the ETSI master
-//! (enc_keys), the responder the slave (dec_keys), so roles are per exchange: whoever starts
-//! a rekey fetches the new key.
+//! (docs/strongswan-abi.md, "Key exchange objects"): the initiator calls `get_public_key`
+//! first, the responder `set_public_key` first (KEM order). The initiator of each exchange
+//! is the ETSI master (enc_keys), the responder the slave (dec_keys), so roles are per
+//! exchange: whoever starts a rekey fetches the new key.
 
 mod audit;
 mod confirm;

@@ -6,7 +6,8 @@
 
 use super::{KmeError, KmeSettings};
 use rustls::{CertificateError, ExtendedKeyPurpose};
-use std::io::BufReader;
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -58,13 +59,11 @@ impl KmeTlsConfig {
     }
 }
 
-fn read_certs(
-    setting: &str,
-    path: &str,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, KmeError> {
+fn read_certs(setting: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, KmeError> {
     let file = std::fs::File::open(path)
         .map_err(|e| KmeError::Config(format!("{setting}: cannot open '{path}': {e}")))?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(file))
+    // Sections other than CERTIFICATE (a key bundled in the same file) are skipped.
+    let certs = CertificateDer::pem_reader_iter(file)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| KmeError::Config(format!("{setting}: cannot read PEM from '{path}': {e}")))?;
     if certs.is_empty() {
@@ -75,19 +74,19 @@ fn read_certs(
     Ok(certs)
 }
 
-fn read_key(path: &str) -> Result<rustls::pki_types::PrivateKeyDer<'static>, KmeError> {
+fn read_key(path: &str) -> Result<PrivateKeyDer<'static>, KmeError> {
     // The file holds our private key: keep its bytes in a buffer that is wiped afterwards.
     let pem = Zeroizing::new(
         std::fs::read(path)
             .map_err(|e| KmeError::Config(format!("kme.key: cannot read '{path}': {e}")))?,
     );
-    rustls_pemfile::private_key(&mut &pem[..])
-        .map_err(|e| KmeError::Config(format!("kme.key: cannot read PEM from '{path}': {e}")))?
-        .ok_or_else(|| {
-            KmeError::Config(format!(
-                "kme.key: '{path}' contains no private key (PKCS#8, PKCS#1 or SEC1 PEM)"
-            ))
-        })
+    // The first PKCS#8, PKCS#1 or SEC1 section; other sections (certificates) are skipped.
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => KmeError::Config(format!(
+            "kme.key: '{path}' contains no private key (PKCS#8, PKCS#1 or SEC1 PEM)"
+        )),
+        e => KmeError::Config(format!("kme.key: cannot read PEM from '{path}': {e}")),
+    })
 }
 
 /// webpki refuses X.509 v1 certificates; rustls passes that on only as an opaque "other"

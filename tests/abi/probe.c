@@ -23,7 +23,7 @@
 #include "strongswan_abi.h"
 /*
  * Our header declares no debug groups (the plugin picks them at run time, because 6.0.1
- * and >= 6.0.2 differ). These are the 6.1.0 values from STRONGSWAN-ABI.md §2 "Debug API",
+ * and >= 6.0.2 differ). These are the 6.1.0 values from docs/strongswan-abi.md, "Debug groups",
  * checked here against the real 6.1.0 enum. 6.0.1 has no DBG_WCH: CFG=5, LIB=17, MAX=18.
  */
 enum {

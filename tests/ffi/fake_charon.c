@@ -1,7 +1,9 @@
 /*
  * fake_charon: plays libstrongswan + libcharon around libstrongswan-qkd.so, so that
  * tests/ffi_charon.rs can drive the plugin's exported symbols and vtables exactly as charon
- * does (STRONGSWAN-ABI.md §1, §2, §4, §5, §9) without a strongSwan installation.
+ * does (docs/strongswan-abi.md: "Loading: entry symbols and the version check", "Plugin
+ * object and features", "Key exchange objects", "How strongSwan drives an exchange",
+ * "Charon's globals") without a strongSwan installation.
  *
  * It exports the globals the plugin looks up with dlsym(RTLD_DEFAULT, ...) (link with
  * -rdynamic): `lib`, `dbg`, `charon`, `key_exchange_method_names`, `enum_add_enum_names`,
@@ -46,7 +48,7 @@
 
 #include "strongswan_abi.h"
 
-/* The layouts charon and we must agree on (STRONGSWAN-ABI.md §1, §2); tests/abi checks the
+/* The layouts charon and we must agree on (docs/strongswan-abi.md); tests/abi checks the
  * header against real strongSwan, this guards the fake against header edits. */
 _Static_assert(sizeof(chunk_t) == 16, "chunk_t");
 _Static_assert(sizeof(key_exchange_t) == 48, "key_exchange_t has 6 slots");
@@ -842,7 +844,7 @@ typedef struct {
 } secret_job_t;
 
 /* charon calls get_shared_secret from another worker thread than set/get_public_key
- * (STRONGSWAN-ABI.md §9); bus listeners may call it again. */
+ * (docs/strongswan-abi.md, "Key exchange objects"); bus listeners may call it again. */
 static void *get_secrets(void *data)
 {
 	secret_job_t *job = data;

@@ -10,7 +10,8 @@ LOG_IKE=4
 LOG_CHD=4
 B_GW_SUITE=forky
 # forky is Debian testing: a newer strongSwan there fails this check on purpose (a new
-# release needs its ABI reviewed, see STRONGSWAN-ABI.md).
+# release needs its ABI reviewed: docs/strongswan-abi.md, "Supporting a new strongSwan
+# release").
 A_VERSION=6.0.1
 B_VERSION=6.1.0
 
