@@ -328,7 +328,7 @@ struct listener_t {
 	void *child_keys;
 	void *child_derived_keys;
 	bool (*ike_updown)(listener_t *this, ike_sa_t *ike_sa, bool up);
-	void *ike_rekey;
+	bool (*ike_rekey)(listener_t *this, ike_sa_t *old, ike_sa_t *new);
 	void *ike_update;
 	void *ike_reestablish_pre;
 	void *ike_reestablish_post;

@@ -1,7 +1,8 @@
 //! What the key supply learns from charon besides key exchanges: that the daemon is running
 //! with its privileges dropped (a job on charon's processor, which runs only once charon's
-//! worker threads exist), and that an IKE SA completed IKE_AUTH or went away (a bus
-//! listener), so announcements made in its initial exchange may be acted on or forgotten.
+//! worker threads exist), and that an IKE SA completed IKE_AUTH, replaced another in an
+//! IKE rekey, or went away (a bus listener), so announcements made while it was being set
+//! up may be acted on or forgotten.
 
 use super::abi::{
     bus_t, ike_sa_t, job_priority_t, job_requeue_t, job_t, listener_t, JOB_PRIO_MEDIUM,
@@ -26,7 +27,7 @@ static LISTENER: Listener = Listener(std::cell::UnsafeCell::new(listener_t {
     child_keys: std::ptr::null_mut(),
     child_derived_keys: std::ptr::null_mut(),
     ike_updown: Some(ike_updown),
-    ike_rekey: std::ptr::null_mut(),
+    ike_rekey: Some(ike_rekey),
     ike_update: std::ptr::null_mut(),
     ike_reestablish_pre: std::ptr::null_mut(),
     ike_reestablish_post: std::ptr::null_mut(),
@@ -94,6 +95,28 @@ unsafe extern "C" fn ike_updown(_: *mut listener_t, ike_sa: *mut ike_sa_t, up: b
                 rt.supply.authenticated(unique_id);
             } else {
                 rt.supply.forget(unique_id);
+            }
+        }
+        true
+    })
+}
+
+/// `listener_t.ike_rekey`: an IKE rekey completed. Its exchange ran with the new IKE SA
+/// checked out, not yet established, so what the peer announced in it was held under the
+/// new SA; the new SA inherits the old one's authentication.
+unsafe extern "C" fn ike_rekey(
+    _: *mut listener_t,
+    _old: *mut ike_sa_t,
+    new: *mut ike_sa_t,
+) -> bool {
+    boundary("ike_rekey", true, || {
+        // SAFETY: charon passes IKE SAs it holds for the duration of the call.
+        if let Some(new) = unsafe { new.as_mut() } {
+            if let (Some(unique_id), Some(rt)) = (
+                new.get_unique_id.map(|f| unsafe { f(new) }),
+                runtime::current(),
+            ) {
+                rt.supply.authenticated(unique_id);
             }
         }
         true

@@ -1170,6 +1170,8 @@ int main(int argc, char *argv[])
 	check(listener->ike_updown(listener, &ike_sa, true) &&
 		  listener->ike_updown(listener, &ike_sa, false),
 		  "ike_updown keeps the listener registered");
+	check(listener->ike_rekey && listener->ike_rekey(listener, &ike_sa, &ike_sa),
+		  "ike_rekey keeps the listener registered");
 
 	if (strcmp(mode, "initiator") == 0)
 	{
