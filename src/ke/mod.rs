@@ -592,11 +592,6 @@ impl QkdKeyExchange {
         let peer_cfg = &cfg.peers[peer];
         let source = rt.source(peer);
         let deadline = self.deadline(peer);
-        if let Some(keys) = rt.supply.take_inbound(peer, ids, deadline) {
-            let qkd = QkdMaterial::from_keys(keys);
-            qkd.log_obtained("slave", master, peer_cfg, "from the inbound cache");
-            return self.check_size(peer, master, qkd);
-        }
         let too_many = |needed: usize| {
             KeError::Peer(format!(
                 "SAE '{master}' named {} key IDs, but key_size = {} takes {needed} at KME {}; \
@@ -606,11 +601,17 @@ impl QkdKeyExchange {
                 source.url()
             ))
         };
-        // Known without asking the KME: refused before taking a request slot.
+        // Known without asking the KME: refused before the cache or a request slot.
         if let Some(needed) = source.known_keys_per_set(master, cfg.key_size) {
             if ids.len() > needed {
                 return Err(too_many(needed));
             }
+        }
+        let authenticated = !self.unauthenticated();
+        if let Some(keys) = rt.supply.take_inbound(peer, ids, deadline, authenticated) {
+            let qkd = QkdMaterial::from_keys(keys);
+            qkd.log_obtained("slave", master, peer_cfg, "from the inbound cache");
+            return self.check_size(peer, master, qkd);
         }
         let _permit = self.permit(peer)?;
         let kme_error = |error| KeError::Kme {

@@ -93,6 +93,11 @@ impl Depth {
         self.supply.per_second(now)
     }
 
+    /// Smoothed refill delay (None before the first refill).
+    pub fn delay(&self) -> Option<Duration> {
+        self.delay
+    }
+
     pub fn cap(&self) -> usize {
         self.cap
     }

@@ -150,6 +150,10 @@ struct Unverified {
 /// Most announcements held for IKE SAs being set up: an unauthenticated peer can occupy no
 /// more than this fixed budget (oldest dropped first), and nothing is fetched for them.
 const MAX_UNVERIFIED: usize = 256;
+/// A KME whose dec_keys answers come within this is fast enough for exchanges with peers
+/// not yet authenticated to wait for (a few answers' time, plus FAST_KME_MARGIN).
+const FAST_KME: Duration = Duration::from_millis(250);
+const FAST_KME_MARGIN: Duration = Duration::from_millis(50);
 /// Most key IDs pending per peer when exchanges add the ones they wait for (a flood of
 /// unauthenticated exchanges naming made-up IDs gets no further).
 const MAX_PENDING: usize = 256;
@@ -168,6 +172,10 @@ struct Buffers {
     in_flight: HashSet<KeyId>,
     /// An exchange waits for pending keys: fetch them without settling first.
     urgent: bool,
+    /// When the dec_keys refill in flight (if any) was sent.
+    inbound_asked: Option<Instant>,
+    /// Smoothed time a dec_keys refill takes (None before the first).
+    inbound_delay: Option<Duration>,
     /// Inbound keys one peer exchange uses; bounds what an announcement may ask for.
     ids_per_set: usize,
     /// No refill for this peer before then (after a KME failure).
@@ -188,6 +196,8 @@ impl Buffers {
             pending: VecDeque::new(),
             in_flight: HashSet::new(),
             urgent: false,
+            inbound_asked: None,
+            inbound_delay: None,
             ids_per_set: 1,
             retry_at: None,
             settle_until: None,
@@ -359,16 +369,39 @@ impl Supply {
 
     /// Slave side: the keys `ids` from the inbound cache, in order, if all are there. Keys
     /// not cached are handed to the refill threads first in line (bounded per peer), and
-    /// waited for until `deadline`, like keys they are fetching already. None: the refill
-    /// failed or cannot run; what is still pending is withdrawn so that the caller can
-    /// fetch on demand (which says why there is no key) without a double fetch.
+    /// waited for until `deadline`, like keys they are fetching already. For an exchange
+    /// with a peer not yet `authenticated`, only while our KME answers this peer fast
+    /// (FAST_KME), and no longer than a few of its answers take: a flood of exchanges
+    /// before authentication cannot hold charon's threads waiting on a slow KME. None: the
+    /// refill failed, cannot run or is too slow; what is still pending is withdrawn so that
+    /// the caller can fetch on demand (within its own request budget, saying why there is
+    /// no key) without a double fetch.
     pub fn take_inbound(
         &self,
         peer: usize,
         ids: &[KeyId],
         deadline: Instant,
+        authenticated: bool,
     ) -> Option<Vec<QkdKey>> {
         let mut state = self.shared.lock();
+        let deadline = if authenticated {
+            deadline
+        } else {
+            let b = &state.buffers[peer];
+            let now = Instant::now();
+            // Before a first dec_keys, the enc_keys refills (the same KME) tell its speed.
+            match b
+                .inbound_delay
+                .or(b.depth.delay())
+                .filter(|d| *d <= FAST_KME)
+            {
+                // A dec_keys for this peer stuck longer than that: the KME is slow now.
+                Some(delay) if b.inbound_asked.is_none_or(|at| now - at <= delay * 4) => {
+                    deadline.min(now + delay * 4 + FAST_KME_MARGIN)
+                }
+                _ => now,
+            }
+        };
         loop {
             let now = Instant::now();
             let buffers = &mut state.buffers[peer];

@@ -124,6 +124,7 @@ fn next_job(shared: &Shared, next_peer: &mut usize) -> Option<Job> {
                     let n = buffers.pending.len().min(MAX_KEY_IDS);
                     let pending: Vec<(KeyId, Instant)> = buffers.pending.drain(..n).collect();
                     buffers.urgent = false;
+                    buffers.inbound_asked = Some(now);
                     buffers.in_flight.extend(pending.iter().map(|(id, _)| *id));
                     Job::Inbound { peer, pending }
                 })
@@ -230,6 +231,13 @@ fn fill_inbound(shared: &Shared, peer: usize, pending: Vec<(KeyId, Instant)>) {
     let buffers = &mut state.buffers[peer];
     for id in &ids {
         buffers.in_flight.remove(id);
+    }
+    if let Some(asked) = buffers.inbound_asked.take() {
+        let took = asked.elapsed();
+        buffers.inbound_delay = Some(match buffers.inbound_delay {
+            Some(d) => (d * 3 + took) / 4,
+            None => took,
+        });
     }
     match result {
         Ok(keys) => {

@@ -75,6 +75,7 @@ impl KeySource for NumberingKme {
 
     fn dec_keys(&self, _: &SaeId, ids: &[KeyId], _: Instant) -> Result<Vec<QkdKey>, KmeError> {
         self.dec_calls.fetch_add(1, Ordering::SeqCst);
+        thread::sleep(*self.delay.lock().unwrap());
         self.fail_if_down()?;
         Ok(ids.iter().map(|id| Self::key(id.0[0])).collect())
     }
@@ -386,10 +387,10 @@ fn announced_keys_are_fetched_ahead_bounded_and_once() {
         "room for 2 sets of 1 key: the rest ignored"
     );
     let deadline = Instant::now() + Duration::from_secs(1);
-    let keys = s.take_inbound(0, &ids[..1], deadline).unwrap();
+    let keys = s.take_inbound(0, &ids[..1], deadline, true).unwrap();
     assert_eq!(&keys[0].material[..], &[10; 32]);
     assert!(
-        s.take_inbound(0, &ids[..1], now()).is_none(),
+        s.take_inbound(0, &ids[..1], now(), true).is_none(),
         "used once: no longer cached"
     );
     assert_eq!(s.counters().used.load(Ordering::SeqCst), 1);
@@ -403,7 +404,7 @@ fn pending_keys_are_withdrawn_for_an_exchange_that_fetches_them_itself() {
     let id = [KeyId([7; 16])];
     s.accept_announcement(0, &id, 1);
     assert_eq!(s.levels(0).pending_keys, 1);
-    assert!(s.take_inbound(0, &id, Instant::now()).is_none());
+    assert!(s.take_inbound(0, &id, Instant::now(), true).is_none());
     assert_eq!(
         s.levels(0).pending_keys,
         0,
@@ -485,7 +486,7 @@ fn a_cached_key_past_key_ttl_is_not_handed_out() {
     wait_for("cached", || s.levels(0).inbound_keys == 1);
     thread::sleep(Duration::from_millis(60));
     assert!(
-        s.take_inbound(0, &id, now()).is_none(),
+        s.take_inbound(0, &id, now(), true).is_none(),
         "expired at the take"
     );
 }
@@ -499,7 +500,7 @@ fn an_exchange_waits_for_unannounced_keys_from_the_refill_threads() {
     s.start();
     let ids: Vec<KeyId> = (40..42).map(|n| KeyId([n; 16])).collect();
     let keys = s
-        .take_inbound(0, &ids, now() + Duration::from_secs(5))
+        .take_inbound(0, &ids, now() + Duration::from_secs(5), true)
         .expect("fetched for the exchange");
     assert_eq!(keys.len(), 2);
     assert_eq!(kme.dec_calls.load(Ordering::SeqCst), 1);
@@ -533,4 +534,38 @@ fn exchanges_at_once_share_batched_refills() {
     assert_eq!(got, 12, "every exchange got a set");
     let calls = kme.enc_calls.load(Ordering::SeqCst);
     assert!(calls < 12, "{calls} enc_keys calls for 12 exchanges");
+}
+
+/// Before authentication an exchange may wait for the refill threads only while the KME
+/// answers fast: a flood cannot hold charon's threads on a slow KME.
+#[test]
+fn an_unauthenticated_exchange_waits_only_for_a_fast_kme() {
+    let ids = [KeyId([50; 16])];
+    let fast = Arc::new(NumberingKme::default());
+    let s = supply(&fast, 1, Duration::from_secs(60));
+    s.start();
+    wait_for("KME timed", || s.levels(0).outbound_sets == 1);
+    let deadline = now() + Duration::from_secs(5);
+    assert!(
+        s.take_inbound(0, &ids, deadline, false).is_some(),
+        "fast KME: waited"
+    );
+
+    let slow = Arc::new(NumberingKme::default());
+    *slow.delay.lock().unwrap() = Duration::from_millis(300);
+    let s = supply(&slow, 1, Duration::from_secs(60));
+    s.start();
+    wait_for("KME timed", || s.levels(0).outbound_sets == 1);
+    let asked = now();
+    assert!(
+        s.take_inbound(0, &ids, deadline, false).is_none(),
+        "slow KME: not waited for"
+    );
+    assert!(asked.elapsed() < Duration::from_millis(300));
+    assert_eq!(
+        s.levels(0).pending_keys,
+        0,
+        "nothing left for the refill threads"
+    );
+    assert_eq!(slow.dec_calls.load(Ordering::SeqCst), 0);
 }
