@@ -185,6 +185,10 @@ enum Role {
     Initiator {
         peer: usize,
         qkd: Option<QkdMaterial>,
+        /// The keys came from the outbound queue, from this enc_keys (see Supply::unconfirmed).
+        queued: Option<u64>,
+        /// Held until the exchange is over.
+        _outstanding: crate::supply::Outstanding,
     },
     /// The initiator has processed the response (successfully or not).
     InitiatorDone,
@@ -248,9 +252,11 @@ impl QkdKeyExchange {
         }
         let result = match self.role.take() {
             None => self.respond(data),
-            Some(Role::Initiator { peer, qkd }) => {
+            Some(Role::Initiator {
+                peer, qkd, queued, ..
+            }) => {
                 self.role = Some(Role::InitiatorDone);
-                self.complete(data, peer, qkd)
+                self.complete(data, peer, qkd, queued)
             }
             Some(done) => {
                 self.role = Some(done);
@@ -359,8 +365,10 @@ impl QkdKeyExchange {
         self.audit.peer_sae = Some(peer_cfg.sae_id.clone());
         self.audit.kme = Some(rt.source(peer).url().to_owned());
         let deadline = self.deadline(peer);
+        let mut queued = None;
         let keys = match rt.supply.take_outbound(peer, deadline) {
             Some(set) => {
+                queued = Some(set.enc_number);
                 let qkd = QkdMaterial::from_keys(set.keys);
                 qkd.log_obtained(
                     "master",
@@ -409,7 +417,12 @@ impl QkdKeyExchange {
             shares: self.own_shares()?,
         };
         let data = request.encode().map_err(KeError::Encode)?;
-        self.role = Some(Role::Initiator { peer, qkd });
+        self.role = Some(Role::Initiator {
+            peer,
+            qkd,
+            queued,
+            _outstanding: rt.supply.outstanding(peer),
+        });
         self.own_data = Some(data.clone());
         Ok(data)
     }
@@ -438,6 +451,7 @@ impl QkdKeyExchange {
             peer_cfg,
             &format!("from KME {}", source.url()),
         );
+        rt.supply.fetched_on_demand(peer);
         Ok(qkd)
     }
 
@@ -463,6 +477,7 @@ impl QkdKeyExchange {
         data: &[u8],
         peer: usize,
         qkd: Option<QkdMaterial>,
+        queued: Option<u64>,
     ) -> Result<(), KeError> {
         let rt = self.rt.clone();
         let peer_sae = &rt.config.peers[peer].sae_id;
@@ -476,6 +491,9 @@ impl QkdKeyExchange {
                 Some(qkd)
             }
             (Some(qkd), None) => {
+                if let Some(enc_number) = queued {
+                    rt.supply.unconfirmed(peer, enc_number);
+                }
                 let why = format!(
                     "SAE '{peer_sae}' could not obtain QKD key IDs {} from its KME",
                     qkd.ids()
@@ -791,6 +809,17 @@ impl QkdKeyExchange {
 impl Drop for QkdKeyExchange {
     /// An exchange charon drops before it completed still gets its audit line.
     fn drop(&mut self) {
+        // Refused by the peer (strongSwan then never hands us its response): did it not
+        // obtain a queued key?
+        if let Some(Role::Initiator {
+            peer,
+            qkd: Some(_),
+            queued: Some(enc_number),
+            ..
+        }) = &self.role
+        {
+            self.rt.supply.unconfirmed(*peer, *enc_number);
+        }
         if self.role.is_some() {
             let initiator = self.is_initiator();
             self.audit.emit_unfinished(&self.ctx, initiator);

@@ -144,6 +144,9 @@ pub struct PeerStatus {
     /// Seconds until the outbound queue runs dry at the current demand (None: no demand).
     #[serde(default)]
     pub dry_in_seconds: Option<f64>,
+    /// The KME pair replaces keys the slave has not fetched (detected): one set at a time.
+    #[serde(default)]
+    pub replacing_kme: bool,
 }
 
 fn load(counter: &AtomicU64) -> u64 {
@@ -201,6 +204,7 @@ impl Snapshot {
                 demand_per_second: levels.demand_per_second,
                 supply_per_second: levels.supply_per_second,
                 dry_in_seconds: levels.dry_in().map(|d| d.as_secs_f64()),
+                replacing_kme: levels.replacing_kme,
             });
         }
         let supply = rt.supply.counters();
@@ -373,7 +377,14 @@ pub fn render_table(s: &Snapshot) -> String {
                 p.outbound_sets.to_string(),
                 p.inbound_keys.to_string(),
                 p.pending_keys.to_string(),
-                format!("{}/{}", p.target_sets, p.cap_sets),
+                if p.replacing_kme {
+                    format!(
+                        "{}/{} (KME replaces unfetched keys)",
+                        p.target_sets, p.cap_sets
+                    )
+                } else {
+                    format!("{}/{}", p.target_sets, p.cap_sets)
+                },
                 format!("{:.1}", p.demand_per_second),
                 format!("{:.1}", p.supply_per_second),
                 p.dry_in_seconds.map_or("-".into(), |d| format!("{d:.1}s")),

@@ -41,11 +41,27 @@ use std::time::{Duration, Instant};
 pub struct KeySet {
     pub keys: Vec<QkdKey>,
     obtained: Instant,
+    /// Number of the enc_keys (per peer) that delivered it.
+    pub enc_number: u64,
 }
 
 impl KeySet {
     pub fn ids(&self) -> impl Iterator<Item = KeyId> + '_ {
         self.keys.iter().map(|k| k.id)
+    }
+}
+
+/// An exchange this gateway started as master, until it is over (dropped). At a KME that
+/// replaces unfetched keys, no other enc_keys for the peer may run meanwhile.
+pub struct Outstanding {
+    shared: Arc<Shared>,
+    peer: usize,
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.shared.lock().buffers[self.peer].outstanding -= 1;
+        self.shared.wake.notify_all();
     }
 }
 
@@ -95,6 +111,8 @@ pub struct Levels {
     pub demand_per_second: f64,
     /// Keys the KME delivered into the outbound queue per second (smoothed).
     pub supply_per_second: f64,
+    /// The KME pair replaces unfetched keys (detected): one set at a time.
+    pub replacing_kme: bool,
 }
 
 impl Levels {
@@ -172,6 +190,13 @@ struct Buffers {
     in_flight: HashSet<KeyId>,
     /// An exchange waits for pending keys: fetch them without settling first.
     urgent: bool,
+    /// Exchanges started as master that are not over yet.
+    outstanding: usize,
+    /// enc_keys answered for this peer so far (refills and on-demand fetches).
+    enc_count: u64,
+    /// The peer's KME pair replaces keys the slave has not fetched when enc_keys is called
+    /// again (detected): one set at a time, no enc_keys while an exchange is outstanding.
+    replacing: bool,
     /// When the dec_keys refill in flight (if any) was sent.
     inbound_asked: Option<Instant>,
     /// Smoothed time a dec_keys refill takes (None before the first).
@@ -196,6 +221,9 @@ impl Buffers {
             pending: VecDeque::new(),
             in_flight: HashSet::new(),
             urgent: false,
+            outstanding: 0,
+            enc_count: 0,
+            replacing: false,
             inbound_asked: None,
             inbound_delay: None,
             ids_per_set: 1,
@@ -314,6 +342,7 @@ impl Supply {
             cap_sets: b.depth.cap(),
             demand_per_second: b.depth.demand(now),
             supply_per_second: b.depth.supply(now),
+            replacing_kme: b.replacing,
         }
     }
 
@@ -343,7 +372,10 @@ impl Supply {
             }
             // Wake the refill threads: demand just rose, the queue may need more.
             self.shared.wake.notify_all();
-            let refill_coming = buffers.refilling_outbound || can_refill(&state, peer, now);
+            // At a replacing KME the refill waits for the exchanges outstanding; so do we.
+            let waits_for_others = buffers.replacing && buffers.outstanding > 0;
+            let refill_coming =
+                buffers.refilling_outbound || waits_for_others || can_refill(&state, peer, now);
             if !refill_coming || now >= deadline || state.stopped {
                 return None;
             }
@@ -354,6 +386,44 @@ impl Supply {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Master side: an exchange with `peer` starts (with keys from the queue or on demand);
+    /// it is outstanding until the returned guard is dropped.
+    pub fn outstanding(&self, peer: usize) -> Outstanding {
+        self.shared.lock().buffers[peer].outstanding += 1;
+        Outstanding {
+            shared: self.shared.clone(),
+            peer,
+        }
+    }
+
+    /// Master side: an on-demand enc_keys for `peer` delivered (it counts like a refill:
+    /// at a replacing KME it replaced what the peer had not fetched).
+    pub fn fetched_on_demand(&self, peer: usize) {
+        self.shared.lock().buffers[peer].enc_count += 1;
+    }
+
+    /// Master side: the peer did not obtain a set taken from the queue (the exchange failed
+    /// or was refused). When enc_keys was called for the peer after that set's, the KME pair
+    /// probably replaced it: from now on one set at a time for this peer (warned once).
+    pub fn unconfirmed(&self, peer: usize, enc_number: u64) {
+        let mut state = self.shared.lock();
+        let buffers = &mut state.buffers[peer];
+        if buffers.replacing || enc_number + 1 >= buffers.enc_count {
+            return;
+        }
+        buffers.replacing = true;
+        let p = &self.shared.peers[peer];
+        log::warn!(
+            "qkd: SAE '{}' could not obtain key IDs this gateway obtained from KME {} before \
+             a later enc_keys for it: the KME pair replaces keys the slave has not fetched yet. \
+             Buffering for this peer now keeps one key set and asks for the next only when the \
+             exchange using the last one is over (until reload); if the KME does not replace \
+             keys, check the peer's KME instead",
+            p.sae_id,
+            p.source.url()
+        );
     }
 
     /// The key IDs this gateway will use next towards `peer`, for the peer to fetch ahead.
@@ -590,6 +660,9 @@ impl Shared {
     /// other peers hold above their floors counted against `buffer_total`.
     fn target(&self, state: &State, peer: usize, now: Instant) -> usize {
         let floor = self.limits.floor;
+        if state.buffers[peer].replacing {
+            return floor.min(1);
+        }
         let others_above_floor: usize = state
             .buffers
             .iter()

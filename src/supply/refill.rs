@@ -110,7 +110,9 @@ fn next_job(shared: &Shared, next_peer: &mut usize) -> Option<Job> {
                 soonest = soonest.min(at);
                 continue;
             }
-            let outbound_short = buffers.outbound.len() < target;
+            // A replacing KME would delete the key of an exchange still going on.
+            let outbound_short =
+                buffers.outbound.len() < target && !(buffers.replacing && buffers.outstanding > 0);
             let job = if outbound_short && !buffers.refilling_outbound {
                 kme_free.then(|| {
                     buffers.refilling_outbound = true;
@@ -198,6 +200,8 @@ fn fill_outbound(shared: &Shared, peer: usize, sets: usize) {
     buffers.refilling_outbound = false;
     match result {
         Ok(new_sets) => {
+            let enc_number = buffers.enc_count;
+            buffers.enc_count += 1;
             let now = Instant::now();
             let keys: usize = new_sets.iter().map(|s| s.len()).sum();
             buffers.depth.refilled(now, keys, now - asked);
@@ -207,6 +211,7 @@ fn fill_outbound(shared: &Shared, peer: usize, sets: usize) {
                 .extend(new_sets.into_iter().map(|keys| KeySet {
                     keys,
                     obtained: now,
+                    enc_number,
                 }));
             recovered(buffers);
             log::debug!(

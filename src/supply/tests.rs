@@ -569,3 +569,57 @@ fn an_unauthenticated_exchange_waits_only_for_a_fast_kme() {
     );
     assert_eq!(slow.dec_calls.load(Ordering::SeqCst), 0);
 }
+
+/// A set the peer could not obtain although a later enc_keys came after it: the KME pair
+/// replaces unfetched keys. From then on one set at a time, none fetched while an exchange
+/// is outstanding, and exchanges wait for the one before.
+#[test]
+fn a_replacing_kme_gets_one_set_at_a_time() {
+    let kme = Arc::new(NumberingKme::default());
+    let s = supply(&kme, 2, Duration::from_secs(60));
+    s.start();
+    wait_for("queue full", || s.levels(0).outbound_sets == 2);
+    let first = s.take_outbound(0, now()).unwrap();
+    s.take_outbound(0, now() + Duration::from_secs(5)).unwrap();
+    // Not the latest enc_keys any more once the queue refilled after it.
+    wait_for("refilled", || s.levels(0).outbound_sets == 2);
+    s.unconfirmed(0, first.enc_number);
+    assert_eq!(s.levels(0).target_sets, 1, "one set at a time");
+    let calls = kme.enc_calls.load(Ordering::SeqCst);
+    let exchange = s.outstanding(0);
+    while s.take_outbound(0, now()).is_some() {}
+    assert!(
+        s.take_outbound(0, now() + Duration::from_millis(100))
+            .is_none(),
+        "no set while another exchange is outstanding"
+    );
+    assert_eq!(
+        kme.enc_calls.load(Ordering::SeqCst),
+        calls,
+        "no enc_keys meanwhile"
+    );
+    drop(exchange);
+    assert!(s.take_outbound(0, now() + Duration::from_secs(5)).is_some());
+    assert_eq!(
+        kme.most_sets.load(Ordering::SeqCst),
+        2,
+        "never more than the floor asked"
+    );
+}
+
+#[test]
+fn a_failed_exchange_with_the_latest_keys_is_not_taken_for_replacement() {
+    let kme = Arc::new(NumberingKme::default());
+    let s = supply(&kme, 3, Duration::from_secs(60));
+    s.start();
+    wait_for("queued", || s.levels(0).outbound_sets == 3);
+    kme.holding.store(true, Ordering::SeqCst);
+    let only = s.take_outbound(0, now()).unwrap();
+    s.unconfirmed(0, only.enc_number);
+    assert_eq!(
+        s.levels(0).target_sets,
+        3,
+        "no later enc_keys: not a replacing KME"
+    );
+    kme.holding.store(false, Ordering::SeqCst);
+}
