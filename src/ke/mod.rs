@@ -512,7 +512,8 @@ impl QkdKeyExchange {
         if let Some(keys) = rt.supply.take_inbound(peer, ids, deadline) {
             let qkd = QkdMaterial::from_keys(keys);
             qkd.log_obtained("slave", master, peer_cfg, "from the inbound cache");
-            return self.check_size(peer, master, qkd, "from the inbound cache");
+            let from = format!("from the inbound cache (fetched ahead from KME {})", source.url());
+            return self.check_size(master, qkd, &from);
         }
         let _permit = self.permit(master)?;
         let keys = wait_for_keys(cfg.wait_timeout, || source.dec_keys(master, ids, deadline))
@@ -523,7 +524,7 @@ impl QkdKeyExchange {
         let qkd = QkdMaterial::from_keys(keys);
         let from = format!("from KME {}", source.url());
         qkd.log_obtained("slave", master, peer_cfg, &from);
-        self.check_size(peer, master, qkd, &from)
+        self.check_size(master, qkd, &from)
     }
 
     /// A peer may name up to [`plausible_key_ids`] key IDs for `key_size` (keys of at least
@@ -569,7 +570,6 @@ impl QkdKeyExchange {
     /// The keys delivered for the peer's key IDs must add up to `key_size` exactly.
     fn check_size(
         &self,
-        peer: usize,
         master: &SaeId,
         qkd: QkdMaterial,
         from: &str,
@@ -579,10 +579,9 @@ impl QkdKeyExchange {
         if bits != key_size {
             return Err(KeError::Peer(format!(
                 "SAE '{master}' named key IDs {}: {} key(s) of {bits} bits in all {from}, but \
-                 key_size = {key_size} here; configure the same key_size on both peers (KME {})",
+                 key_size = {key_size} here; configure the same key_size on both peers",
                 qkd.ids(),
                 qkd.key_ids.len(),
-                self.rt.source(peer).url()
             )));
         }
         Ok(qkd)
