@@ -512,7 +512,10 @@ impl QkdKeyExchange {
         if let Some(keys) = rt.supply.take_inbound(peer, ids, deadline) {
             let qkd = QkdMaterial::from_keys(keys);
             qkd.log_obtained("slave", master, peer_cfg, "from the inbound cache");
-            let from = format!("from the inbound cache (fetched ahead from KME {})", source.url());
+            let from = format!(
+                "from the inbound cache (fetched ahead from KME {})",
+                source.url()
+            );
             return self.check_size(master, qkd, &from);
         }
         let _permit = self.permit(master)?;

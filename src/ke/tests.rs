@@ -663,7 +663,10 @@ fn a_kme_that_ignores_size_serves_key_size_from_several_keys() {
     link.served_bits.store(256, Ordering::SeqCst);
     let mut i = a.initiator("sae-b", 1);
     let request = Request::decode(&i.get_public_key().unwrap()).unwrap();
-    assert!(matches!(&request.keys, Keys::Ids(ids) if ids.len() == 2), "{request:?}");
+    assert!(
+        matches!(&request.keys, Keys::Ids(ids) if ids.len() == 2),
+        "{request:?}"
+    );
     let mut r = b.responder(2);
     r.set_public_key(&request.encode().unwrap()).unwrap();
     i.set_public_key(&r.get_public_key().unwrap()).unwrap();
@@ -716,7 +719,10 @@ fn a_kme_with_small_keys_may_need_more_ids_than_the_fixed_bound() {
     link.status_bits.store(64, Ordering::SeqCst);
     let mut i = a.initiator("sae-b", 1);
     let request = Request::decode(&i.get_public_key().unwrap()).unwrap();
-    assert!(matches!(&request.keys, Keys::Ids(ids) if ids.len() == 4), "{request:?}");
+    assert!(
+        matches!(&request.keys, Keys::Ids(ids) if ids.len() == 4),
+        "{request:?}"
+    );
     let mut r = b.responder(2);
     r.set_public_key(&request.encode().unwrap()).unwrap();
     i.set_public_key(&r.get_public_key().unwrap()).unwrap();
