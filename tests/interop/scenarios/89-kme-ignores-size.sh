@@ -40,7 +40,7 @@ for gw in gw-a gw-b; do
     [ "$confirmed" = "$EXCHANGES" ] && [ "$two" = "$EXCHANGES" ] \
         || fail "$gw: $EXCHANGES exchanges, $confirmed confirmed QKD keys, $two of them 512 bits from two key IDs"
     # Each side learns the served size as ETSI master (it starts rekeys too).
-    adapted=$(log_of "$gw" | grep -m 1 -E "qkd: KME .* ignores the key size asked for") \
+    adapted=$(grep -m 1 -E "qkd: KME .* ignores the key size asked for" "$(log_file "$gw")") \
         || fail "$gw never noticed that its KME ignores the size asked for"
     note "$gw: ${adapted#*qkd: }"
 done
