@@ -750,6 +750,36 @@ fn delivered_bits_must_add_up_to_key_size() {
     }
 }
 
+/// The inbound cache follows the same rule: keys fetched ahead are not handed out for a
+/// request naming more key IDs than key_size can take; they stay cached.
+#[test]
+fn too_many_key_ids_are_refused_even_when_they_are_cached() {
+    let buf = [("buffer", "4")];
+    let (link, a, b) = pair(&buf, &buf);
+    let ids: Vec<KeyId> =
+        a.rt.source(0)
+            .enc_keys(&SaeId::new("sae-b").unwrap(), 256, 3, Instant::now())
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .map(|k| k.id)
+            .collect();
+    b.rt.supply.start();
+    b.rt.supply.accept_announcement(0, &ids, 1);
+    wait_for("the announced keys cached", || {
+        b.rt.supply.levels(0).inbound_keys == 3
+    });
+    let calls = link.dec_calls.load(Ordering::SeqCst);
+    let err = b
+        .rekey("sae-a", 2)
+        .set_public_key(&request_naming(ids))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("named 3 key IDs"), "{err}");
+    assert_eq!(b.rt.supply.levels(0).inbound_keys, 3);
+    assert_eq!(link.dec_calls.load(Ordering::SeqCst), calls);
+}
+
 /// With buffers, a set of several keys goes through the outbound queue and the announced
 /// keys through the peer's inbound cache, under the same rule.
 #[test]
