@@ -16,7 +16,7 @@ pub use runtime::{Counters, Runtime};
 use crate::config::{method_name, Config, Fallback, PeerConfig, PREFIX};
 use crate::ids::{format_ids, KeyId, SaeId};
 use crate::kme::{KmeError, QkdKey};
-use crate::wire::{Keys, NoKeyReason, Request, Response, Share, WireError};
+use crate::wire::{Keys, NoKeyReason, Request, Response, Share, WireError, MAX_KEY_IDS};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -597,8 +597,11 @@ impl QkdKeyExchange {
         }
     }
 
-    /// Slave side: the keys the peer named, from the inbound cache or on demand. More IDs
-    /// than `key_size` takes at our KME are refused before any KME request.
+    /// Slave side: the keys the peer named, from the inbound cache or on demand. How many
+    /// keys make up `key_size` is what the master's KME delivered, not what ours predicts
+    /// (some KMEs ignore the size asked for): any plausible count is fetched
+    /// ([`Self::check_key_count`], before the cache or any KME request), and the bits must
+    /// add up to `key_size` exactly ([`Self::check_size`]).
     fn slave_keys(
         &self,
         peer: usize,
@@ -610,55 +613,81 @@ impl QkdKeyExchange {
         let peer_cfg = &cfg.peers[peer];
         let source = rt.source(peer);
         let deadline = self.deadline(peer);
-        let too_many = |needed: usize| {
-            KeError::Peer(format!(
-                "SAE '{master}' named {} key IDs, but key_size = {} takes {needed} at KME {}; \
-                 not fetching them (check key_size on both peers)",
-                ids.len(),
-                cfg.key_size,
-                source.url()
-            ))
-        };
-        // Known without asking the KME: refused before the cache or a request slot.
-        if let Some(needed) = source.known_keys_per_set(master, cfg.key_size) {
-            if ids.len() > needed {
-                return Err(too_many(needed));
-            }
-        }
+        self.check_key_count(peer, master, ids, deadline)?;
         let authenticated = !self.unauthenticated();
         if let Some(keys) = rt.supply.take_inbound(peer, ids, deadline, authenticated) {
             let qkd = QkdMaterial::from_keys(keys);
             qkd.log_obtained("slave", master, peer_cfg, "from the inbound cache");
-            return self.check_size(peer, master, qkd);
+            let from = format!(
+                "from the inbound cache (fetched ahead from KME {})",
+                source.url()
+            );
+            return self.check_size(peer, master, qkd, &from);
         }
         let _permit = self.permit(peer)?;
-        let kme_error = |error| KeError::Kme {
-            peer: master.clone(),
-            error,
-        };
-        let needed = source
-            .keys_per_set(master, cfg.key_size, deadline)
-            .map_err(kme_error)?;
-        if ids.len() > needed {
-            return Err(too_many(needed));
-        }
         let keys = wait_for_keys(cfg.wait_timeout, || source.dec_keys(master, ids, deadline))
-            .map_err(kme_error)?;
+            .map_err(|error| KeError::Kme {
+                peer: master.clone(),
+                error,
+            })?;
         let qkd = QkdMaterial::from_keys(keys);
-        qkd.log_obtained(
-            "slave",
-            master,
-            peer_cfg,
-            &format!("from KME {}", source.url()),
-        );
-        self.check_size(peer, master, qkd)
+        let from = format!("from KME {}", source.url());
+        qkd.log_obtained("slave", master, peer_cfg, &from);
+        self.check_size(peer, master, qkd, &from)
     }
 
+    /// A peer may name up to [`plausible_key_ids`] key IDs for `key_size` (keys of at least
+    /// [`MIN_PLAUSIBLE_KEY_BITS`]), or as many as our KME's status says one set takes if its
+    /// keys are smaller. Refused before any KME request otherwise, so that an
+    /// unauthenticated peer cannot make us fetch (and burn) many keys.
+    fn check_key_count(
+        &self,
+        peer: usize,
+        master: &SaeId,
+        ids: &[KeyId],
+        deadline: Instant,
+    ) -> Result<(), KeError> {
+        let key_size = self.rt.config.key_size;
+        let plausible = plausible_key_ids(key_size);
+        if ids.len() <= plausible {
+            return Ok(());
+        }
+        let source = self.rt.source(peer);
+        // Known without asking the KME: no request slot taken.
+        let predicted = match source.known_keys_per_set(master, key_size) {
+            Some(predicted) => predicted,
+            None => {
+                let _permit = self.permit(peer)?;
+                source
+                    .keys_per_set(master, key_size, deadline)
+                    .map_err(|error| KeError::Kme {
+                        peer: master.clone(),
+                        error,
+                    })?
+            }
+        };
+        if ids.len() <= predicted {
+            return Ok(());
+        }
+        Err(KeError::Peer(format!(
+            "SAE '{master}' named {} key IDs ({}) for one exchange, more than key_size = \
+             {key_size} takes (at most {plausible} keys of {MIN_PLAUSIBLE_KEY_BITS} bits or more, \
+             or the {predicted} that KME {} plans); not fetching them (check key_size on both \
+             peers)",
+            ids.len(),
+            format_ids(ids),
+            source.url()
+        )))
+    }
+
+    /// The keys delivered for the peer's key IDs must add up to `key_size` exactly, and
+    /// none may have keyed an exchange before.
     fn check_size(
         &self,
         peer: usize,
         master: &SaeId,
         qkd: QkdMaterial,
+        from: &str,
     ) -> Result<QkdMaterial, KeError> {
         if let Err(reused) = self.rt.supply.record_used(&qkd.key_ids) {
             return Err(KeError::Peer(format!(
@@ -669,11 +698,13 @@ impl QkdKeyExchange {
             )));
         }
         let key_size = self.rt.config.key_size as usize;
-        if qkd.key.len() * 8 != key_size {
+        let bits = qkd.key.len() * 8;
+        if bits != key_size {
             return Err(KeError::Peer(format!(
-                "SAE '{master}' used {} bits of QKD key, but key_size = {key_size} here; \
-                 configure the same key_size on both peers",
-                qkd.key.len() * 8
+                "SAE '{master}' named key IDs {}: {} key(s) of {bits} bits in all {from}, but \
+                 key_size = {key_size} here; configure the same key_size on both peers",
+                qkd.ids(),
+                qkd.key_ids.len(),
             )));
         }
         Ok(qkd)
@@ -888,6 +919,16 @@ pub fn describe_methods(methods: impl Iterator<Item = u16>) -> String {
     } else {
         names.join(" + ")
     }
+}
+
+/// Smallest key (bits) a KME is taken to hand out without its status saying so: bounds the
+/// key IDs a peer may name for one exchange ([`plausible_key_ids`]).
+const MIN_PLAUSIBLE_KEY_BITS: u32 = 128;
+
+/// Key IDs a peer may name for `key_size` bits without our KME's status saying more: keys
+/// of at least [`MIN_PLAUSIBLE_KEY_BITS`], never more than one KE message carries.
+fn plausible_key_ids(key_size: u32) -> usize {
+    ((key_size / MIN_PLAUSIBLE_KEY_BITS) as usize).clamp(1, MAX_KEY_IDS)
 }
 
 /// AQUA's WAIT_QKD: retry transient KME failures (no key yet, KME briefly down) for

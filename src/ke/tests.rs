@@ -24,6 +24,12 @@ struct FakeLink {
     corrupt_dec: Mutex<bool>,
     /// dec_keys answers again for keys it delivered (keys are not removed).
     repeat_dec: Mutex<bool>,
+    /// Bits of every key enc_keys hands out whatever size is asked for (0: the size asked
+    /// for), as KMEs that ignore `size` do; a set is then assembled from several keys.
+    served_bits: AtomicU32,
+    /// Key size (bits) the KMEs' status reports as the only one (0: any size, one key per
+    /// set).
+    status_bits: AtomicU32,
 }
 
 struct FakeKme {
@@ -40,23 +46,31 @@ impl FakeKme {
                 message: "no key".into(),
             });
         }
-        let n = self.link.counter.fetch_add(1, Ordering::SeqCst);
-        // Unique per link however many keys a test draws; byte 0 still tells keys apart.
-        let mut id = [n as u8; 16];
-        id[12..].copy_from_slice(&n.to_be_bytes());
-        let id = KeyId(id);
-        let material: Vec<u8> = (0..size_bits / 8)
-            .map(|i| (i as u8) ^ (n as u8).wrapping_mul(31))
-            .collect();
-        self.link
-            .store
-            .lock()
-            .unwrap()
-            .insert(id, (slave.to_string(), material.clone()));
-        Ok(vec![QkdKey {
-            id,
-            material: Zeroizing::new(material),
-        }])
+        let key_bits = match self.link.served_bits.load(Ordering::SeqCst) {
+            0 => size_bits,
+            bits => bits,
+        };
+        (0..size_bits / key_bits)
+            .map(|_| {
+                let n = self.link.counter.fetch_add(1, Ordering::SeqCst);
+                // Unique per link however many keys a test draws; byte 0 tells keys apart.
+                let mut id = [n as u8; 16];
+                id[12..].copy_from_slice(&n.to_be_bytes());
+                let id = KeyId(id);
+                let material: Vec<u8> = (0..key_bits / 8)
+                    .map(|i| (i as u8) ^ (n as u8).wrapping_mul(31))
+                    .collect();
+                self.link
+                    .store
+                    .lock()
+                    .unwrap()
+                    .insert(id, (slave.to_string(), material.clone()));
+                Ok(QkdKey {
+                    id,
+                    material: Zeroizing::new(material),
+                })
+            })
+            .collect()
     }
 }
 
@@ -117,12 +131,16 @@ impl KeySource for FakeKme {
             .collect()
     }
 
-    fn keys_per_set(&self, _: &SaeId, _: u32, _: Instant) -> Result<usize, KmeError> {
-        Ok(1)
+    fn keys_per_set(&self, _: &SaeId, size_bits: u32, _: Instant) -> Result<usize, KmeError> {
+        Ok(match self.link.status_bits.load(Ordering::SeqCst) {
+            0 => 1,
+            bits => (size_bits / bits) as usize,
+        })
     }
 
-    fn known_keys_per_set(&self, _: &SaeId, _: u32) -> Option<usize> {
-        Some(1)
+    /// As if the KME's status were cached already: what keys_per_set answers.
+    fn known_keys_per_set(&self, peer: &SaeId, size_bits: u32) -> Option<usize> {
+        self.keys_per_set(peer, size_bits, Instant::now()).ok()
     }
 
     fn url(&self) -> &str {
@@ -643,41 +661,166 @@ fn responder_refuses_unknown_or_misbound_sae_ids() {
     .is_ok());
 }
 
-/// A peer may name no more key IDs than key_size takes at our KME: refused before any
-/// KME request, so an unauthenticated peer cannot make us fetch (and burn) keys.
-#[test]
-fn more_key_ids_than_key_size_needs_are_refused_before_the_kme() {
-    let (link, _a, b) = pair(&[], &[]);
-    let request = Request {
+// ---- how many keys make up key_size -----------------------------------------------------
+
+/// A request of gw-a's naming `ids`, as an unauthenticated peer could send it.
+fn request_naming(ids: Vec<KeyId>) -> Vec<u8> {
+    Request {
         sender: SaeId::new("sae-a").unwrap(),
         allows_dh_fallback: false,
-        keys: Keys::Ids(vec![KeyId([1; 16]), KeyId([2; 16])]),
+        keys: Keys::Ids(ids),
         announce: vec![],
         shares: vec![crate::wire::Share {
             method: 31,
             value: vec![7; 32],
         }],
-    };
-    let err = b
-        .responder(2)
-        .set_public_key(&request.encode().unwrap())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("named 2 key IDs, but key_size = 256 takes 1"),
-        "{err}"
-    );
-    assert_eq!(link.dec_calls.load(Ordering::SeqCst), 0);
+    }
+    .encode()
+    .unwrap()
 }
 
+/// A KME that ignores `size` (256-bit keys whatever is asked) while its status allows
+/// 512: the master assembles key_size = 512 from two keys, and the slave, whose KME status
+/// predicts one, takes the two it is named: the first exchange succeeds, rekeys too.
 #[test]
-fn different_key_sizes_are_refused_as_a_configuration_mismatch() {
-    let (_link, a, b) = pair(&[("key_size", "512")], &[]);
-    let err = run_err(&mut a.initiator("sae-b", 1), &mut b.responder(2));
+fn a_kme_that_ignores_size_serves_key_size_from_several_keys() {
+    let size = [("key_size", "512")];
+    let (link, a, b) = pair(&size, &size);
+    link.served_bits.store(256, Ordering::SeqCst);
+    let mut i = a.initiator("sae-b", 1);
+    let request = Request::decode(&i.get_public_key().unwrap()).unwrap();
     assert!(
-        err.contains("used 512 bits of QKD key, but key_size = 256 here"),
-        "{err}"
+        matches!(&request.keys, Keys::Ids(ids) if ids.len() == 2),
+        "{request:?}"
     );
+    let mut r = b.responder(2);
+    r.set_public_key(&request.encode().unwrap()).unwrap();
+    i.set_public_key(&r.get_public_key().unwrap()).unwrap();
+    let secret = i.shared_secret().unwrap();
+    assert_eq!(secret, r.shared_secret().unwrap());
+    assert_eq!(secret.len(), 64 + 32, "512-bit QKD key + x25519");
+    let (si, sr) = run(&mut b.rekey("sae-a", 3), &mut a.rekey("sae-b", 4)).unwrap();
+    assert_eq!(si, sr);
+}
+
+/// A peer may name at most key_size / 128 key IDs (here 2) unless our KME's status says its
+/// keys are smaller: more are refused before any KME request, so an unauthenticated peer
+/// cannot make us fetch (and burn) many keys.
+#[test]
+fn more_key_ids_than_key_size_can_take_are_refused_before_the_kme() {
+    let (link, _a, b) = pair(&[], &[]);
+    let ids: Vec<KeyId> = (1..=3).map(|n| KeyId([n; 16])).collect();
+    let err = b
+        .responder(2)
+        .set_public_key(&request_naming(ids.clone()))
+        .unwrap_err()
+        .to_string();
+    for part in [
+        "SAE 'sae-a' named 3 key IDs",
+        &format_ids(&ids),
+        "key_size = 256",
+        "at most 2 keys of 128 bits or more, or the 1 that KME https://kme.test plans",
+        "check key_size on both peers",
+    ] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    assert_eq!(link.dec_calls.load(Ordering::SeqCst), 0);
+    // Two are plausible for 256 bits (two keys of 128): fetched (unknown here, so the KME
+    // refuses them).
+    let err = b
+        .responder(2)
+        .set_public_key(&request_naming(ids[..2].to_vec()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not found on KME"), "{err}");
+    assert_eq!(link.dec_calls.load(Ordering::SeqCst), 1);
+}
+
+/// A KME whose status says it serves only 64-bit keys: key_size = 256 takes four, more than
+/// keys of 128 bits would, and the slave accepts what its KME's status plans.
+#[test]
+fn a_kme_with_small_keys_may_need_more_ids_than_the_fixed_bound() {
+    let (link, a, b) = pair(&[], &[]);
+    link.served_bits.store(64, Ordering::SeqCst);
+    link.status_bits.store(64, Ordering::SeqCst);
+    let mut i = a.initiator("sae-b", 1);
+    let request = Request::decode(&i.get_public_key().unwrap()).unwrap();
+    assert!(
+        matches!(&request.keys, Keys::Ids(ids) if ids.len() == 4),
+        "{request:?}"
+    );
+    let mut r = b.responder(2);
+    r.set_public_key(&request.encode().unwrap()).unwrap();
+    i.set_public_key(&r.get_public_key().unwrap()).unwrap();
+    assert_eq!(i.shared_secret().unwrap(), r.shared_secret().unwrap());
+}
+
+/// What the named keys deliver must add up to key_size exactly, whether one key or several
+/// carry it: otherwise a precise configuration error, after the fetch.
+#[test]
+fn delivered_bits_must_add_up_to_key_size() {
+    for served in [0, 256] {
+        let (link, a, b) = pair(&[("key_size", "512")], &[]);
+        link.served_bits.store(served, Ordering::SeqCst);
+        let err = run_err(&mut a.initiator("sae-b", 1), &mut b.responder(2));
+        let keys = if served == 0 { 1 } else { 2 };
+        for part in [
+            "SAE 'sae-a' named key IDs".to_string(),
+            format!("{keys} key(s) of 512 bits in all from KME https://kme.test"),
+            "key_size = 256 here".into(),
+            "configure the same key_size on both peers".into(),
+        ] {
+            assert!(err.contains(&part), "{part}: {err}");
+        }
+        assert_eq!(link.dec_calls.load(Ordering::SeqCst), 1);
+    }
+}
+
+/// The inbound cache follows the same rule: keys fetched ahead are not handed out for a
+/// request naming more key IDs than key_size can take; they stay cached.
+#[test]
+fn too_many_key_ids_are_refused_even_when_they_are_cached() {
+    let buf = [("buffer", "4")];
+    let (link, a, b) = pair(&buf, &buf);
+    let ids: Vec<KeyId> =
+        a.rt.source(0)
+            .enc_keys(&SaeId::new("sae-b").unwrap(), 256, 3, Instant::now())
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .map(|k| k.id)
+            .collect();
+    b.rt.supply.start();
+    b.rt.supply.accept_announcement(0, &ids, 1);
+    wait_for("the announced keys cached", || {
+        b.rt.supply.levels(0).inbound_keys == 3
+    });
+    let calls = link.dec_calls.load(Ordering::SeqCst);
+    let err = b
+        .rekey("sae-a", 2)
+        .set_public_key(&request_naming(ids))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("named 3 key IDs"), "{err}");
+    assert_eq!(b.rt.supply.levels(0).inbound_keys, 3);
+    assert_eq!(link.dec_calls.load(Ordering::SeqCst), calls);
+}
+
+/// With buffers, a set of several keys goes through the outbound queue and the announced
+/// keys through the peer's inbound cache, under the same rule.
+#[test]
+fn sets_of_several_keys_come_from_the_buffers_too() {
+    let buf = [("buffer", "2"), ("key_size", "512")];
+    let (link, a, b) = pair(&buf, &buf);
+    link.served_bits.store(256, Ordering::SeqCst);
+    let settled = || std::thread::sleep(crate::supply::SETTLE * 2);
+    // Only gw-a starts rekeys, so gw-b takes keys only from its inbound cache.
+    wait_for("a two-key set taken from gw-b's inbound cache", || {
+        let (si, sr) = run(&mut a.rekey("sae-b", 1), &mut b.rekey("sae-a", 2)).unwrap();
+        assert_eq!(si, sr);
+        settled();
+        counter(&b.rt.supply.counters().used) >= 2
+    });
 }
 
 #[test]
@@ -1091,7 +1234,8 @@ fn too_many_key_ids_are_refused_before_taking_a_request_slot() {
     let request = Request {
         sender: SaeId::new("sae-a").unwrap(),
         allows_dh_fallback: false,
-        keys: Keys::Ids(vec![KeyId([1; 16]), KeyId([2; 16])]),
+        // More than 256 bits in keys of 128 bits or more can need.
+        keys: Keys::Ids(vec![KeyId([1; 16]), KeyId([2; 16]), KeyId([3; 16])]),
         announce: vec![],
         shares: vec![crate::wire::Share {
             method: 31,
@@ -1102,7 +1246,7 @@ fn too_many_key_ids_are_refused_before_taking_a_request_slot() {
         .responder(2)
         .set_public_key(&request.encode().unwrap())
         .unwrap_err();
-    assert!(err.to_string().contains("named 2 key IDs"), "{err}");
+    assert!(err.to_string().contains("named 3 key IDs"), "{err}");
     assert_eq!(link.dec_calls.load(Ordering::SeqCst), 0);
 }
 
