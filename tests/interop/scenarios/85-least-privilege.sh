@@ -20,7 +20,7 @@ for gw in gw-a gw-b; do
     main=$(head -n 1 <<<"$tasks" | awk '{ print $2 }')
     threads=$(tail -n +2 <<<"$tasks")
     worker=$(awk '$1 == "charon" { print $2 }' <<<"$threads" | sort | uniq -c | sort -rn | awk 'NR == 1 { print $2 }')
-    grep -q '^qkd-supply ' <<<"$threads" || fail "$gw: no qkd-supply thread among charon's tasks: $(words "$tasks")"
+    grep -q '^qkd-supply-[0-9] ' <<<"$threads" || fail "$gw: no qkd-supply-N thread among charon's tasks: $(words "$tasks")"
     odd=$(awk -v w="$worker" '$2 != w' <<<"$threads")
     [ -z "$odd" ] || fail "$gw: threads with other capabilities than charon's workers ($worker): $(words "$odd")"
     step "$gw: all $(wc -l <<<"$threads") threads have the workers' CapEff $worker (main thread: $main), the plugin's ($(awk '$1 != "charon" { printf "%s ", $1 }' <<<"$threads")) included"
