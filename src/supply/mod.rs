@@ -379,12 +379,7 @@ impl Supply {
             if !refill_coming || now >= deadline || state.stopped {
                 return None;
             }
-            state = self
-                .shared
-                .wake
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            state = self.shared.wait(state, deadline - now);
         }
     }
 
@@ -523,12 +518,7 @@ impl Supply {
                 }
                 return None;
             }
-            state = self
-                .shared
-                .wake
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            state = self.shared.wait(state, deadline - now);
         }
     }
 
@@ -615,12 +605,7 @@ impl Drop for Supply {
                 );
                 return;
             }
-            state = self
-                .shared
-                .wake
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            state = self.shared.wait(state, deadline - now);
         }
         drop(state);
         let threads = std::mem::take(
@@ -638,6 +623,14 @@ impl Drop for Supply {
 }
 
 impl Shared {
+    /// Waits for a change of the buffers (or `timeout`).
+    fn wait<'a>(&self, state: MutexGuard<'a, State>, timeout: Duration) -> MutexGuard<'a, State> {
+        self.wake
+            .wait_timeout(state, timeout)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
+
     /// A panic while the state was locked is recovered from, logged and counted
     /// (`crate::health`), never silently.
     fn lock(&self) -> MutexGuard<'_, State> {

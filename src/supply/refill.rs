@@ -144,11 +144,7 @@ fn next_job(shared: &Shared, next_peer: &mut usize) -> Option<Job> {
             }
         }
         let wait = soonest.saturating_duration_since(now);
-        state = shared
-            .wake
-            .wait_timeout(state, wait)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
+        state = shared.wait(state, wait);
     }
 }
 
