@@ -89,7 +89,19 @@ class Gateway:
                     raise
                 time.sleep(0.2)
 
-    def load(self, ike, esp):
+    def load(self, ike, esp, children=0):
+        """The tunnel, plus `children` CHILD configs of their own (one UDP port each:
+        strongSwan establishes no duplicate of a CHILD SA with the same selectors)."""
+        extra = {
+            f"c{i}": {
+                "local_ts": [f"{self.env['LOCAL_TS']}[udp/{10000 + i}]"],
+                "remote_ts": [f"{self.env['REMOTE_TS']}[udp/{10000 + i}]"],
+                "esp_proposals": [esp],
+                "rekey_time": "1h",
+                "start_action": "none",
+            }
+            for i in range(children)
+        }
         conn = {
             CONN: {
                 "version": "2",
@@ -106,7 +118,8 @@ class Gateway:
                         "esp_proposals": [esp],
                         "rekey_time": "1h",
                         "start_action": "none",
-                    }
+                    },
+                    **extra,
                 },
             }
         }
@@ -165,8 +178,8 @@ def kme_admin(container, *args):
 def create_children(a, n):
     """n CHILD SAs created one after another in gw-a's established IKE SA; seconds in all."""
     t0 = time.perf_counter()
-    for _ in range(n):
-        a.cmd.request("initiate", {"ike": CONN, "child": CHILD, "timeout": 15000, "loglevel": -1})
+    for i in range(n):
+        a.cmd.request("initiate", {"ike": CONN, "child": f"c{i}", "timeout": 15000, "loglevel": -1})
     return time.perf_counter() - t0
 
 
@@ -268,12 +281,12 @@ def main():
             for name, ike, esp in order:
                 for gw in gws:
                     gw.terminate_all()
-                    gw.load(ike, esp)
+                    gw.load(ike, esp, args.children)
                 setup_once(gws)  # the one warm-up setup
                 setup = setups(gws, args.setups)
                 create = create_children(gws[0], args.children)
                 made = child_count(gws[0])
-                if made < args.children:
+                if made < args.children + 1:
                     raise RuntimeError(f"{name}: {made} CHILD SAs after {args.children} initiates")
                 for gw in gws:
                     gw.terminate_all()
