@@ -1,5 +1,6 @@
 //! Supply tests against a fake KME that numbers its keys and can be made to fail.
 
+use super::inbound::MAX_UNVERIFIED;
 use super::*;
 use crate::kme::KmeError;
 use std::sync::atomic::AtomicU32;

@@ -1,0 +1,111 @@
+//! The master side of the key supply: exchanges this gateway starts take key sets from the
+//! peer's outbound queue (or wait for the refill threads), announce what comes next, and at
+//! a KME that replaces unfetched keys run one at a time.
+
+use super::{can_refill, KeySet, Shared, Supply};
+use crate::ids::KeyId;
+use crate::wire::MAX_KEY_IDS;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// An exchange this gateway started as master, until it is over (dropped). At a KME that
+/// replaces unfetched keys, no other enc_keys for the peer may run meanwhile.
+pub struct Outstanding {
+    shared: Arc<Shared>,
+    peer: usize,
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.shared.lock().buffers[self.peer].outstanding -= 1;
+        self.shared.wake.notify_all();
+    }
+}
+
+impl Supply {
+    /// Master side: the next unexpired outbound key set for `peer`. When the queue is empty,
+    /// waits until `deadline` for the refill in flight or the one the refill threads start
+    /// now (they batch, and keep within the KME's limits, what many exchanges at once would
+    /// otherwise ask one by one). None: no refill runs or it failed (the KME is backed off):
+    /// fetch on demand, which says why there is no key.
+    pub fn take_outbound(&self, peer: usize, deadline: Instant) -> Option<KeySet> {
+        let mut state = self.shared.lock();
+        if self.shared.limits.floor > 0 {
+            state.buffers[peer].depth.taken(Instant::now(), 1);
+        }
+        loop {
+            let now = Instant::now();
+            let buffers = &mut state.buffers[peer];
+            while let Some(set) = buffers.outbound.pop_front() {
+                if now.duration_since(set.obtained) < self.shared.ttl {
+                    self.shared
+                        .count(&self.shared.counters.used, set.keys.len());
+                    buffers.settle(now);
+                    self.shared.wake.notify_all();
+                    return Some(set);
+                }
+                self.shared
+                    .waste("outbound", &self.shared.peers[peer], set.keys.len());
+            }
+            // Wake the refill threads: demand just rose, the queue may need more.
+            self.shared.wake.notify_all();
+            // At a replacing KME the refill waits for the exchanges outstanding; so do we.
+            let waits_for_others = buffers.replacing && buffers.outstanding > 0;
+            let refill_coming =
+                buffers.refilling_outbound || waits_for_others || can_refill(&state, peer, now);
+            if !refill_coming || now >= deadline || state.stopped {
+                return None;
+            }
+            state = self.shared.wait(state, deadline - now);
+        }
+    }
+
+    /// Master side: an exchange with `peer` starts (with keys from the queue or on demand);
+    /// it is outstanding until the returned guard is dropped.
+    pub fn outstanding(&self, peer: usize) -> Outstanding {
+        self.shared.lock().buffers[peer].outstanding += 1;
+        Outstanding {
+            shared: self.shared.clone(),
+            peer,
+        }
+    }
+
+    /// Master side: an on-demand enc_keys for `peer` delivered (it counts like a refill:
+    /// at a replacing KME it replaced what the peer had not fetched).
+    pub fn fetched_on_demand(&self, peer: usize) {
+        self.shared.lock().buffers[peer].enc_count += 1;
+    }
+
+    /// Master side: the peer did not obtain a set taken from the queue (the exchange failed
+    /// or was refused). When enc_keys was called for the peer after that set's, the KME pair
+    /// probably replaced it: from now on one set at a time for this peer (warned once).
+    pub fn unconfirmed(&self, peer: usize, enc_number: u64) {
+        let mut state = self.shared.lock();
+        let buffers = &mut state.buffers[peer];
+        if buffers.replacing || enc_number + 1 >= buffers.enc_count {
+            return;
+        }
+        buffers.replacing = true;
+        let p = &self.shared.peers[peer];
+        log::warn!(
+            "qkd: SAE '{}' could not obtain key IDs this gateway obtained from KME {} before \
+             a later enc_keys for it: the KME pair replaces keys the slave has not fetched yet. \
+             Buffering for this peer now keeps one key set and asks for the next only when the \
+             exchange using the last one is over (until reload); if the KME does not replace \
+             keys, check the peer's KME instead",
+            p.sae_id,
+            p.source.url()
+        );
+    }
+
+    /// The key IDs this gateway will use next towards `peer`, for the peer to fetch ahead.
+    pub fn announcement(&self, peer: usize) -> Vec<KeyId> {
+        let state = self.shared.lock();
+        state.buffers[peer]
+            .outbound
+            .iter()
+            .flat_map(KeySet::ids)
+            .take(MAX_KEY_IDS)
+            .collect()
+    }
+}
