@@ -626,9 +626,23 @@ impl QkdKeyExchange {
         }
         let _permit = self.permit(peer)?;
         let keys = wait_for_keys(cfg.wait_timeout, || source.dec_keys(master, ids, deadline))
-            .map_err(|error| KeError::Kme {
-                peer: master.clone(),
-                error,
+            .map_err(|error| {
+                // Keys an authenticated peer obtained, unknown to our KME: replaced unfetched.
+                if authenticated
+                    && matches!(
+                        error,
+                        KmeError::Rejected {
+                            status: 400 | 404,
+                            ..
+                        }
+                    )
+                {
+                    rt.supply.named_keys_missing(peer);
+                }
+                KeError::Kme {
+                    peer: master.clone(),
+                    error,
+                }
             })?;
         let qkd = QkdMaterial::from_keys(keys);
         let from = format!("from KME {}", source.url());

@@ -1267,3 +1267,33 @@ fn a_refused_rekey_is_reported_as_a_refusal_not_a_call_order_bug() {
     assert!(line.contains("the peer refused the exchange"), "{line}");
     assert!(!line.contains("unexpected call order"), "{line}");
 }
+
+/// Key IDs an authenticated peer named that our KME does not know (a KME pair replacing
+/// unfetched keys): our own queue towards that peer turns to one set at a time before one of
+/// our exchanges fails too. An unauthenticated peer's IDs change nothing.
+#[test]
+fn missing_keys_named_by_an_authenticated_peer_mean_a_replacing_kme() {
+    let buf = [("buffer", "2")];
+    let (_link, _a, b) = pair(&buf, &buf);
+    let request = |seed: u8| Request {
+        sender: SaeId::new("sae-a").unwrap(),
+        allows_dh_fallback: false,
+        keys: Keys::Ids(vec![KeyId([seed; 16])]),
+        announce: vec![],
+        shares: vec![crate::wire::Share {
+            method: 31,
+            value: vec![7; 32],
+        }],
+    };
+    b.responder(2)
+        .set_public_key(&request(0xa1).encode().unwrap())
+        .unwrap_err();
+    assert!(
+        !b.rt.supply.levels(0).replacing_kme,
+        "not from an unauthenticated peer"
+    );
+    b.rekey("sae-a", 3)
+        .set_public_key(&request(0xa2).encode().unwrap())
+        .unwrap_err();
+    assert!(b.rt.supply.levels(0).replacing_kme);
+}

@@ -2,7 +2,7 @@
 //! peer's outbound queue (or wait for the refill threads), announce what comes next, and at
 //! a KME that replaces unfetched keys run one at a time.
 
-use super::{can_refill, KeySet, Shared, Supply};
+use super::{can_refill, KeySet, Shared, State, Supply};
 use crate::ids::KeyId;
 use crate::wire::MAX_KEY_IDS;
 use std::sync::Arc;
@@ -81,20 +81,24 @@ impl Supply {
     /// probably replaced it: from now on one set at a time for this peer (warned once).
     pub fn unconfirmed(&self, peer: usize, enc_number: u64) {
         let mut state = self.shared.lock();
-        let buffers = &mut state.buffers[peer];
-        if buffers.replacing || enc_number + 1 >= buffers.enc_count {
-            return;
+        if enc_number + 1 < state.buffers[peer].enc_count {
+            self.shared.replacing(
+                &mut state,
+                peer,
+                "could not obtain key IDs this gateway obtained before a later enc_keys for it",
+            );
         }
-        buffers.replacing = true;
-        let p = &self.shared.peers[peer];
-        log::warn!(
-            "qkd: SAE '{}' could not obtain key IDs this gateway obtained from KME {} before \
-             a later enc_keys for it: the KME pair replaces keys the slave has not fetched yet. \
-             Buffering for this peer now keeps one key set and asks for the next only when the \
-             exchange using the last one is over (until reload); if the KME does not replace \
-             keys, check the peer's KME instead",
-            p.sae_id,
-            p.source.url()
+    }
+
+    /// Slave side, in an authenticated exchange: our KME says key IDs the peer obtained as
+    /// master do not exist. The same KME pair serves our keys towards the peer, so our own
+    /// queue for it is kept as for a replacing KME, before one of our exchanges fails too.
+    pub fn named_keys_missing(&self, peer: usize) {
+        let mut state = self.shared.lock();
+        self.shared.replacing(
+            &mut state,
+            peer,
+            "named key IDs our KME says do not exist (they were replaced before we fetched them)",
         );
     }
 
@@ -107,5 +111,25 @@ impl Supply {
             .flat_map(KeySet::ids)
             .take(MAX_KEY_IDS)
             .collect()
+    }
+}
+
+impl Shared {
+    /// From now on (until reload) one key set at a time for `peer`; warned once.
+    fn replacing(&self, state: &mut State, peer: usize, what: &str) {
+        let buffers = &mut state.buffers[peer];
+        if buffers.replacing || self.limits.floor == 0 {
+            return;
+        }
+        buffers.replacing = true;
+        let p = &self.peers[peer];
+        log::warn!(
+            "qkd: SAE '{}' {what}: the KME pair (ours: {}) replaces keys the slave has not \
+             fetched yet. Buffering for this peer now keeps one key set and asks for the next \
+             only when the exchange using the last one is over (until reload); if the KMEs do \
+             not replace keys, check the KME of the side that failed instead",
+            p.sae_id,
+            p.source.url()
+        );
     }
 }
