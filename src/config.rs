@@ -129,8 +129,8 @@ pub const DEFAULT_BUFFER_TOTAL: usize = 4096;
 const DEFAULT_KEY_TTL: Duration = Duration::from_secs(3600);
 /// Well below charon's 16 worker threads, so DPD, rekeys and vici keep threads.
 const DEFAULT_MAX_KME_REQUESTS: usize = 4;
-/// Next to charon's own `charon.vici` (Debian: /var/run -> /run).
-pub const DEFAULT_STATUS_SOCKET: &str = "unix:///var/run/charon.qkd";
+/// The status socket's default and syntax are the status protocol's, which `qkdctl` shares.
+pub use qkd_status::{parse_status_socket, DEFAULT_STATUS_SOCKET};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -374,19 +374,6 @@ fn parse_key_size(v: &str) -> Result<u32, String> {
         ));
     }
     Ok(bits)
-}
-
-/// `unix:///absolute/path` (the form of charon.vici's `socket`), or `none`.
-pub fn parse_status_socket(v: &str) -> Result<Option<PathBuf>, String> {
-    if v == "none" {
-        return Ok(None);
-    }
-    match v.strip_prefix("unix://") {
-        Some(path) if path.starts_with('/') && path.len() > 1 => Ok(Some(PathBuf::from(path))),
-        _ => Err(format!(
-            "'{v}': use unix:///absolute/path (e.g. {DEFAULT_STATUS_SOCKET}) or none"
-        )),
-    }
 }
 
 fn parse_count(v: &str, min: usize, max: usize, what: &str) -> Result<usize, String> {

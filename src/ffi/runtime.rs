@@ -52,7 +52,7 @@ pub(crate) fn current() -> Option<Arc<Runtime>> {
 pub(crate) fn snapshot() -> Option<Snapshot> {
     let installed = installed_read();
     let installed = installed.as_ref()?;
-    Some(Snapshot::collect(
+    Some(crate::status::collect(
         &installed.runtime,
         installed.built,
         |source, url| {
