@@ -84,9 +84,7 @@ pub struct BufferCounters {
 pub struct KmeStatus {
     /// One node of a KME (`kme.url` may list several, tried in order).
     pub url: String,
-    /// `active` (requests go here), `standby` (another node of the same KME is active) or
-    /// `down` (failed, skipped until it answers a probe).
-    pub state: String,
+    pub state: KmeState,
     /// Since when the node is down.
     pub down_since_unix: Option<u64>,
     /// enc_keys and dec_keys requests of the plugin, answered or not. One request for a
@@ -102,6 +100,36 @@ pub struct KmeStatus {
     pub latency: Option<Latency>,
     pub last_success_unix: Option<u64>,
     pub last_error: Option<LastError>,
+}
+
+/// What a KME node is to the plugin. In JSON the strings every plugin has sent: `active`,
+/// `standby`, `down`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KmeState {
+    /// Requests go here.
+    Active,
+    /// Another node of the same KME is active.
+    Standby,
+    /// Failed, skipped until it answers a probe.
+    Down,
+}
+
+impl KmeState {
+    /// The JSON string, also what `qkdctl status` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KmeState::Active => "active",
+            KmeState::Standby => "standby",
+            KmeState::Down => "down",
+        }
+    }
+}
+
+impl std::fmt::Display for KmeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,5 +196,24 @@ pub fn parse_status_socket(v: &str) -> Result<Option<PathBuf>, String> {
         _ => Err(format!(
             "'{v}': use unix:///absolute/path (e.g. {DEFAULT_STATUS_SOCKET}) or none"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kme_states_are_the_strings_plugins_send() {
+        for state in [KmeState::Active, KmeState::Standby, KmeState::Down] {
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+            assert_eq!(serde_json::from_str::<KmeState>(&json).unwrap(), state);
+        }
+        assert_eq!(
+            ["active", "standby", "down"],
+            [KmeState::Active, KmeState::Standby, KmeState::Down].map(KmeState::as_str)
+        );
+        assert!(serde_json::from_str::<KmeState>("\"Active\"").is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! The two renderings of a [`Snapshot`]: the `qkdctl status` table and the Prometheus
 //! text of `qkdctl metrics`.
 
-use crate::{KmeStatus, PeerStatus, Snapshot};
+use crate::{KmeState, KmeStatus, PeerStatus, Snapshot};
 use std::fmt::Write;
 
 /// "12s ago", "3m ago", "never".
@@ -109,7 +109,7 @@ pub fn render_table(s: &Snapshot) -> String {
     for k in &s.kmes {
         let state = match k.down_since_unix {
             Some(since) => format!("down since {}", age(s.now_unix, Some(since))),
-            None => k.state.clone(),
+            None => k.state.to_string(),
         };
         let _ = write!(
             out,
@@ -260,7 +260,7 @@ pub fn render_metrics(s: &Snapshot) -> String {
         "kme_active",
         "gauge",
         "1 for the KME node requests go to, 0 for a standby or down node of the same KME.",
-        per_kme(&|k| Some(u8::from(k.state == "active").to_string())),
+        per_kme(&|k| Some(u8::from(k.state == KmeState::Active).to_string())),
     );
     family(
         "kme_down_since_timestamp_seconds",
