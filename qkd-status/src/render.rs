@@ -214,78 +214,59 @@ pub fn render_metrics(s: &Snapshot) -> String {
             })
             .collect()
     };
-    family(
-        "outbound_key_sets",
-        "gauge",
-        "Key sets in the peer's outbound queue (this gateway as ETSI master).",
-        per_peer(|p| p.outbound_sets.to_string()),
-    );
-    family(
-        "inbound_keys",
-        "gauge",
-        "Keys in the peer's inbound cache (fetched ahead as ETSI slave).",
-        per_peer(|p| p.inbound_keys.to_string()),
-    );
-    family(
-        "pending_keys",
-        "gauge",
-        "Keys the peer announced that are not fetched yet.",
-        per_peer(|p| p.pending_keys.to_string()),
-    );
-    family(
-        "outbound_target_sets",
-        "gauge",
-        "Key sets the depth controller keeps in the peer's outbound queue now (demand x KME delay, within buffer..buffer_max).",
-        per_peer(|p| p.target_sets.to_string()),
-    );
-    family(
-        "key_demand_sets_per_second",
-        "gauge",
-        "Key sets this gateway's exchanges with the peer take per second (smoothed).",
-        per_peer(|p| format!("{:.3}", p.demand_per_second)),
-    );
-    family(
-        "key_supply_keys_per_second",
-        "gauge",
-        "Keys the KME delivers into the peer's outbound queue per second (smoothed).",
-        per_peer(|p| format!("{:.3}", p.supply_per_second)),
-    );
-    let per_kme = |value: &dyn Fn(&KmeStatus) -> Option<String>| {
+    let peer_gauges: [(&str, &str, fn(&PeerStatus) -> String); 6] = [
+        ("outbound_key_sets", "Key sets in the peer's outbound queue (this gateway as ETSI master).", |p| p.outbound_sets.to_string()),
+        ("inbound_keys", "Keys in the peer's inbound cache (fetched ahead as ETSI slave).", |p| p.inbound_keys.to_string()),
+        ("pending_keys", "Keys the peer announced that are not fetched yet.", |p| p.pending_keys.to_string()),
+        ("outbound_target_sets", "Key sets the depth controller keeps in the peer's outbound queue now (demand x KME delay, within buffer..buffer_max).", |p| p.target_sets.to_string()),
+        ("key_demand_sets_per_second", "Key sets this gateway's exchanges with the peer take per second (smoothed).", |p| format!("{:.3}", p.demand_per_second)),
+        ("key_supply_keys_per_second", "Keys the KME delivers into the peer's outbound queue per second (smoothed).", |p| format!("{:.3}", p.supply_per_second)),
+    ];
+    for (name, help, value) in peer_gauges {
+        family(name, "gauge", help, per_peer(value));
+    }
+    let per_kme = |value: fn(&KmeStatus) -> Option<String>| {
         s.kmes
             .iter()
             .filter_map(|k| Some((format!("{{kme=\"{}\"}}", label(&k.url)), value(k)?)))
             .collect::<Vec<_>>()
     };
-    family(
-        "kme_active",
-        "gauge",
-        "1 for the KME node requests go to, 0 for a standby or down node of the same KME.",
-        per_kme(&|k| Some(u8::from(k.state == KmeState::Active).to_string())),
-    );
-    family(
-        "kme_down_since_timestamp_seconds",
-        "gauge",
-        "Unix time since which the KME node is down (absent while it answers).",
-        per_kme(&|k| k.down_since_unix.map(|t| t.to_string())),
-    );
-    family(
-        "kme_requests_total",
-        "counter",
-        "enc_keys and dec_keys requests to the KME (one may be several HTTP requests).",
-        per_kme(&|k| Some(k.requests.to_string())),
-    );
-    family(
-        "kme_keys_total",
-        "counter",
-        "Keys the KME delivered (to exchanges and into the buffers).",
-        per_kme(&|k| Some(k.keys.to_string())),
-    );
-    family(
-        "kme_errors_total",
-        "counter",
-        "KME requests that failed (unreachable, no key, refused, unusable answer).",
-        per_kme(&|k| Some(k.errors.to_string())),
-    );
+    type PerKme = fn(&KmeStatus) -> Option<String>;
+    let kme_families: [(&str, &str, &str, PerKme); 5] = [
+        (
+            "kme_active",
+            "gauge",
+            "1 for the KME node requests go to, 0 for a standby or down node of the same KME.",
+            |k| Some(u8::from(k.state == KmeState::Active).to_string()),
+        ),
+        (
+            "kme_down_since_timestamp_seconds",
+            "gauge",
+            "Unix time since which the KME node is down (absent while it answers).",
+            |k| k.down_since_unix.map(|t| t.to_string()),
+        ),
+        (
+            "kme_requests_total",
+            "counter",
+            "enc_keys and dec_keys requests to the KME (one may be several HTTP requests).",
+            |k| Some(k.requests.to_string()),
+        ),
+        (
+            "kme_keys_total",
+            "counter",
+            "Keys the KME delivered (to exchanges and into the buffers).",
+            |k| Some(k.keys.to_string()),
+        ),
+        (
+            "kme_errors_total",
+            "counter",
+            "KME requests that failed (unreachable, no key, refused, unusable answer).",
+            |k| Some(k.errors.to_string()),
+        ),
+    ];
+    for (name, kind, help, value) in kme_families {
+        family(name, kind, help, per_kme(value));
+    }
     let mut latency = Vec::new();
     for k in &s.kmes {
         let url = label(&k.url);
@@ -306,18 +287,21 @@ pub fn render_metrics(s: &Snapshot) -> String {
         "KME request latency (quantiles over the most recent 256 requests).",
         latency,
     );
-    family(
-        "kme_last_success_timestamp_seconds",
-        "gauge",
-        "Unix time of the KME's last successful answer (absent before the first).",
-        per_kme(&|k| k.last_success_unix.map(|t| t.to_string())),
-    );
-    family(
-        "kme_last_error_timestamp_seconds",
-        "gauge",
-        "Unix time of the KME's last error (absent before the first).",
-        per_kme(&|k| k.last_error.as_ref().map(|e| e.at_unix.to_string())),
-    );
+    let kme_timestamps: [(&str, &str, PerKme); 2] = [
+        (
+            "kme_last_success_timestamp_seconds",
+            "Unix time of the KME's last successful answer (absent before the first).",
+            |k| k.last_success_unix.map(|t| t.to_string()),
+        ),
+        (
+            "kme_last_error_timestamp_seconds",
+            "Unix time of the KME's last error (absent before the first).",
+            |k| k.last_error.as_ref().map(|e| e.at_unix.to_string()),
+        ),
+    ];
+    for (name, help, value) in kme_timestamps {
+        family(name, "gauge", help, per_kme(value));
+    }
     out
 }
 
