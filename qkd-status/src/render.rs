@@ -150,6 +150,11 @@ fn seconds(us: u64) -> String {
     format!("{}", us as f64 / 1e6)
 }
 
+/// A metric's value for one peer.
+type PerPeer = fn(&PeerStatus) -> String;
+/// A metric's value for one KME node; None leaves the node out.
+type PerKme = fn(&KmeStatus) -> Option<String>;
+
 /// `qkdctl metrics`: Prometheus text exposition format (version 0.0.4).
 pub fn render_metrics(s: &Snapshot) -> String {
     let mut out = String::new();
@@ -199,7 +204,7 @@ pub fn render_metrics(s: &Snapshot) -> String {
     ] {
         family(name, "counter", help, one(value));
     }
-    let per_peer = |value: fn(&PeerStatus) -> String| {
+    let per_peer = |value: PerPeer| {
         s.peers
             .iter()
             .map(|p| {
@@ -214,7 +219,7 @@ pub fn render_metrics(s: &Snapshot) -> String {
             })
             .collect()
     };
-    let peer_gauges: [(&str, &str, fn(&PeerStatus) -> String); 6] = [
+    let peer_gauges: [(&str, &str, PerPeer); 6] = [
         ("outbound_key_sets", "Key sets in the peer's outbound queue (this gateway as ETSI master).", |p| p.outbound_sets.to_string()),
         ("inbound_keys", "Keys in the peer's inbound cache (fetched ahead as ETSI slave).", |p| p.inbound_keys.to_string()),
         ("pending_keys", "Keys the peer announced that are not fetched yet.", |p| p.pending_keys.to_string()),
@@ -225,13 +230,12 @@ pub fn render_metrics(s: &Snapshot) -> String {
     for (name, help, value) in peer_gauges {
         family(name, "gauge", help, per_peer(value));
     }
-    let per_kme = |value: fn(&KmeStatus) -> Option<String>| {
+    let per_kme = |value: PerKme| {
         s.kmes
             .iter()
             .filter_map(|k| Some((format!("{{kme=\"{}\"}}", label(&k.url)), value(k)?)))
             .collect::<Vec<_>>()
     };
-    type PerKme = fn(&KmeStatus) -> Option<String>;
     let kme_families: [(&str, &str, &str, PerKme); 5] = [
         (
             "kme_active",
