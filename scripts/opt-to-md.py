@@ -2,7 +2,7 @@
 """Writes the configuration reference of README.md from strongswan-conf/qkd.opt.
 
 qkd.opt (strongSwan's .opt format, the source of its strongswan.conf(5) man page) is the
-one place the settings are documented; src/config.rs checks that every key it reads is in
+one place the settings are documented; src/config/tests.rs checks that every key it reads is in
 there, and this script renders it between the README's markers:
 
     scripts/opt-to-md.py            rewrite the section in README.md

@@ -1,5 +1,5 @@
 //! The README's configuration reference is generated from strongswan-conf/qkd.opt (which
-//! src/config.rs checks against the keys the plugin reads): this fails when they drift.
+//! src/config/tests.rs checks against the keys the plugin reads): this fails when they drift.
 
 use std::process::Command;
 

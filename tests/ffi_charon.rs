@@ -896,7 +896,7 @@ fn reloads_that_change_nothing_or_are_refused_consume_no_keys() {
 #[test]
 fn status_socket_shows_the_buffers_and_kme_after_the_first_exchange() {
     use std::os::unix::fs::PermissionsExt;
-    use strongswan_qkd::status::server::request_status;
+    use strongswan_qkd::status::request_status;
 
     let link = TestLink::start(SimOptions::default());
     let site = Site::new("status");

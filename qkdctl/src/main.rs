@@ -1,11 +1,13 @@
 //! `qkdctl`: reads the qkd plugin's status socket (like swanctl reads charon.vici) and
-//! prints it as a table, JSON or Prometheus metrics. All formatting lives in
-//! `strongswan_qkd::status`, next to the snapshot it formats.
+//! prints it as a table, JSON or Prometheus metrics. The protocol and all formatting live
+//! in the `qkd-status` crate, next to the snapshot it formats, so qkdctl builds without
+//! the plugin.
 
+use qkd_status::{
+    parse_status_socket, render_metrics, render_table, request_status, DEFAULT_STATUS_SOCKET,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use strongswan_qkd::config::{parse_status_socket, DEFAULT_STATUS_SOCKET};
-use strongswan_qkd::status::{render_metrics, render_table, server::request_status};
 
 const USAGE: &str = "\
 usage: qkdctl [--socket unix:///path] <command>

@@ -8,7 +8,8 @@ use super::abi::{
     bus_t, ike_sa_t, job_priority_t, job_requeue_t, job_t, listener_t, JOB_PRIO_MEDIUM,
     JOB_REQUEUE_TYPE_NONE, JOB_STATUS_QUEUED,
 };
-use super::{boundary, runtime, status, symbols};
+use super::{boundary, symbols};
+use crate::installed::{self, status_socket};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The one listener this library registers; charon holds its address while registered.
@@ -90,7 +91,7 @@ unsafe extern "C" fn ike_updown(_: *mut listener_t, ike_sa: *mut ike_sa_t, up: b
         let Some(unique_id) = ike_sa.get_unique_id.map(|f| unsafe { f(ike_sa) }) else {
             return true;
         };
-        if let Some(rt) = runtime::current() {
+        if let Some(rt) = installed::current() {
             if up {
                 rt.supply.authenticated(unique_id);
             } else {
@@ -114,7 +115,7 @@ unsafe extern "C" fn ike_rekey(
         if let Some(new) = unsafe { new.as_mut() } {
             if let (Some(unique_id), Some(rt)) = (
                 new.get_unique_id.map(|f| unsafe { f(new) }),
-                runtime::current(),
+                installed::current(),
             ) {
                 rt.supply.authenticated(unique_id);
             }
@@ -158,8 +159,8 @@ fn queue_start_job() {
 /// the status socket, so neither waits for the first exchange.
 unsafe extern "C" fn start_job_execute(_: *mut job_t) -> job_requeue_t {
     boundary("start job", (), || {
-        if let Some(rt) = runtime::current() {
-            status::ensure(rt.config.status_socket.as_deref(), false);
+        if let Some(rt) = installed::current() {
+            status_socket::ensure(rt.config.status_socket.as_deref(), false);
             rt.supply.start();
         }
     });

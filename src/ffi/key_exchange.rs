@@ -4,7 +4,8 @@ use super::abi::{
     chunk_t, key_exchange_method_t, key_exchange_t, IKE_ESTABLISHED, IKE_REKEYED, IKE_REKEYING,
 };
 use super::inner_ke::CharonKe;
-use super::{boundary, chunk, runtime, status, symbols};
+use super::{boundary, chunk, symbols};
+use crate::installed::{self, status_socket};
 use crate::ke::{ExchangeContext, InnerKe, KeError, QkdKeyExchange};
 use std::ffi::CStr;
 use std::net::IpAddr;
@@ -21,15 +22,15 @@ struct QkdKe {
 /// declares just `method`.
 pub(crate) unsafe extern "C" fn create(method: key_exchange_method_t) -> *mut key_exchange_t {
     boundary("qkd key exchange constructor", std::ptr::null_mut(), || {
-        let Some(rt) = runtime::current() else {
+        let Some(rt) = installed::current() else {
             log::error!("qkd: plugin not configured, cannot create a key exchange");
             return std::ptr::null_mut();
         };
         if method != rt.config.method_id as key_exchange_method_t {
             return std::ptr::null_mut();
         }
-        // Worker thread: charon has dropped its capabilities (see ffi/status.rs).
-        status::ensure(rt.config.status_socket.as_deref(), false);
+        // Worker thread: charon has dropped its capabilities (see installed/status_socket.rs).
+        status_socket::ensure(rt.config.status_socket.as_deref(), false);
         let inner: Result<Vec<Box<dyn InnerKe>>, String> = rt
             .config
             .inner_methods()

@@ -26,9 +26,7 @@ mod inner_ke;
 mod key_exchange;
 mod log;
 mod plugin;
-mod runtime;
 mod settings;
-mod status;
 mod symbols;
 mod version;
 

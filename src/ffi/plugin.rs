@@ -7,8 +7,9 @@ use super::abi::{
     FEATURE_SDEPEND, KEY_EXCHANGE_METHOD,
 };
 use super::inner_ke::CharonKe;
-use super::{boundary, events, key_exchange, log as charon_log, runtime, status, symbols, version};
+use super::{boundary, events, key_exchange, log as charon_log, settings, symbols, version};
 use crate::config::{method_name, Config, PREFIX};
+use crate::installed::{self, status_socket};
 use std::ffi::{c_char, c_int, c_void};
 
 /// `enum_name_t` with one name: makes logs and `swanctl --list-algs` print `QKD` instead of
@@ -87,7 +88,7 @@ unsafe extern "C" fn check_kem(
     _: *mut c_void,
 ) -> bool {
     boundary("kem check", false, || {
-        let kem = runtime::current().and_then(|rt| rt.config.kem);
+        let kem = installed::current().and_then(|rt| rt.config.kem);
         let Some(kem) = kem.filter(|_| reg) else {
             return true;
         };
@@ -145,7 +146,7 @@ pub extern "C" fn qkd_plugin_create() -> *mut plugin_t {
         if !version::abi_allows_loading() {
             return std::ptr::null_mut();
         }
-        let rt = match runtime::install() {
+        let rt = match settings::load_config().and_then(installed::install) {
             Ok(rt) => rt,
             Err(e) => {
                 log::error!(target: "cfg", "qkd: not loading: {e}");
@@ -199,14 +200,14 @@ unsafe extern "C" fn get_features(this: *mut plugin_t, out: *mut *mut plugin_fea
     })
 }
 
-/// `swanctl --reload-settings` (policy in [`runtime::reload`]).
+/// `swanctl --reload-settings` (policy in [`installed::reload`]).
 /// Also (re)starts the status socket: reloads run in a worker thread, after charon dropped
-/// its capabilities (see ffi/status.rs).
+/// its capabilities (see installed/status_socket.rs).
 unsafe extern "C" fn reload(_: *mut plugin_t) -> bool {
     boundary("reload", false, || {
-        let reloaded = runtime::reload();
-        if let Some(rt) = runtime::current() {
-            status::ensure(rt.config.status_socket.as_deref(), true);
+        let reloaded = installed::reload(settings::load_config());
+        if let Some(rt) = installed::current() {
+            status_socket::ensure(rt.config.status_socket.as_deref(), true);
             // A reload runs in a worker thread; a new runtime's supply starts here.
             rt.supply.start();
         }
@@ -232,7 +233,7 @@ unsafe extern "C" fn destroy(this: *mut plugin_t) {
             };
         }
         events::unregister();
-        status::stop();
-        runtime::uninstall();
+        status_socket::stop();
+        installed::uninstall();
     })
 }

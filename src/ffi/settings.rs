@@ -2,9 +2,15 @@
 
 use super::abi::settings_t;
 use super::symbols;
-use crate::config::SettingsSource;
+use crate::config::{Config, SettingsSource};
 use std::ffi::{c_char, CStr, CString};
 use std::ptr;
+
+/// The plugin's settings as charon has them now (`lib->settings`), validated.
+pub(crate) fn load_config() -> Result<Config, String> {
+    let settings = CharonSettings::from_lib()?;
+    Config::load(&settings).map_err(|e| e.to_string())
+}
 
 pub(crate) struct CharonSettings {
     settings: *mut settings_t,

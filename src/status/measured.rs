@@ -1,7 +1,7 @@
 //! KME request statistics: a [`KeySource`] decorator that times every `enc_keys` and
 //! `dec_keys` (from exchanges and from the refill thread alike) and keeps the last error.
 
-use super::{KmeStatus, LastError, Latency};
+use super::{KmeState, KmeStatus, LastError, Latency};
 use crate::ids::{KeyId, SaeId};
 use crate::kme::{KeySource, KmeError, NodeRole, NodeState, QkdKey};
 use std::collections::VecDeque;
@@ -63,13 +63,13 @@ impl KmeStats {
         let mut recent: Vec<Duration> = s.recent.iter().copied().collect();
         recent.sort_unstable();
         let (state, down_since) = match node.role {
-            NodeRole::Active => ("active", None),
-            NodeRole::Standby => ("standby", None),
-            NodeRole::Down { since } => ("down", Some(unix_seconds(since))),
+            NodeRole::Active => (KmeState::Active, None),
+            NodeRole::Standby => (KmeState::Standby, None),
+            NodeRole::Down { since } => (KmeState::Down, Some(unix_seconds(since))),
         };
         KmeStatus {
             url: node.url.clone(),
-            state: state.to_owned(),
+            state,
             down_since_unix: down_since,
             requests: s.requests,
             errors: s.errors,

@@ -9,8 +9,8 @@
 //! server cuts off the client it is serving at once, so a stalled client cannot delay a
 //! reload or charon's shutdown.
 
-use super::{answer, Snapshot, MAX_REQUEST};
 use crate::health;
+use qkd_status::{answer, error_reply, Snapshot, MAX_REQUEST};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -26,8 +26,6 @@ use std::time::{Duration, Instant};
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
 /// How long stopping the server waits for its thread before leaving it behind (logged).
 const JOIN_BOUND: Duration = Duration::from_secs(5);
-/// What the client side waits for an answer.
-const IO_TIMEOUT: Duration = Duration::from_secs(4);
 /// Input read and discarded after the answer.
 const DRAIN_LIMIT: u64 = 64 * 1024;
 
@@ -235,7 +233,7 @@ impl Write for Client {
 fn handle(mut client: Client, snapshot: &SnapshotFn) -> io::Result<()> {
     let reply = match read_request(&mut client)? {
         Some(line) => answer(&line, snapshot),
-        None => super::error_reply(format!(
+        None => error_reply(format!(
             "request longer than {MAX_REQUEST} bytes or not ended by a newline"
         )),
     };
@@ -267,25 +265,4 @@ fn read_request(stream: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
             return Ok(None);
         }
     }
-}
-
-/// Client side: asks the server at `path` for its snapshot.
-pub fn request_status(path: &Path) -> Result<Snapshot, String> {
-    let mut stream = UnixStream::connect(path).map_err(|e| {
-        format!(
-            "cannot connect to {}: {e} (is charon running with the qkd plugin? The plugin \
-             opens its socket with the first key exchange or `swanctl --reload-settings`)",
-            path.display()
-        )
-    })?;
-    let timeout = Some(IO_TIMEOUT);
-    let io = |e: io::Error| format!("{}: {e}", path.display());
-    stream.set_read_timeout(timeout).map_err(io)?;
-    stream.set_write_timeout(timeout).map_err(io)?;
-    stream
-        .write_all(super::status_request().as_bytes())
-        .map_err(io)?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).map_err(io)?;
-    super::parse_answer(text.trim_end())
 }

@@ -1,4 +1,4 @@
-use super::server::{self, request_status, StatusServer};
+use super::server::{self, StatusServer};
 use super::*;
 use crate::config::Config;
 use crate::config::MapSettings;
@@ -105,7 +105,7 @@ fn snapshot_after_traffic() -> Snapshot {
     assert!(rt.source(0).enc_keys(&sae_b, 256, 1, far).is_err());
     Counters::bump(&rt.counters.qkd_secrets);
     Counters::bump(&rt.counters.no_key_sent);
-    Snapshot::collect(&rt, SystemTime::now(), |_, _| Some(stats.clone()))
+    collect(&rt, SystemTime::now(), |_, _| Some(stats.clone()))
 }
 
 #[test]
@@ -164,7 +164,7 @@ fn a_kme_with_two_nodes_shows_which_one_serves_and_which_is_down() {
     ));
     let rt = Runtime::new(config, |_| Ok(source.clone())).unwrap();
     let snapshot = || {
-        Snapshot::collect(&rt, SystemTime::now(), |_, url| {
+        collect(&rt, SystemTime::now(), |_, url| {
             urls.iter()
                 .position(|u| *u == url)
                 .map(|i| stats[i].clone())
@@ -310,7 +310,6 @@ fn metrics_are_prometheus_text_with_help_and_type() {
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
     }
-    assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
 }
 
 #[test]
@@ -336,8 +335,6 @@ fn table_has_one_row_per_peer_and_the_last_kme_error() {
         ),
         "{table}"
     );
-    assert_eq!(age(1000, Some(1000 - 300)), "5m ago");
-    assert_eq!(age(1000, None), "never");
 }
 
 #[test]

@@ -1,5 +1,7 @@
-//! The runtime every new key exchange picks up (settings, KME clients, key buffers): how it
-//! is built from charon's settings, and what `swanctl --reload-settings` replaces.
+//! The plugin's installed state: the runtime every new key exchange picks up (settings, KME
+//! clients, key buffers), how it is built from the settings charon hands over, what
+//! `swanctl --reload-settings` replaces, and the status socket that serves it
+//! ([`status_socket`]). No `unsafe` here: `ffi` reads charon's settings and calls in.
 //!
 //! Key economy on reload: the new settings are loaded and validated, and compared with the
 //! running ones, before anything that talks to a KME is built, so a refused reload consumes
@@ -7,7 +9,6 @@
 //! its key buffers included. Otherwise every KME client is built before `Runtime::new`, and
 //! the clients of peers whose KME settings did not change are kept ([`kept_key_sources`]).
 
-use super::settings::CharonSettings;
 use crate::config::{Config, KmeSettings, PeerConfig, PREFIX};
 use crate::health;
 use crate::ke::Runtime;
@@ -16,6 +17,8 @@ use crate::status::{KmeStats, MeasuredSource, Snapshot};
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
+
+pub(crate) mod status_socket;
 
 /// The runtime every new key exchange picks up, and what its KME clients were built from.
 pub(crate) struct Installed {
@@ -52,7 +55,7 @@ pub(crate) fn current() -> Option<Arc<Runtime>> {
 pub(crate) fn snapshot() -> Option<Snapshot> {
     let installed = installed_read();
     let installed = installed.as_ref()?;
-    Some(Snapshot::collect(
+    Some(crate::status::collect(
         &installed.runtime,
         installed.built,
         |source, url| {
@@ -60,11 +63,6 @@ pub(crate) fn snapshot() -> Option<Snapshot> {
             nodes.into_iter().find(|(u, _)| u == url).map(|(_, s)| s)
         },
     ))
-}
-
-fn load_config() -> Result<Config, String> {
-    let settings = CharonSettings::from_lib()?;
-    Config::load(&settings).map_err(|e| e.to_string())
 }
 
 /// Identity of one file's contents as the file system tells it, without reading it.
@@ -222,9 +220,9 @@ fn build(config: Config, previous: Option<&Installed>) -> Result<Installed, Stri
     Ok(Installed::new(runtime, kme_stats))
 }
 
-/// `qkd_plugin_create`: loads the settings and installs the first runtime.
-pub(crate) fn install() -> Result<Arc<Runtime>, String> {
-    let installed = build(load_config()?, None)?;
+/// `qkd_plugin_create`: installs the first runtime, built from the settings at load.
+pub(crate) fn install(config: Config) -> Result<Arc<Runtime>, String> {
+    let installed = build(config, None)?;
     let runtime = installed.runtime.clone();
     *installed_write() = Some(installed);
     Ok(runtime)
@@ -260,8 +258,9 @@ fn plan(current: &Installed, new: &Config) -> ReloadPlan {
 
 /// `swanctl --reload-settings`: new exchanges use the new settings. The method ID and the
 /// ECDH dependency are fixed in the feature table, so changing them needs a restart.
-pub(crate) fn reload() -> bool {
-    let new = match load_config() {
+/// `new`: the settings as charon has them now, or why they could not be read.
+pub(crate) fn reload(new: Result<Config, String>) -> bool {
+    let new = match new {
         Ok(config) => config,
         Err(e) => {
             log::error!(target: "cfg", "qkd: keeping the previous settings: {e}");

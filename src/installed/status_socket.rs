@@ -8,7 +8,6 @@
 //! `socket` setting takes effect with the next reload; unload stops the thread and removes
 //! the socket.
 
-use super::runtime;
 use crate::health;
 use crate::status::server::StatusServer;
 use std::path::{Path, PathBuf};
@@ -40,7 +39,7 @@ pub(crate) fn ensure(path: Option<&Path>, retry: bool) {
     let Some(path) = path else {
         return;
     };
-    match StatusServer::start(path, Arc::new(runtime::snapshot)) {
+    match StatusServer::start(path, Arc::new(super::snapshot)) {
         Ok(server) => {
             log::info!(target: "cfg", "qkd: status socket unix://{} (qkdctl)", path.display());
             state.server = Some(server);
