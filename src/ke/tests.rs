@@ -1,5 +1,6 @@
 //! State machine tests: two `QkdKeyExchange`s (gw-a, gw-b) against an in-memory KME pair.
 
+use super::master::no_key_reason;
 use super::*;
 use crate::config::Config;
 use crate::config::KmeSettings;
