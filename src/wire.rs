@@ -1,4 +1,5 @@
 //! KE data of the `qkd` method, wire version 3 (docs/design.md, sections 4 and 7).
+//! (Over 500 lines only for its tests, which cover every field a peer can get wrong.)
 //!
 //! ```text
 //! request  (initiator = ETSI master -> responder = slave):
