@@ -844,16 +844,42 @@ fn allow_unverified_strongswan_loads_with_a_warning() {
     assert_eq!(p.status.code(), Some(3), "{p}");
 }
 
+/// Polls the status socket until `done` holds for the first peer (the plugin serves the
+/// socket from the runtime installed at the time of each request).
+fn status_when(
+    socket: &Path,
+    what: &str,
+    done: impl Fn(&strongswan_qkd::status::PeerStatus) -> bool,
+) -> strongswan_qkd::status::Snapshot {
+    use strongswan_qkd::status::server::request_status;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let status = request_status(socket).expect("the plugin serves its status socket");
+        if status.peers.first().is_some_and(&done) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what}: {status:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn reloads_that_change_nothing_or_are_refused_consume_no_keys() {
     let link = TestLink::start(SimOptions::default());
     let site = Site::new("reloadkeys");
     let (a, _) = two_gateways(&site, &link, &[("buffer", "2")]);
+    let socket = PathBuf::from(site.file("gw-a.conf.qkd"));
+    let same_socket = format!("unix://{}", socket.display());
+    // Only method_id differs from gw-a.conf (the same status socket included).
     let restart_only = site.settings(
         "gw-a-method.conf",
         &GW_A,
         &link.kme_a_url,
-        &[("buffer", "2"), ("method_id", "1112")],
+        &[
+            ("buffer", "2"),
+            ("method_id", "1112"),
+            ("socket", same_socket.as_str()),
+        ],
     );
     let mut p = Proc::spawn(
         Strongswan::V6_1_0,
@@ -865,19 +891,24 @@ fn reloads_that_change_nothing_or_are_refused_consume_no_keys() {
             "--hold",
         ],
     );
-    // The probe's key exchange objects start the supply: gw-b's outbound queue fills to
+    // The probe's key exchange objects start the supply: gw-a's outbound queue fills to
     // its 2 key sets (256 bits, one key each).
     assert_eq!(p.next("HOLD").as_deref(), Some("reloading"));
-    let deadline = Instant::now() + TIMEOUT;
-    while journal(&link).len() < 2 {
-        assert!(Instant::now() < deadline, "the outbound queue never filled");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Reload with the same settings (kept), then with another method_id (refused).
+    let filled = status_when(&socket, "the outbound queue never filled", |peer| {
+        peer.outbound_sets == 2
+    });
+    assert_eq!(journal(&link).len(), 2);
+    // Reload with the same settings (kept), then with another method_id (refused), then
+    // create a key exchange object, as the next exchange would.
     p.send("GO", "reload");
     assert_eq!(p.next("HOLD").as_deref(), Some("unloading"));
-    // A new supply would start fetching with the next exchange; give one the time to show.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Had either reload built a new runtime, its supply (started by the reload) would
+    // begin with an empty queue, and the status, served from the installed runtime, would
+    // show 2 sets only after they came from the KME: once it shows 2, the journal holds
+    // every key any supply fetched to get there.
+    let after = status_when(&socket, "the outbound queue is no longer full", |peer| {
+        peer.outbound_sets == 2
+    });
     let keys = journal(&link);
     let p = p.finish();
     p.assert_clean(Strongswan::V6_1_0);
@@ -891,6 +922,12 @@ fn reloads_that_change_nothing_or_are_refused_consume_no_keys() {
         2,
         "only the first outbound queue's 2 key sets were fetched: {keys:?}\n{p}"
     );
+    assert_eq!(
+        (after.kmes[0].requests, after.kmes[0].keys),
+        (filled.kmes[0].requests, filled.kmes[0].keys),
+        "no KME request since the queue filled\n{filled:?}\n{after:?}"
+    );
+    assert_eq!(after.buffered_keys, filled.buffered_keys);
 }
 
 #[test]

@@ -103,6 +103,9 @@ struct StoreState {
 pub struct KeyStore {
     options: SimOptions,
     state: Mutex<StoreState>,
+    /// Unit tests set the time generation is computed from, so they need no sleep.
+    #[cfg(test)]
+    test_now: Mutex<Option<Instant>>,
 }
 
 /// `bytes` fresh bytes from the operating system's CSPRNG.
@@ -140,11 +143,21 @@ impl KeyStore {
                 journal: options.journal.then(VecDeque::new),
                 stats,
             }),
+            #[cfg(test)]
+            test_now: Mutex::new(None),
         })
     }
 
     pub fn options(&self) -> &SimOptions {
         &self.options
+    }
+
+    fn now(&self) -> Instant {
+        #[cfg(test)]
+        if let Some(now) = *self.test_now.lock().unwrap() {
+            return now;
+        }
+        Instant::now()
     }
 
     /// Locks the state after crediting the keys generated since the last access.
@@ -155,7 +168,7 @@ impl KeyStore {
             .state
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        let now = Instant::now();
+        let now = self.now();
         let elapsed = now.saturating_duration_since(state.accounted_until);
         state.accounted_until = now;
         if state.paused || self.options.key_rate == 0 {
@@ -523,23 +536,43 @@ mod tests {
 
     #[test]
     fn generation_follows_the_key_rate_and_pauses() {
-        // 256 bits per key at 256,000 bits/s: one key per millisecond.
+        // 256 bits per key at 256,000 bits/s: exactly one key per millisecond. The store
+        // reads a clock the test sets, so the counts are exact and nothing sleeps.
         let store = KeyStore::new(&options(1000, 256_000)).unwrap();
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let at = |ms: u64| {
+            *store.test_now.lock().unwrap() = Some(t0 + Duration::from_millis(ms));
+        };
+        at(0);
         store.reserve("a", "b", 1000, 256).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        let refilled = store.stored_key_count().unwrap();
-        assert!(
-            (40..=1000).contains(&refilled),
-            "{refilled} keys after 50 ms"
-        );
+        assert_eq!(store.stored_key_count().unwrap(), 0);
+        at(50);
+        assert_eq!(store.stored_key_count().unwrap(), 50, "50 ms at 1 key/ms");
+        // Fractions of a key carry over: 0.5 ms twice is one more key.
+        *store.test_now.lock().unwrap() = Some(t0 + Duration::from_micros(50_500));
+        assert_eq!(store.stored_key_count().unwrap(), 50);
+        *store.test_now.lock().unwrap() = Some(t0 + Duration::from_micros(51_000));
+        assert_eq!(store.stored_key_count().unwrap(), 51);
         store.set_paused(true).unwrap();
-        let at_pause = store.stored_key_count().unwrap();
-        std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(store.stored_key_count().unwrap(), at_pause);
         assert!(store.stats().unwrap().generation_paused);
+        at(81);
+        assert_eq!(
+            store.stored_key_count().unwrap(),
+            51,
+            "paused generates nothing"
+        );
         store.set_paused(false).unwrap();
-        std::thread::sleep(Duration::from_millis(30));
-        assert!(store.stored_key_count().unwrap() > at_pause);
+        assert!(!store.stats().unwrap().generation_paused);
+        at(111);
+        // The 30 paused milliseconds are not credited on resume.
+        assert_eq!(store.stored_key_count().unwrap(), 81);
+        // A full pool stops at capacity and discards what is distilled meanwhile.
+        at(10_000);
+        assert_eq!(store.stored_key_count().unwrap(), 1000);
+        store.reserve("a", "b", 1000, 256).unwrap();
+        at(10_010);
+        assert_eq!(store.stored_key_count().unwrap(), 10);
+        assert_eq!(store.stats().unwrap().keys_generated, 1000 + 1000 + 10);
     }
 
     #[test]

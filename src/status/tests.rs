@@ -317,9 +317,10 @@ fn table_has_one_row_per_peer_and_the_last_kme_error() {
     let table = render_table(&snapshot_after_traffic());
     let lines: Vec<&str> = table.lines().collect();
     assert!(
-        lines[0].starts_with(
-            "qkd 0.1.0: SAE 'sae-a', method 1042 (QKD), 256-bit keys, in-method curve25519,"
-        ),
+        lines[0].starts_with(&format!(
+            "qkd {}: SAE 'sae-a', method 1042 (QKD), 256-bit keys, in-method curve25519,",
+            env!("CARGO_PKG_VERSION")
+        )),
         "{table}"
     );
     assert!(lines[1].contains("1 QKD secrets"), "{table}");

@@ -97,15 +97,46 @@ dry_rekey() {
     expect_log "$gw" "starting the exchange without QKD key" 15
     expect_log "$peer" "$REFUSED_RE" 15
     sleep $((DRY_SECONDS - (SECONDS - t0) > 0 ? DRY_SECONDS - (SECONDS - t0) : 0))
-    local refusals
+    local refusals used
     refusals=$(log_grep "$peer" "$REFUSED_RE" | wc -l)
+    # No key reaches a gateway while the fault holds: every key ID used so far in this
+    # scenario is known now, and the retry must use none of them.
+    used=$(used_key_ids)
     kme_fault "$fault" off
     step "KME $fault for ${DRY_SECONDS}s during a $kind rekey from $gw: $refusals exchange(s) refused in-band by $peer"
     # strongSwan's own retry (5-15 s after the last refusal) now gets a key.
-    expect_log "$gw" "qkd: master for SAE .* under key IDs " 30
-    id=$(last_key_id "$gw" master)
+    wait_until 30 _fresh_master_round "$gw" "$used" || {
+        log_since_mark "$gw" | tail -n 15 | sed 's/^/        /' >&2
+        fail "$gw: no $kind rekey as master with a key ID not used before within 30 s of the KME's recovery"
+    }
+    id=$FRESH_KEY_IDS
     expect_log "$peer" "qkd: key IDs $id confirmed" 15
-    step "after recovery, $gw's retried $kind rekey used fresh key ID $id"
+    step "after recovery, $gw's retried $kind rekey used fresh key ID $id (none of the $(wc -w <<<"$used") used before)"
+}
+
+# used_key_ids: every key ID either gateway logged in this scenario (all its charon logs),
+# one per line.
+used_key_ids() {
+    local f
+    for f in "$QKD_INTEROP_SCEN_DIR"/gw-[ab]/log/charon.log*; do
+        [ -e "$f" ] || continue
+        sed -nE 's/.* under key IDs ([0-9a-f,-]+).*/\1/p' "$f"
+    done | tr ',' '\n' | sort -u
+}
+# _fresh_master_round GW USED: GW logged a master round since the mark whose key IDs are
+# all absent from USED; sets FRESH_KEY_IDS to them (comma-separated, as logged).
+FRESH_KEY_IDS=""
+_fresh_master_round() {
+    local ids id
+    while read -r ids; do
+        for id in ${ids//,/ }; do
+            if grep -qxF -- "$id" <<<"$2"; then continue 2; fi
+        done
+        FRESH_KEY_IDS=$ids
+        return 0
+    done < <({ log_grep "$1" "qkd: master for SAE .* under key IDs " || true; } \
+        | sed -nE 's/.* under key IDs ([0-9a-f,-]+).*/\1/p')
+    return 1
 }
 
 # no_half_open_after_failed_initiate: with the KME dry, an initial exchange fails cleanly

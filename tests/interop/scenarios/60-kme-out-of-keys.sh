@@ -7,8 +7,10 @@ use_recommended_proposals
 kme_up --key-rate 64 --max-key-count 1
 # Every exchange asks the KME itself (the key buffer has its own scenario).
 QKD_BUFFER=0
+# kme_has_key: the simulator holds a key for the next exchange.
+kme_has_key() { local n; n=$(kme_admin stats | json_get stored_key_count) && [ "$n" -ge 1 ]; }
 gateways_up
-sleep 5   # let the first key arrive
+wait_until 15 kme_has_key || fail "the KME holds no key 15 s after start (one per 4 s)"
 initiate gw-a
 id=$(expect_qkd_round gw-a)
 log_mark
@@ -19,7 +21,7 @@ ping_through gw-a
 step "out of keys, wait_timeout = 0: the rekey fails, the existing CHILD SA keeps carrying traffic"
 
 restart_gateways_with QKD_WAIT_TIMEOUT=20s
-sleep 5
+wait_until 15 kme_has_key || fail "the KME holds no key 15 s after the restart (one per 4 s)"
 initiate gw-a
 log_mark
 started=$(date +%s)

@@ -12,13 +12,33 @@ initiate gw-a
 # the announced keys into its inbound cache in the background.
 rekey_child gw-a
 rekey_child gw-b
-sleep 2
+# One rekey every EVERY seconds for HOLD seconds, alternating sides: each side starts at
+# most PER_SIDE of them, each taking a set from its outbound queue that the peer must
+# have fetched into its inbound cache before the KMEs fail.
+HOLD=30 EVERY=2
+PER_SIDE=$((HOLD / EVERY / 2 + 1))
+# buffers_ready: on both gateways the outbound queue is full, every announced key fetched,
+# and the inbound cache holds PER_SIDE keys or more.
+buffers_ready() {
+    local gw s
+    for gw in gw-a gw-b; do
+        s=$(in_node "$gw" qkdctl status --json) || return 1
+        [ "$(json_get peers 0 outbound_sets <<<"$s")" -ge "$QKD_BUFFER" ] \
+            && [ "$(json_get peers 0 pending_keys <<<"$s")" = 0 ] \
+            && [ "$(json_get peers 0 inbound_keys <<<"$s")" -ge "$PER_SIDE" ] || return 1
+    done
+}
+wait_until 30 buffers_ready || {
+    for gw in gw-a gw-b; do in_node "$gw" qkdctl status >&2 || true; done
+    fail "the buffers were not ready within 30 s (outbound $QKD_BUFFER sets, inbound $PER_SIDE keys, none pending)"
+}
+step "buffers ready: outbound queues full, inbound caches hold $PER_SIDE keys or more, none pending"
 ping_start gw-a
 log_mark
 kme_admin fail-503 on >/dev/null
 step "both KMEs answer 503 from now on"
 t0=$SECONDS n=0
-while [ $((SECONDS - t0)) -lt 30 ]; do
+while [ $((SECONDS - t0)) -lt "$HOLD" ]; do
     if [ $((n % 2)) = 0 ]; then gw=gw-a; else gw=gw-b; fi
     t=$SECONDS
     # Rekey the installed CHILD SA (not one still REKEYED from the last round), and do not
@@ -27,9 +47,18 @@ while [ $((SECONDS - t0)) -lt 30 ]; do
     [ -n "$id" ] || fail "$gw has no installed CHILD SA after $n rekeys"
     swanctl_in "$gw" --rekey --child-id "$id" >/dev/null || fail "swanctl --rekey on $gw failed"
     n=$((n + 1))
-    sleep $((2 - (SECONDS - t) > 0 ? 2 - (SECONDS - t) : 0))
+    sleep $((EVERY - (SECONDS - t) > 0 ? EVERY - (SECONDS - t) : 0))
 done
-sleep 3
+# The last rekeys complete while the KMEs still fail: wait until each of the n exchanges
+# took its keys from the buffers and both sides confirmed it (or fail below on the counts).
+count() { log_grep "$1" "$2" | wc -l; }
+rekeys_done() {
+    [ "$(count gw-a "qkd: key IDs .* confirmed")" -ge "$n" ] \
+        && [ "$(count gw-b "qkd: key IDs .* confirmed")" -ge "$n" ] \
+        && [ $(($(count gw-a "from the outbound queue") + $(count gw-b "from the outbound queue"))) -ge "$n" ] \
+        && [ $(($(count gw-a "from the inbound cache") + $(count gw-b "from the inbound cache"))) -ge "$n" ]
+}
+wait_until 20 rekeys_done || note "not all $n rekeys completed within 20 s"
 kme_admin fail-503 off >/dev/null
 ping_stop
 for gw in gw-a gw-b; do

@@ -36,6 +36,16 @@ rekeys_for() { # SECONDS
         sleep $((3 - (SECONDS - t) > 0 ? 3 - (SECONDS - t) : 0))
     done
 }
+# rekeys_until SECONDS WHAT CMD...: rekey (as above) until CMD holds, checked before each
+# rekey; fails after SECONDS. A state that only a KME request can change needs the rekeys
+# going while it is waited for.
+rekeys_until() {
+    local limit=$1 what=$2 until=$((SECONDS + $1)); shift 2
+    until "$@"; do
+        [ "$SECONDS" -lt "$until" ] || fail "not $what within ${limit}s of rekeys"
+        rekeys_for 1
+    done
+}
 # Requests KME-A's listener on ADDR has served (the simulator's own count).
 # expect_kme_nodes WHEN EXPECTED: gw-a's qkdctl shows EXPECTED (active node, node states).
 expect_kme_nodes() {
@@ -49,6 +59,8 @@ listener_requests() {
 import json, sys
 print(next(l["requests"] for l in json.load(sys.stdin)["listeners"] if l["addr"] == sys.argv[1]))' "$1"
 }
+# kme_nodes_are EXPECTED: qkdctl_kme shows EXPECTED now.
+kme_nodes_are() { [ "$(qkdctl_kme)" = "$1" ]; }
 # qkdctl_kme: "<active URL of the peer> <state of node 1> <state of node 2>" on gw-a.
 qkdctl_kme() {
     local s
@@ -63,7 +75,7 @@ expect_kme_nodes "before the outage" "$PRIMARY active standby"
 kme_admin listener 0.0.0.0:8443 off >/dev/null || fail "could not stop the primary listener"
 t_stop=$SECONDS
 step "$(date +%T) KME-A's primary listener (:8443) closed: connections refused"
-rekeys_for 15
+rekeys_until 15 "on the secondary" kme_nodes_are "$SECONDARY down active"
 expect_kme_nodes "during the outage" "$SECONDARY down active"
 in_node gw-a qkdctl status | grep '^KME ' | while read -r line; do note "  $line"; done
 rekeys_for $((30 - (SECONDS - t_stop)))
@@ -72,14 +84,19 @@ primary_before=$(listener_requests 0.0.0.0:8443)
 kme_admin listener 0.0.0.0:8443 on >/dev/null || fail "could not restart the primary listener"
 t_back=$SECONDS
 step "$(date +%T) primary listener (:8443) listening again after $((t_back - t_stop))s"
-rekeys_for 20
+rekeys_until 20 "back on the primary" kme_nodes_are "$PRIMARY active standby"
 expect_kme_nodes "after the recovery" "$PRIMARY active standby"
+rekeys_for $((20 - (SECONDS - t_back)))
 primary_after=$(listener_requests 0.0.0.0:8443)
 [ "$primary_after" -gt "$primary_before" ] \
     || fail "the primary served no request after its return ($primary_before -> $primary_after)"
 step "the primary listener served $((primary_after - primary_before)) requests after its return; the secondary $(listener_requests 0.0.0.0:8445) in all"
-# The last rekey completes, the old SAs go.
-sleep 6
+# Each rekey ends with a qkd-audit line on both gateways: wait for the last ones (the
+# exact counts are checked below).
+audits_at_least() { [ "$(log_grep "$1" "qkd-audit: " | wc -l)" -ge "$2" ]; }
+for gw in gw-a gw-b; do
+    wait_until 30 audits_at_least "$gw" "$REKEYS" || note "$gw: fewer than $REKEYS qkd-audit lines after 30 s"
+done
 ping_stop
 expect_tunnel_up
 
@@ -93,6 +110,8 @@ done
 step "$REKEYS rekeys (CHILD and IKE, both sides): each one result=qkd on both gateways, none failed or refused"
 
 # The transitions, each logged once.
+expect_log gw-a "qkd: KME $PRIMARY unreachable .*: using $SECONDARY \(node 2 of 2\) for SAE 'sae-b'"
+expect_log gw-a "qkd: KME $PRIMARY \(node 1 of 2\) answers again: using it instead of $SECONDARY for SAE 'sae-b'"
 left=$(log_grep gw-a "qkd: KME $PRIMARY unreachable .*: using $SECONDARY \(node 2 of 2\) for SAE 'sae-b'" | wc -l)
 back=$(log_grep gw-a "qkd: KME $PRIMARY \(node 1 of 2\) answers again: using it instead of $SECONDARY for SAE 'sae-b'" | wc -l)
 [ "$left" = 1 ] && [ "$back" = 1 ] || fail "gw-a logged $left switch(es) to the secondary and $back back (want 1 each)"
