@@ -27,7 +27,7 @@ for binding in "" 192.0.2.10; do
     log_mark
     # Requests that reached gw-b's KME for mallory: its made-up key IDs are answered 400
     # (counted by the simulator: gw-b's log lines before authentication are rate-limited).
-    refused0=$(kme_admin stats | json_get responses bad_request)
+    refused0=$(kme_admin stats | json_get responses 400)
     mallory_fire
     idle_min=16
     for _ in 1 2 3; do
@@ -49,7 +49,7 @@ for binding in "" 192.0.2.10; do
     [ -n "$(ike_ids gw-a)" ] && [ -n "$(child_ids gw-a)" ] || fail "the real tunnel did not survive the flood"
     ping_through gw-a
     busy=$({ log_grep gw-b "KME requests already in flight" || true; } | wc -l)
-    to_kme=$(( $(kme_admin stats | json_get responses bad_request) - refused0 ))
+    to_kme=$(( $(kme_admin stats | json_get responses 400) - refused0 ))
     if [ -z "$binding" ]; then
         [ "$busy" -gt 0 ] || fail "gw-b never hit max_kme_requests under the flood"
         [ "$to_kme" -gt 0 ] || fail "none of mallory's exchanges reached gw-b's KME: the scenario tests nothing"
