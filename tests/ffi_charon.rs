@@ -851,7 +851,7 @@ fn status_when(
     what: &str,
     done: impl Fn(&strongswan_qkd::status::PeerStatus) -> bool,
 ) -> strongswan_qkd::status::Snapshot {
-    use strongswan_qkd::status::server::request_status;
+    use strongswan_qkd::status::request_status;
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let status = request_status(socket).expect("the plugin serves its status socket");

@@ -54,6 +54,8 @@ impl Supply {
                 _ => now,
             }
         };
+        // The refill threads are asked once: what they could not deliver is fetched on demand.
+        let mut asked_once = false;
         loop {
             let now = Instant::now();
             let buffers = &mut state.buffers[peer];
@@ -72,7 +74,8 @@ impl Supply {
             }
             let refill_possible = can_refill(&state, peer, now);
             let buffers = &mut state.buffers[peer];
-            if refill_possible {
+            if refill_possible && !asked_once {
+                asked_once = true;
                 let asked: Vec<KeyId> = ids
                     .iter()
                     .filter(|id| {

@@ -122,7 +122,20 @@ impl Shared {
             return;
         }
         buffers.replacing = true;
+        // Sets from an enc_keys before the latest are gone at the KME already.
+        let latest = buffers.enc_count.saturating_sub(1);
+        let mut dropped = 0;
+        buffers.outbound.retain(|set| {
+            let alive = set.enc_number >= latest;
+            if !alive {
+                dropped += set.keys.len();
+            }
+            alive
+        });
         let p = &self.peers[peer];
+        if dropped > 0 {
+            self.waste("replaced", p, dropped);
+        }
         log::warn!(
             "qkd: SAE '{}' {what}: the KME pair (ours: {}) replaces keys the slave has not \
              fetched yet. Buffering for this peer now keeps one key set and asks for the next \

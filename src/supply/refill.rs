@@ -123,7 +123,20 @@ fn next_job(shared: &Shared, next_peer: &mut usize) -> Option<Job> {
                 })
             } else if !buffers.pending.is_empty() && buffers.in_flight.is_empty() {
                 kme_free.then(|| {
-                    let n = buffers.pending.len().min(MAX_KEY_IDS);
+                    // An exchange's own IDs (first in line, queued at one instant) go alone:
+                    // a KME refuses a whole dec_keys for one unknown ID, e.g. a stale one
+                    // announced.
+                    let n = if buffers.urgent {
+                        let first = buffers.pending[0].1;
+                        buffers
+                            .pending
+                            .iter()
+                            .take_while(|(_, at)| *at == first)
+                            .count()
+                    } else {
+                        buffers.pending.len()
+                    }
+                    .min(MAX_KEY_IDS);
                     let pending: Vec<(KeyId, Instant)> = buffers.pending.drain(..n).collect();
                     buffers.urgent = false;
                     buffers.inbound_asked = Some(now);
