@@ -45,7 +45,7 @@ ping_start() {
     in_node "$from" rm -f /tmp/stop-ping
     # Stopped by a file, with SIGINT from the shell's own kill, so ping prints its summary.
     # shellcheck disable=SC2016 # expanded by the container's shell
-    QKD_EXEC_TIMEOUT=900 in_node "$from" sh -c 'ping -n -q -i 0.2 -W 1 -w 800 -I "$1" "$2" & p=$!
+    QKD_EXEC_TIMEOUT=900 in_node "$from" sh -c 'ping -n -i 0.2 -W 1 -w 800 -I "$1" "$2" & p=$!
         while [ ! -e /tmp/stop-ping ] && kill -0 $p 2>/dev/null; do sleep 0.2; done
         kill -INT $p 2>/dev/null; wait $p' ping "$src" "$dst" >"$PING_OUT" 2>&1 &
     PING_PID=$!
@@ -58,10 +58,16 @@ ping_stop() {
     local sent got
     in_node "$PING_FROM" touch /tmp/stop-ping
     wait "$PING_PID" || true
+    local last trailing
     sent=$(sed -nE 's/^([0-9]+) packets transmitted.*/\1/p' "$PING_OUT")
     got=$(sed -nE 's/.* ([0-9]+) (packets )?received.*/\1/p' "$PING_OUT")
     [ -n "$sent" ] && [ -n "$got" ] || { cat "$PING_OUT" >&2; fail "no ping summary"; }
-    PING_SENT=$sent PING_LOST=$((sent - got))
+    # SIGINT may come between a request and its reply: one unanswered request at the very
+    # end is in flight, not lost. Gaps before the last reply count, as do more at the end.
+    last=$({ grep -oE 'icmp_seq=[0-9]+' "$PING_OUT" || true; } | cut -d= -f2 | sort -n | tail -n 1)
+    trailing=$((sent - ${last:-0}))
+    [ "$trailing" -gt 0 ] && trailing=$((trailing - 1))
+    PING_SENT=$sent PING_LOST=$((${last:-0} - got + trailing))
 }
 
 # An IKE SA watch (lib/ike-watch.sh in the background): every second, the established IKE
