@@ -18,6 +18,7 @@ const FAST_KME_MARGIN: Duration = Duration::from_millis(50);
 /// Most key IDs pending per peer when exchanges add the ones they wait for (a flood of
 /// unauthenticated exchanges naming made-up IDs gets no further).
 const MAX_PENDING: usize = 256;
+
 impl Supply {
     /// Slave side: the keys `ids` from the inbound cache, in order, if all are there. Keys
     /// not cached are handed to the refill threads first in line (bounded per peer), and
