@@ -37,7 +37,9 @@ impl Supply {
         authenticated: bool,
     ) -> Option<Vec<QkdKey>> {
         let mut state = self.shared.lock();
-        let deadline = if authenticated {
+        // Keys an authenticated peer announced and a refill is fetching are waited for until
+        // `deadline` in any case; `ask_deadline` bounds waiting for what this exchange asks.
+        let ask_deadline = if authenticated {
             deadline
         } else {
             let b = &state.buffers[peer];
@@ -56,7 +58,8 @@ impl Supply {
             }
         };
         // The refill threads are asked once: what they could not deliver is fetched on demand.
-        let mut asked_once = false;
+        let mut first_pass = true;
+        let mut asked = false;
         loop {
             let now = Instant::now();
             let buffers = &mut state.buffers[peer];
@@ -75,9 +78,8 @@ impl Supply {
             }
             let refill_possible = can_refill(&state, peer, now);
             let buffers = &mut state.buffers[peer];
-            if refill_possible && !asked_once {
-                asked_once = true;
-                let asked: Vec<KeyId> = ids
+            if refill_possible && first_pass && now < ask_deadline {
+                let missing: Vec<KeyId> = ids
                     .iter()
                     .filter(|id| {
                         !buffers.inbound.get(id).is_some_and(fresh)
@@ -86,19 +88,22 @@ impl Supply {
                     })
                     .copied()
                     .collect();
-                if !asked.is_empty() && buffers.pending.len() + asked.len() <= MAX_PENDING {
-                    for id in asked.into_iter().rev() {
+                if !missing.is_empty() && buffers.pending.len() + missing.len() <= MAX_PENDING {
+                    for id in missing.into_iter().rev() {
                         buffers.pending.push_front((id, now));
                     }
                     buffers.urgent = true;
+                    asked = true;
                     self.shared.wake.notify_all();
                 }
             }
+            first_pass = false;
+            let wait_until = if asked { ask_deadline } else { deadline };
             let coming = ids.iter().any(|id| {
                 buffers.in_flight.contains(id)
                     || (refill_possible && buffers.pending.iter().any(|(p, _)| p == id))
             });
-            if !coming || now >= deadline || state.stopped {
+            if !coming || now >= wait_until || state.stopped {
                 let buffers = &mut state.buffers[peer];
                 buffers.pending.retain(|(id, _)| !ids.contains(id));
                 // Keys of this exchange already cached are no use without the others.
@@ -109,7 +114,7 @@ impl Supply {
                 }
                 return None;
             }
-            state = self.shared.wait(state, deadline - now);
+            state = self.shared.wait(state, wait_until - now);
         }
     }
 

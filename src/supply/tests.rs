@@ -624,3 +624,22 @@ fn a_failed_exchange_with_the_latest_keys_is_not_taken_for_replacement() {
     );
     kme.holding.store(false, Ordering::SeqCst);
 }
+
+/// Keys an authenticated peer announced and a refill is fetching are waited for by the next
+/// initial exchange that names them, however slow the KME: the exchange asks for nothing.
+#[test]
+fn an_unauthenticated_exchange_waits_for_announced_keys_in_flight() {
+    let kme = Arc::new(NumberingKme::default());
+    *kme.delay.lock().unwrap() = Duration::from_millis(300);
+    let s = supply(&kme, 1, Duration::from_secs(60));
+    s.start();
+    wait_for("KME timed", || s.levels(0).outbound_sets == 1);
+    let ids = [KeyId([60; 16])];
+    s.accept_announcement(0, &ids, 1);
+    wait_for("in flight", || {
+        s.levels(0).pending_keys == 1 && kme.dec_calls.load(Ordering::SeqCst) == 1
+    });
+    let keys = s.take_inbound(0, &ids, now() + Duration::from_secs(5), false);
+    assert!(keys.is_some(), "waited for the announced key");
+    assert_eq!(kme.dec_calls.load(Ordering::SeqCst), 1);
+}

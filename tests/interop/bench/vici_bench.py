@@ -91,11 +91,12 @@ class Gateway:
 
     def load(self, ike, esp, children=0):
         """The tunnel, plus `children` CHILD configs of their own (one UDP port each:
-        strongSwan establishes no duplicate of a CHILD SA with the same selectors)."""
+        strongSwan establishes no duplicate of a CHILD SA with the same selectors; protocol
+        17 by number, the images have no /etc/protocols)."""
         extra = {
             f"c{i}": {
-                "local_ts": [f"{self.env['LOCAL_TS']}[udp/{10000 + i}]"],
-                "remote_ts": [f"{self.env['REMOTE_TS']}[udp/{10000 + i}]"],
+                "local_ts": [f"{self.env['LOCAL_TS']}[17/{10000 + i}]"],
+                "remote_ts": [f"{self.env['REMOTE_TS']}[17/{10000 + i}]"],
                 "esp_proposals": [esp],
                 "rekey_time": "1h",
                 "start_action": "none",
