@@ -27,7 +27,8 @@ mod used;
 
 pub use limit::{Permit, RequestLimiter};
 pub use outbound::Outstanding;
-pub use refill::{REFILL_THREADS, SETTLE};
+use refill::REFILL_THREADS;
+pub use refill::SETTLE;
 
 use depth::Depth;
 use used::UsedKeyIds;
