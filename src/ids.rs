@@ -1,7 +1,9 @@
-//! The two identifiers every layer names: ETSI key IDs and SAE IDs. They sit below the wire
-//! codec, the configuration and the KME client, which all carry them.
+//! The identifiers every layer names: ETSI key IDs, SAE IDs and the index of a configured
+//! peer. They sit below the wire codec, the configuration and the KME client, which all
+//! carry them.
 
 use std::fmt;
+use std::ops::{Index, IndexMut};
 
 /// An ETSI key ID: a UUID (any version; real KMEs differ), carried as 16 binary bytes on
 /// the wire and formatted by us as 8-4-4-4-12 lower-case hex towards the KME.
@@ -97,5 +99,43 @@ mod tests {
         for id in ["...", ".a", "a..b", "sae-b"] {
             assert!(SaeId::new(id).is_ok(), "{id}");
         }
+    }
+}
+
+/// A peer's position among the configured peers (`Config::peers`), and in every per-peer
+/// list built in the same order (KME sources, supply buffers, request limits).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct PeerIndex(pub usize);
+
+impl PeerIndex {
+    /// The indexes of `count` peers, in configuration order.
+    pub fn all(count: usize) -> impl Iterator<Item = PeerIndex> {
+        (0..count).map(PeerIndex)
+    }
+}
+
+impl<T> Index<PeerIndex> for [T] {
+    type Output = T;
+    fn index(&self, peer: PeerIndex) -> &T {
+        &self[peer.0]
+    }
+}
+
+impl<T> IndexMut<PeerIndex> for [T] {
+    fn index_mut(&mut self, peer: PeerIndex) -> &mut T {
+        &mut self[peer.0]
+    }
+}
+
+impl<T> Index<PeerIndex> for Vec<T> {
+    type Output = T;
+    fn index(&self, peer: PeerIndex) -> &T {
+        &self[peer.0]
+    }
+}
+
+impl<T> IndexMut<PeerIndex> for Vec<T> {
+    fn index_mut(&mut self, peer: PeerIndex) -> &mut T {
+        &mut self[peer.0]
     }
 }

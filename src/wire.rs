@@ -102,7 +102,8 @@ impl fmt::Display for NoKeyReason {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Keys {
     Ids(Vec<KeyId>),
-    None(NoKeyReason),
+    /// No key IDs: the sender has no keys for this exchange, for this reason.
+    Missing(NoKeyReason),
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -147,7 +148,7 @@ impl Request {
         let mut flags = 0;
         match &self.keys {
             Keys::Ids(_) => flags |= REQ_KEY_IDS,
-            Keys::None(_) => flags |= REQ_NO_KEY,
+            Keys::Missing(_) => flags |= REQ_NO_KEY,
         }
         if !self.announce.is_empty() {
             flags |= REQ_ANNOUNCE;
@@ -163,14 +164,9 @@ impl Request {
         out.extend_from_slice(sae);
         match &self.keys {
             Keys::Ids(ids) => encode_ids(ids, "key IDs", &mut out)?,
-            Keys::None(reason) => out.push(*reason as u8),
+            Keys::Missing(reason) => out.push(*reason as u8),
         }
-        if !self.announce.is_empty() {
-            encode_ids(&self.announce, "announced key IDs", &mut out)?;
-        }
-        if !self.shares.is_empty() {
-            encode_shares(&self.shares, &mut out)?;
-        }
+        encode_tail(&self.announce, &self.shares, &mut out)?;
         Ok(out)
     }
 
@@ -191,22 +187,12 @@ impl Request {
             Keys::Ids(r.ids("key ID")?)
         } else {
             let b = r.u8()?;
-            Keys::None(
+            Keys::Missing(
                 NoKeyReason::from_byte(b)
                     .ok_or_else(|| bad(format!("unknown no-key reason {b}")))?,
             )
         };
-        let announce = if flags & REQ_ANNOUNCE != 0 {
-            r.ids("announced key ID")?
-        } else {
-            Vec::new()
-        };
-        let shares = if flags & REQ_SHARES != 0 {
-            r.shares()?
-        } else {
-            Vec::new()
-        };
-        r.finish()?;
+        let (announce, shares) = r.tail(flags & REQ_ANNOUNCE != 0, flags & REQ_SHARES != 0)?;
         Ok(Request {
             sender,
             allows_dh_fallback: flags & REQ_DH_FALLBACK != 0,
@@ -233,12 +219,7 @@ impl Response {
         if let Some(tag) = &self.confirmation {
             out.extend_from_slice(tag);
         }
-        if !self.announce.is_empty() {
-            encode_ids(&self.announce, "announced key IDs", &mut out)?;
-        }
-        if !self.shares.is_empty() {
-            encode_shares(&self.shares, &mut out)?;
-        }
+        encode_tail(&self.announce, &self.shares, &mut out)?;
         Ok(out)
     }
 
@@ -255,17 +236,7 @@ impl Response {
         } else {
             None
         };
-        let announce = if flags & RESP_ANNOUNCE != 0 {
-            r.ids("announced key ID")?
-        } else {
-            Vec::new()
-        };
-        let shares = if flags & RESP_SHARES != 0 {
-            r.shares()?
-        } else {
-            Vec::new()
-        };
-        r.finish()?;
+        let (announce, shares) = r.tail(flags & RESP_ANNOUNCE != 0, flags & RESP_SHARES != 0)?;
         Ok(Response {
             confirmation,
             announce,
@@ -286,6 +257,18 @@ fn encode_ids(ids: &[KeyId], what: &str, out: &mut Vec<u8>) -> Result<(), WireEr
     out.push(ids.len() as u8);
     for id in ids {
         out.extend_from_slice(&id.0);
+    }
+    Ok(())
+}
+
+/// The fields that end both messages, each sent only when not empty (a flag says it is
+/// there): key IDs announced for later exchanges, then the in-method shares.
+fn encode_tail(announce: &[KeyId], shares: &[Share], out: &mut Vec<u8>) -> Result<(), WireError> {
+    if !announce.is_empty() {
+        encode_ids(announce, "announced key IDs", out)?;
+    }
+    if !shares.is_empty() {
+        encode_shares(shares, out)?;
     }
     Ok(())
 }
@@ -397,6 +380,19 @@ impl<'a> Reader<'a> {
             .collect()
     }
 
+    /// The fields that end both messages, each read when its flag is set: announced key
+    /// IDs, then the in-method shares. Nothing may follow them.
+    fn tail(mut self, announce: bool, shares: bool) -> Result<(Vec<KeyId>, Vec<Share>), WireError> {
+        let announce = if announce {
+            self.ids("announced key ID")?
+        } else {
+            Vec::new()
+        };
+        let shares = if shares { self.shares()? } else { Vec::new() };
+        self.finish()?;
+        Ok((announce, shares))
+    }
+
     fn finish(self) -> Result<(), WireError> {
         if self.data.is_empty() {
             Ok(())
@@ -453,7 +449,7 @@ mod tests {
             NoKeyReason::Local,
         ] {
             let req = Request {
-                keys: Keys::None(reason),
+                keys: Keys::Missing(reason),
                 announce: vec![],
                 shares: vec![],
                 allows_dh_fallback: false,

@@ -280,6 +280,46 @@ fn an_empty_pool_is_no_key_available_until_refilled() {
     );
 }
 
+/// The KME runs dry between the requests of one enc_keys: the keys of the set it delivered
+/// only partly are kept and complete the next set, not thrown away (a one-shot KME would
+/// not hand them out again), and the slave can still fetch every one of them.
+#[test]
+fn a_partly_delivered_set_is_completed_by_the_next_request() {
+    let link = TestLink::start(SimOptions {
+        key_size: 128,
+        min_key_size: 128,
+        max_key_size: 128,
+        max_key_per_request: 1,
+        max_key_count: 3,
+        key_rate: 0,
+        ..SimOptions::default()
+    });
+    let master = client(&link, TestLink::SAE_A);
+    let slave = client(&link, TestLink::SAE_B);
+    let slave_sae = sae(TestLink::SAE_B);
+    // 256-bit sets of two 128-bit keys: two sets need four keys, the KME has three.
+    let sets = master.enc_keys(&slave_sae, 256, 2, soon()).unwrap();
+    assert_eq!(sets.len(), 1, "one complete set");
+    assert!(matches!(
+        master.enc_keys(&slave_sae, 256, 1, soon()),
+        Err(KmeError::NoKeyAvailable { .. })
+    ));
+    link.admin(AdminCommand::Refill { count: 1 });
+    let next = first_set(master.enc_keys(&slave_sae, 256, 1, soon()).unwrap());
+    assert_eq!(next.len(), 2);
+    assert_eq!(
+        stat(&link, &["keys_delivered_to_master"]),
+        4,
+        "the third key completed the second set"
+    );
+    for set in [&sets[0], &next] {
+        let got = slave
+            .dec_keys(&sae(TestLink::SAE_A), &ids(set), soon())
+            .unwrap();
+        assert_eq!(materials(&got), materials(set));
+    }
+}
+
 #[test]
 fn an_unknown_key_id_is_rejected_with_the_kme_message() {
     let link = TestLink::start(SimOptions::default());

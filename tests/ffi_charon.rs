@@ -625,7 +625,7 @@ fn exchange_assembles_key_size_from_several_kme_keys() {
 /// NO_PROPOSAL_CHOSEN, where strongSwan keeps the SA and retries).
 fn assert_refused_in_band(i: &Outcome, r: &Outcome, reason: NoKeyReason, why: &str) {
     let request = Request::decode(&i.hex("KE")).expect("a well-formed request");
-    assert_eq!(request.keys, Keys::None(reason), "{i}");
+    assert_eq!(request.keys, Keys::Missing(reason), "{i}");
     assert!(!i.has("FAIL get_public_key"), "{i}");
     i.assert_logged("dbg[IKE:1] qkd: no QKD key for SAE 'sae-b': KME ");
     i.assert_logged(why);

@@ -80,14 +80,14 @@ pub(super) fn failure_result(error: &KeError) -> String {
             KmeError::Config(_) => "kme-config",
         },
         KeError::Busy(_) => "kme-requests-limit",
-        KeError::Peer(_) | KeError::Wire(_) => "peer-data",
+        KeError::BadPeerData(_) | KeError::Wire(_) => "peer-data",
         KeError::KeyMismatch { .. } => "key-mismatch",
         KeError::NoFallback(_) => "no-fallback",
         KeError::Encode(_) => "encode",
         KeError::InnerKe(_) => "in-method-ke",
         KeError::AlreadyFailed => "already-failed",
         KeError::PeerRefused { .. } => "peer-refused",
-        KeError::State(_) => "call-order",
+        KeError::OutOfOrder(_) => "call-order",
     };
     format!("failed:{cause}")
 }

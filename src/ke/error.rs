@@ -19,7 +19,7 @@ pub enum KeError {
     /// a reason to fall back to DH: the exchange is refused in-band and retried.
     Busy(String),
     /// The peer's KE data is malformed or does not fit what we sent.
-    Peer(String),
+    BadPeerData(String),
     Wire(WireError),
     /// Both KMEs delivered keys for the same IDs, but not the same keys.
     KeyMismatch {
@@ -43,7 +43,7 @@ pub enum KeError {
         no_key_sent: bool,
     },
     /// strongSwan called us out of order.
-    State(&'static str),
+    OutOfOrder(&'static str),
 }
 
 impl KeError {
@@ -65,7 +65,7 @@ impl fmt::Display for KeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeError::UnknownPeer(m)
-            | KeError::Peer(m)
+            | KeError::BadPeerData(m)
             | KeError::NoFallback(m)
             | KeError::Busy(m)
             | KeError::PeerHasNoKey(m) => f.write_str(m),
@@ -82,14 +82,14 @@ impl fmt::Display for KeError {
             KeError::PeerRefused { no_key_sent } => write!(
                 f,
                 "no shared secret: the peer refused the exchange{} (see its log); strongSwan \
-                 keeps the current SA and retries",
+                 keeps the current SA and retries a rekey (an initial exchange is not retried)",
                 if *no_key_sent {
                     " we started without QKD key"
                 } else {
                     " (its response carried no qkd key exchange data)"
                 }
             ),
-            KeError::State(m) => write!(f, "unexpected call order: {m}"),
+            KeError::OutOfOrder(m) => write!(f, "unexpected call order: {m}"),
         }
     }
 }

@@ -5,6 +5,7 @@ use super::{
     confirm, wait_for_keys, Counters, ExchangeContext, KeError, QkdKeyExchange, QkdMaterial, Role,
 };
 use crate::config::{Config, Fallback, PeerConfig};
+use crate::ids::PeerIndex;
 use crate::kme::KmeError;
 use crate::wire::{Keys, NoKeyReason, Request, Response};
 use std::time::Instant;
@@ -21,9 +22,11 @@ impl QkdKeyExchange {
         self.audit.kme = Some(rt.source(peer).url().to_owned());
         let deadline = self.deadline(peer);
         let mut queued = None;
+        let mut outstanding = None;
         let keys = match rt.supply.take_outbound(peer, deadline) {
-            Some(set) => {
+            Some((set, exchange)) => {
                 queued = Some(set.enc_number);
+                outstanding = Some(exchange);
                 let qkd = QkdMaterial::from_keys(set.keys);
                 qkd.log_obtained(
                     "master",
@@ -56,10 +59,10 @@ impl QkdKeyExchange {
                     if offers_dh {
                         "the peer may accept a secret of the in-method key exchanges alone (fallback = dh)"
                     } else {
-                        "the peer will refuse it and strongSwan keeps the current SA and retries"
+                        "the peer will refuse it; strongSwan keeps the current SA and retries a rekey (an initial exchange is not retried)"
                     }
                 );
-                (None, Keys::None(reason))
+                (None, Keys::Missing(reason))
             }
         };
         let request = Request {
@@ -76,14 +79,18 @@ impl QkdKeyExchange {
             peer,
             qkd,
             queued,
-            _outstanding: rt.supply.outstanding(peer),
+            outstanding: outstanding.unwrap_or_else(|| rt.supply.outstanding(peer)),
         });
         self.own_data = Some(data.clone());
         Ok(data)
     }
 
     /// On-demand enc_keys in charon's thread, within the request cap and the deadline.
-    pub(super) fn fetch_enc(&self, peer: usize, deadline: Instant) -> Result<QkdMaterial, KeError> {
+    pub(super) fn fetch_enc(
+        &self,
+        peer: PeerIndex,
+        deadline: Instant,
+    ) -> Result<QkdMaterial, KeError> {
         let rt = &self.rt;
         let peer_cfg = &rt.config.peers[peer];
         let source = rt.source(peer);
@@ -112,7 +119,7 @@ impl QkdKeyExchange {
 
     /// A slot of the on-demand KME request budget for `peer`: its share, and for a
     /// responder before authentication the unauthenticated share.
-    pub(super) fn permit(&self, peer: usize) -> Result<crate::supply::Permit, KeError> {
+    pub(super) fn permit(&self, peer: PeerIndex) -> Result<crate::supply::Permit, KeError> {
         let authenticated = !self.unauthenticated();
         self.rt
             .limiter
@@ -120,8 +127,9 @@ impl QkdKeyExchange {
             .map_err(|full| {
                 KeError::Busy(format!(
                     "no QKD key for SAE '{}' now: {full}; not waiting for another, and not \
-                     falling back to DH for it: the exchange is refused in-band and retried \
-                     (raise buffer so exchanges need no KME request)",
+                     falling back to DH for it: the exchange is refused in-band (strongSwan retries \
+                     a rekey, not an initial exchange; raise buffer so exchanges need no KME \
+                     request)",
                     self.rt.config.peers[peer].sae_id
                 ))
             })
@@ -130,7 +138,7 @@ impl QkdKeyExchange {
     pub(super) fn complete(
         &mut self,
         data: &[u8],
-        peer: usize,
+        peer: PeerIndex,
         qkd: Option<QkdMaterial>,
         queued: Option<u64>,
     ) -> Result<(), KeError> {
@@ -160,7 +168,7 @@ impl QkdKeyExchange {
                 None
             }
             (None, Some(_)) => {
-                return Err(KeError::Peer(
+                return Err(KeError::BadPeerData(
                     "peer confirmed QKD keys although we sent no key IDs".into(),
                 ))
             }

@@ -18,7 +18,7 @@ pub use error::KeError;
 pub use runtime::{Counters, Runtime};
 
 use crate::config::{method_name, Fallback, PeerConfig};
-use crate::ids::{format_ids, KeyId, SaeId};
+use crate::ids::{format_ids, KeyId, PeerIndex, SaeId};
 use crate::kme::{KmeError, QkdKey};
 use crate::wire::Share;
 use std::fmt;
@@ -91,12 +91,12 @@ impl QkdMaterial {
 
 enum Role {
     Initiator {
-        peer: usize,
+        peer: PeerIndex,
         qkd: Option<QkdMaterial>,
         /// The keys came from the outbound queue, from this enc_keys (see Supply::unconfirmed).
         queued: Option<u64>,
         /// Held until the exchange is over.
-        _outstanding: crate::supply::Outstanding,
+        outstanding: crate::supply::Outstanding,
     },
     /// The initiator has processed the response (successfully or not).
     InitiatorDone,
@@ -145,7 +145,7 @@ impl QkdKeyExchange {
             return Err(KeError::AlreadyFailed);
         }
         if self.role.is_some() {
-            return Err(KeError::State(
+            return Err(KeError::OutOfOrder(
                 "get_public_key before set_public_key on the responder",
             ));
         }
@@ -161,14 +161,22 @@ impl QkdKeyExchange {
         let result = match self.role.take() {
             None => self.respond(data),
             Some(Role::Initiator {
-                peer, qkd, queued, ..
+                peer,
+                qkd,
+                queued,
+                outstanding,
             }) => {
                 self.role = Some(Role::InitiatorDone);
-                self.complete(data, peer, qkd, queued)
+                let answered = qkd.is_some();
+                let result = self.complete(data, peer, qkd, queued);
+                if answered && result.is_ok() {
+                    outstanding.answered();
+                }
+                result
             }
             Some(done) => {
                 self.role = Some(done);
-                Err(KeError::State("set_public_key called twice"))
+                Err(KeError::OutOfOrder("set_public_key called twice"))
             }
         };
         self.note_failure(result)
@@ -185,7 +193,7 @@ impl QkdKeyExchange {
             (None, Some(Role::Initiator { .. })) => Err(KeError::PeerRefused {
                 no_key_sent: self.audit.sent_no_key,
             }),
-            (None, _) => Err(KeError::State(
+            (None, _) => Err(KeError::OutOfOrder(
                 "get_shared_secret before the exchange completed",
             )),
         }
@@ -217,7 +225,7 @@ impl QkdKeyExchange {
 
     fn note_failure<T>(&mut self, result: Result<T, KeError>) -> Result<T, KeError> {
         if let Err(e) = &result {
-            if !matches!(e, KeError::State(_)) {
+            if !matches!(e, KeError::OutOfOrder(_)) {
                 self.failed = true;
                 let counters = &self.rt.counters;
                 if self.unauthenticated() {
@@ -258,7 +266,7 @@ impl QkdKeyExchange {
 
     /// The hard deadline of this exchange's on-demand KME calls in charon's thread:
     /// retries for `wait_timeout`, then one last request of at most `kme.timeout`.
-    fn deadline(&self, peer: usize) -> Instant {
+    fn deadline(&self, peer: PeerIndex) -> Instant {
         let kme_timeout = self.rt.config.kme_for(&self.rt.config.peers[peer]).timeout;
         Instant::now() + self.rt.config.wait_timeout + kme_timeout
     }
@@ -360,7 +368,7 @@ impl QkdKeyExchange {
             .map(|s| s.method)
             .eq(self.inner.iter().map(|ke| ke.method()))
         {
-            return Err(KeError::Peer(format!(
+            return Err(KeError::BadPeerData(format!(
                 "peer's qkd method carries {} but {} here; configure the same dh_group and kem on both",
                 describe_methods(shares.iter().map(|s| s.method)),
                 self.inner_names()

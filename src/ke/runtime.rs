@@ -4,6 +4,7 @@
 
 use super::loglimit::LogLimiter;
 use crate::config::{Config, KmeSettings, PeerConfig};
+use crate::ids::PeerIndex;
 use crate::kme::{KeySource, KmeError};
 use crate::supply::{DepthLimits, RequestLimiter, Supply, SupplyPeer};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,15 +94,16 @@ impl Runtime {
     }
 
     /// Index of `peer` (a reference into `self.config.peers`) for the sources and buffers.
-    pub fn peer_index(&self, peer: &PeerConfig) -> usize {
+    pub fn peer_index(&self, peer: &PeerConfig) -> PeerIndex {
         self.config
             .peers
             .iter()
             .position(|p| std::ptr::eq(p, peer))
+            .map(PeerIndex)
             .expect("peer belongs to this runtime's config")
     }
 
-    pub fn source(&self, peer: usize) -> &Arc<dyn KeySource> {
+    pub fn source(&self, peer: PeerIndex) -> &Arc<dyn KeySource> {
         &self.sources[peer]
     }
 }

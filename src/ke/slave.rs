@@ -6,7 +6,7 @@ use super::{
     confirm, wait_for_keys, Counters, ExchangeContext, KeError, QkdKeyExchange, QkdMaterial, Role,
 };
 use crate::config::{Config, Fallback, PeerConfig, PREFIX};
-use crate::ids::{format_ids, KeyId, SaeId};
+use crate::ids::{format_ids, KeyId, PeerIndex, SaeId};
 use crate::kme::KmeError;
 use crate::wire::{Keys, Request, Response, MAX_KEY_IDS};
 use std::time::Instant;
@@ -18,7 +18,7 @@ impl QkdKeyExchange {
         let cfg = &rt.config;
         let request = Request::decode(data)?;
         if request.sender == cfg.sae_id {
-            return Err(KeError::Peer(format!(
+            return Err(KeError::BadPeerData(format!(
                 "peer claims our own SAE ID '{}': check {PREFIX}.sae_id on both gateways",
                 cfg.sae_id
             )));
@@ -35,7 +35,7 @@ impl QkdKeyExchange {
         // Everything cheap before any KME request.
         self.check_share_methods(&request.shares)?;
         let obtained = match &request.keys {
-            Keys::None(reason) => Err(KeError::PeerHasNoKey(format!(
+            Keys::Missing(reason) => Err(KeError::PeerHasNoKey(format!(
                 "SAE '{}' started the exchange without QKD key ({reason})",
                 request.sender
             ))),
@@ -85,7 +85,7 @@ impl QkdKeyExchange {
     /// The peer's announcement in an exchange whose own keys (`ids_per_set`) both KMEs
     /// delivered: fetched ahead at once in an authenticated IKE SA; in one being set up, held
     /// until it is authenticated (trust rule: an unauthenticated peer makes us fetch nothing).
-    pub(super) fn take_announcement(&self, peer: usize, ids: &[KeyId], ids_per_set: usize) {
+    pub(super) fn take_announcement(&self, peer: PeerIndex, ids: &[KeyId], ids_per_set: usize) {
         let supply = &self.rt.supply;
         match (self.ctx.established, self.ctx.unique_id) {
             (true, _) => supply.accept_announcement(peer, ids, ids_per_set),
@@ -101,7 +101,7 @@ impl QkdKeyExchange {
     /// add up to `key_size` exactly ([`Self::check_size`]).
     pub(super) fn slave_keys(
         &self,
-        peer: usize,
+        peer: PeerIndex,
         master: &SaeId,
         ids: &[KeyId],
     ) -> Result<QkdMaterial, KeError> {
@@ -153,7 +153,7 @@ impl QkdKeyExchange {
     /// unauthenticated peer cannot make us fetch (and burn) many keys.
     pub(super) fn check_key_count(
         &self,
-        peer: usize,
+        peer: PeerIndex,
         master: &SaeId,
         ids: &[KeyId],
         deadline: Instant,
@@ -180,7 +180,7 @@ impl QkdKeyExchange {
         if ids.len() <= predicted {
             return Ok(());
         }
-        Err(KeError::Peer(format!(
+        Err(KeError::BadPeerData(format!(
             "SAE '{master}' named {} key IDs ({}) for one exchange, more than key_size = \
              {key_size} takes (at most {plausible} keys of {MIN_PLAUSIBLE_KEY_BITS} bits or more, \
              or the {predicted} that KME {} plans); not fetching them (check key_size on both \
@@ -195,13 +195,13 @@ impl QkdKeyExchange {
     /// none may have keyed an exchange before.
     pub(super) fn check_size(
         &self,
-        peer: usize,
+        peer: PeerIndex,
         master: &SaeId,
         qkd: QkdMaterial,
         from: &str,
     ) -> Result<QkdMaterial, KeError> {
         if let Err(reused) = self.rt.supply.record_used(&qkd.key_ids) {
-            return Err(KeError::Peer(format!(
+            return Err(KeError::BadPeerData(format!(
                 "key ID {reused} (SAE '{master}') already keyed an earlier exchange here: \
                  refusing to use a QKD key twice (the peer repeats key IDs, or KME {} \
                  delivered this key again)",
@@ -211,7 +211,7 @@ impl QkdKeyExchange {
         let key_size = self.rt.config.key_size as usize;
         let bits = qkd.key.len() * 8;
         if bits != key_size {
-            return Err(KeError::Peer(format!(
+            return Err(KeError::BadPeerData(format!(
                 "SAE '{master}' named key IDs {}: {} key(s) of {bits} bits in all {from}, but \
                  key_size = {key_size} here; configure the same key_size on both peers",
                 qkd.ids(),
@@ -231,7 +231,7 @@ fn authorize<'a>(
 ) -> Result<&'a PeerConfig, KeError> {
     if let Some(expected) = ctx.connection.as_deref().and_then(|n| cfg.peer_named(n)) {
         if &expected.sae_id != sender {
-            return Err(KeError::Peer(format!(
+            return Err(KeError::BadPeerData(format!(
                 "peer claims SAE ID '{sender}' but connection '{}' expects '{}' (peers.{}.sae_id)",
                 expected.name, expected.sae_id, expected.name
             )));
@@ -239,7 +239,7 @@ fn authorize<'a>(
     }
     let mut candidates = cfg.peers_with_sae(sender).peekable();
     if candidates.peek().is_none() {
-        return Err(KeError::Peer(format!(
+        return Err(KeError::BadPeerData(format!(
             "peer claims SAE ID '{sender}', which is not configured in charon.plugins.qkd.peers.*.sae_id"
         )));
     }
@@ -250,7 +250,7 @@ fn authorize<'a>(
             (Some(_), None) => false,
         })
         .ok_or_else(|| {
-            KeError::Peer(format!(
+            KeError::BadPeerData(format!(
                 "SAE ID '{sender}' is bound to another address (peers.*.remote) than this peer's {}",
                 ctx.remote.map(|r| r.to_string()).unwrap_or_else(|| "unknown address".into())
             ))

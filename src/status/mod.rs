@@ -8,6 +8,7 @@ pub mod server;
 pub use measured::{KmeStats, MeasuredSource};
 pub use qkd_status::*;
 
+use crate::ids::PeerIndex;
 use crate::ke::{Counters, Runtime};
 use crate::kme::KeySource;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,7 +43,7 @@ pub fn collect(
     let cfg = &rt.config;
     let mut kmes: Vec<KmeStatus> = Vec::new();
     let mut peers = Vec::with_capacity(cfg.peers.len());
-    for (index, peer) in cfg.peers.iter().enumerate() {
+    for (index, peer) in PeerIndex::all(cfg.peers.len()).zip(&cfg.peers) {
         let source = rt.source(index);
         let url = source.url().to_owned();
         for node in source.nodes() {

@@ -99,10 +99,15 @@ fn snapshot_after_traffic() -> Snapshot {
     let far = Instant::now() + std::time::Duration::from_secs(5);
     let sae_b = SaeId::new("sae-b").unwrap();
     for _ in 0..3 {
-        rt.source(0).enc_keys(&sae_b, 256, 1, far).unwrap();
+        rt.source(PeerIndex(0))
+            .enc_keys(&sae_b, 256, 1, far)
+            .unwrap();
     }
     kme.failing.store(true, Ordering::SeqCst);
-    assert!(rt.source(0).enc_keys(&sae_b, 256, 1, far).is_err());
+    assert!(rt
+        .source(PeerIndex(0))
+        .enc_keys(&sae_b, 256, 1, far)
+        .is_err());
     Counters::bump(&rt.counters.qkd_secrets);
     Counters::bump(&rt.counters.no_key_sent);
     collect(&rt, SystemTime::now(), |_, _| Some(stats.clone()))
@@ -183,7 +188,9 @@ fn a_kme_with_two_nodes_shows_which_one_serves_and_which_is_down() {
     assert_eq!(s.peers[0].kme, urls[0]);
 
     nodes[0].failing.store(true, Ordering::SeqCst);
-    rt.source(0).enc_keys(&sae_b, 256, 1, far).unwrap();
+    rt.source(PeerIndex(0))
+        .enc_keys(&sae_b, 256, 1, far)
+        .unwrap();
     let s = snapshot();
     assert_eq!(s.peers[0].kme, urls[1]);
     let states: Vec<_> = s.kmes.iter().map(|k| k.state.as_str()).collect();

@@ -7,11 +7,21 @@ use std::time::{Duration, Instant};
 
 /// Weight of a new sample in the smoothed averages: a few samples move them.
 const SMOOTHING: f64 = 0.25;
+/// Weight of an inter-arrival time shorter than the average: demand that rises is followed
+/// faster than demand that falls, so a burst does not run the queue dry for long.
+const RISING: f64 = 0.5;
 /// Refill delay assumed until a refill has been timed.
 const UNMEASURED_DELAY: Duration = Duration::from_millis(100);
-/// Cover demand over this many refill delays: one for the request in flight, one spare for
-/// a KME answering slower than usual.
-const HEADROOM: f64 = 2.0;
+/// Refill while the queue still covers demand over this many refill delays: one for our
+/// request in flight, then the sets it brings are announced and used no sooner than two
+/// more, time for the peer to fetch them from its KME (as far away as ours, presumably)
+/// and for a KME answering slower than usual.
+const HEADROOM: f64 = 3.0;
+/// One refill request per peer at most this often (if the cap allows the batch it needs).
+const REQUEST_SPACING: Duration = Duration::from_millis(20);
+/// How fast the usual exchange round trip follows round trips longer than it (shorter ones
+/// set it at once).
+const ROUND_TRIP_CREEP: f64 = 1.0 / 256.0;
 
 /// Events per second, smoothed over inter-arrival times; decays while no event comes.
 #[derive(Debug, Default, Clone, Copy)]
@@ -22,14 +32,21 @@ pub struct Rate {
 }
 
 impl Rate {
-    pub fn record(&mut self, now: Instant, events: usize) {
+    /// `events` arrived at `now`; `excluded` of the time since the last arrival does not
+    /// count (the source of the events was held up meanwhile).
+    pub fn record(&mut self, now: Instant, events: usize, excluded: Duration) {
         if events == 0 {
             return;
         }
         if let Some(last) = self.last {
             // `events` at once count as that many equally spaced arrivals.
-            let gap = now.saturating_duration_since(last).as_secs_f64() / events as f64;
+            let gap = now
+                .saturating_duration_since(last)
+                .saturating_sub(excluded)
+                .as_secs_f64()
+                / events as f64;
             self.interval = Some(match self.interval {
+                Some(i) if gap < i => i + RISING * (gap - i),
                 Some(i) => i + SMOOTHING * (gap - i),
                 None => gap,
             });
@@ -37,13 +54,17 @@ impl Rate {
         self.last = Some(now);
     }
 
-    /// Events per second; an idle stretch longer than the usual interval lowers it at once.
-    pub fn per_second(&self, now: Instant) -> f64 {
+    /// Events per second; an idle stretch (without `excluded`) longer than twice the usual
+    /// interval lowers it at once (not a shorter one: intervals vary around their average).
+    pub fn per_second(&self, now: Instant, excluded: Duration) -> f64 {
         let (Some(last), Some(interval)) = (self.last, self.interval) else {
             return 0.0;
         };
-        let idle = now.saturating_duration_since(last).as_secs_f64();
-        let interval = interval.max(idle).max(1e-6);
+        let idle = now
+            .saturating_duration_since(last)
+            .saturating_sub(excluded)
+            .as_secs_f64();
+        let interval = interval.max(idle / 2.0).max(1e-6);
         1.0 / interval
     }
 }
@@ -53,8 +74,18 @@ impl Rate {
 pub struct Depth {
     floor: usize,
     cap: usize,
-    /// Key sets taken by exchanges.
+    /// Key sets taken by exchanges, as they would be taken were the queue never empty.
     demand: Rate,
+    /// Exchanges waiting for a refill now, since when, and how long exchanges waited since
+    /// the last take: that time is not counted as a gap between takes, or demand held back
+    /// by an empty queue would look low and keep the queue shallow.
+    waiting: usize,
+    waiting_since: Option<Instant>,
+    waited: Duration,
+    /// The usual round trip of our exchanges with the peer: what an answer takes beyond it
+    /// is the peer waiting for keys (our announcements came too late for its KME), and is
+    /// held-back demand like our own waits.
+    usual_round_trip: Option<Duration>,
     /// Keys delivered by the KME (for status: the supply the KME really gives).
     supply: Rate,
     /// Smoothed time from a refill request to its keys being in place.
@@ -67,18 +98,62 @@ impl Depth {
             floor,
             cap: cap.max(floor),
             demand: Rate::default(),
+            waiting: 0,
+            waiting_since: None,
+            waited: Duration::ZERO,
+            usual_round_trip: None,
             supply: Rate::default(),
             delay: None,
         }
     }
 
+    /// An exchange asks for `sets` (before it knows whether it must wait).
     pub fn taken(&mut self, now: Instant, sets: usize) {
-        self.demand.record(now, sets);
+        self.demand.record(now, sets, self.held_back(now));
+        self.waited = Duration::ZERO;
+        if self.waiting > 0 {
+            self.waiting_since = Some(now);
+        }
+    }
+
+    /// An exchange found the queue empty and waits for a refill.
+    pub fn wait_started(&mut self, now: Instant) {
+        if self.waiting == 0 {
+            self.waiting_since = Some(now);
+        }
+        self.waiting += 1;
+    }
+
+    /// An exchange stopped waiting (with or without a set).
+    pub fn wait_ended(&mut self, now: Instant) {
+        self.waiting = self.waiting.saturating_sub(1);
+        if self.waiting == 0 {
+            self.waited = self.held_back(now);
+            self.waiting_since = None;
+        }
+    }
+
+    /// The peer answered an exchange that took a set, `took` after the take.
+    pub fn answered(&mut self, took: Duration) {
+        let usual = match self.usual_round_trip {
+            Some(usual) if took > usual => usual + (took - usual).mul_f64(ROUND_TRIP_CREEP),
+            _ => took,
+        };
+        self.usual_round_trip = Some(usual);
+        self.waited += took - usual;
+    }
+
+    /// Time since the last take during which exchanges waited for the queue or the peer.
+    fn held_back(&self, now: Instant) -> Duration {
+        self.waited
+            + self
+                .waiting_since
+                .map_or(Duration::ZERO, |at| now.saturating_duration_since(at))
     }
 
     /// A refill that took `delay` delivered `keys`.
     pub fn refilled(&mut self, now: Instant, keys: usize, delay: Duration) {
-        self.supply.record(now, keys);
+        self.supply.record(now, keys, Duration::ZERO);
         self.delay = Some(match self.delay {
             Some(d) => d.mul_f64(1.0 - SMOOTHING) + delay.mul_f64(SMOOTHING),
             None => delay,
@@ -86,11 +161,11 @@ impl Depth {
     }
 
     pub fn demand(&self, now: Instant) -> f64 {
-        self.demand.per_second(now)
+        self.demand.per_second(now, self.held_back(now))
     }
 
     pub fn supply(&self, now: Instant) -> f64 {
-        self.supply.per_second(now)
+        self.supply.per_second(now, Duration::ZERO)
     }
 
     /// Smoothed refill delay (None before the first refill).
@@ -102,16 +177,26 @@ impl Depth {
         self.cap
     }
 
-    /// Sets to keep in place now: demand × refill delay × headroom, within [floor, cap];
-    /// `room` is what the total bound still allows above the floor.
-    pub fn target(&self, now: Instant, room: usize) -> usize {
+    /// When to refill and up to what, within [floor, cap]; `room` is what the total bound
+    /// still allows above the floor: (refill below this many sets, fill up to this many).
+    /// The low-water mark covers demand over [`HEADROOM`] refill delays (and is never below
+    /// the floor); above it, a batch of at least the sets
+    /// taken during one refill and at least [`REQUEST_SPACING`]'s worth, so at high demand
+    /// one KME request serves many exchanges instead of each costing one on both sides.
+    pub fn plan(&self, now: Instant, room: usize) -> (usize, usize) {
         let delay = self.delay.unwrap_or(UNMEASURED_DELAY).as_secs_f64();
+        let demand = self.demand(now);
+        let need = demand * delay;
         // The epsilon keeps an exact product (20.000000000000004) from asking for one more set.
-        let needed = (self.demand(now) * delay * HEADROOM - 1e-9).ceil().max(0.0) as usize;
-        needed
-            .min(self.cap)
+        let sets = |x: f64| (x - 1e-9).ceil().max(0.0) as usize;
+        let low_water = sets(need * HEADROOM).max(self.floor);
+        let batch = sets(need.max(demand * REQUEST_SPACING.as_secs_f64())).max(1);
+        let bound = self
+            .cap
             .min(self.floor.saturating_add(room))
-            .max(self.floor)
+            .max(self.floor);
+        let target = (low_water + batch - 1).min(bound).max(self.floor);
+        (low_water.min(target), target)
     }
 }
 
@@ -132,7 +217,7 @@ mod tests {
     #[test]
     fn idle_peer_keeps_the_floor() {
         let depth = Depth::new(4, 64);
-        assert_eq!(depth.target(Instant::now(), usize::MAX), 4);
+        assert_eq!(depth.plan(Instant::now(), usize::MAX).1, 4);
     }
 
     #[test]
@@ -140,14 +225,69 @@ mod tests {
         let t0 = Instant::now();
         let mut depth = Depth::new(4, 64);
         depth.refilled(t0, 1, 50 * MS);
-        // 200 sets/s over a 50 ms refill, twice over.
+        // 200 sets/s over a 50 ms refill: refill below three times that, a batch of once
+        // that on top.
         let last = takes(&mut depth, t0, 50, 5 * MS);
         assert!(
             (depth.demand(last) - 200.0).abs() < 1.0,
             "{}",
             depth.demand(last)
         );
-        assert_eq!(depth.target(last, usize::MAX), 20);
+        assert_eq!(depth.plan(last, usize::MAX), (30, 39));
+    }
+
+    /// A near KME and high demand: the low-water mark stays at the floor, but each refill
+    /// brings 20 ms of demand, not one set per exchange.
+    #[test]
+    fn high_demand_at_a_near_kme_is_served_in_batches() {
+        let t0 = Instant::now();
+        let mut depth = Depth::new(4, 64);
+        assert_eq!(depth.plan(t0, usize::MAX), (4, 4), "idle: the floor");
+        depth.refilled(t0, 1, 5 * MS);
+        let last = takes(&mut depth, t0, 50, 4 * MS);
+        assert_eq!(depth.plan(last, usize::MAX), (4, 8));
+    }
+
+    /// One exchange after another, 3 ms apart, each waiting 20 ms for a refill: the demand
+    /// is what they would take from a full queue, not what the empty queue let through.
+    #[test]
+    fn time_spent_waiting_for_a_refill_does_not_lower_the_demand() {
+        let t0 = Instant::now();
+        let mut depth = Depth::new(1, 64);
+        let mut at = t0;
+        for _ in 0..20 {
+            depth.taken(at, 1);
+            depth.wait_started(at);
+            at += 20 * MS;
+            depth.wait_ended(at);
+            at += 3 * MS;
+        }
+        let demand = depth.demand(at);
+        assert!((demand - 333.3).abs() < 5.0, "{demand}");
+        assert!(
+            depth.demand(at + 100 * MS) < 30.0,
+            "idle without waiting lowers it"
+        );
+    }
+
+    /// Setups back to back whose answers come 20 ms late because the peer fetches our
+    /// keys on demand: the demand is what the setups would make with the keys in place at
+    /// the peer, so the queue (and what we announce) grows until the peer has them in time.
+    #[test]
+    fn the_peer_waiting_for_keys_does_not_lower_the_demand() {
+        let t0 = Instant::now();
+        let mut depth = Depth::new(1, 64);
+        depth.refilled(t0, 1, 25 * MS);
+        let mut at = t0;
+        for n in 0..30 {
+            depth.taken(at, 1);
+            let round_trip = if n < 5 { 5 * MS } else { 25 * MS };
+            depth.answered(round_trip);
+            at += round_trip + 2 * MS;
+        }
+        let demand = depth.demand(at);
+        assert!(demand > 100.0, "{demand}");
+        assert!(depth.plan(at, usize::MAX).1 >= 8);
     }
 
     #[test]
@@ -156,14 +296,14 @@ mod tests {
         let mut depth = Depth::new(4, 16);
         depth.refilled(t0, 1, 100 * MS);
         let last = takes(&mut depth, t0, 100, MS);
-        assert_eq!(depth.target(last, usize::MAX), 16, "cap");
+        assert_eq!(depth.plan(last, usize::MAX).1, 16, "cap");
         assert_eq!(
-            depth.target(last, 3),
+            depth.plan(last, 3).1,
             7,
             "floor + what the total bound leaves"
         );
         assert_eq!(
-            depth.target(last, 0),
+            depth.plan(last, 0).1,
             4,
             "the floor even when the total is used up"
         );
@@ -175,8 +315,8 @@ mod tests {
         let mut depth = Depth::new(2, 64);
         depth.refilled(t0, 1, 100 * MS);
         let last = takes(&mut depth, t0, 40, 10 * MS);
-        assert!(depth.target(last, usize::MAX) > 2);
-        assert_eq!(depth.target(last + Duration::from_secs(2), usize::MAX), 2);
+        assert!(depth.plan(last, usize::MAX).1 > 2);
+        assert_eq!(depth.plan(last + Duration::from_secs(2), usize::MAX).1, 2);
     }
 
     #[test]
@@ -188,8 +328,8 @@ mod tests {
         far.refilled(t0, 1, 200 * MS);
         let last = takes(&mut near, t0, 20, 20 * MS);
         takes(&mut far, t0, 20, 20 * MS);
-        assert_eq!(near.target(last, usize::MAX), 1);
-        assert_eq!(far.target(last, usize::MAX), 20);
+        assert_eq!(near.plan(last, usize::MAX).1, 1);
+        assert_eq!(far.plan(last, usize::MAX).1, 39);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! is authenticated; the record of key IDs used.
 
 use super::{can_refill, Cached, Shared, State, Supply, Unverified};
-use crate::ids::KeyId;
+use crate::ids::{KeyId, PeerIndex};
 use crate::kme::QkdKey;
 use crate::wire::MAX_KEY_IDS;
 use std::time::{Duration, Instant};
@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 /// more than this fixed budget (oldest dropped first), and nothing is fetched for them.
 pub(super) const MAX_UNVERIFIED: usize = 256;
 /// A KME whose dec_keys answers come within this is fast enough for exchanges with peers
-/// not yet authenticated to wait for (a few answers' time, plus FAST_KME_MARGIN).
+/// not yet authenticated to wait for: a few answers' time, at least MIN_PATIENCE (many
+/// exchanges at once share a few requests, which then take longer), at most FAST_KME, plus
+/// FAST_KME_MARGIN.
 const FAST_KME: Duration = Duration::from_millis(250);
+const MIN_PATIENCE: Duration = Duration::from_millis(200);
 const FAST_KME_MARGIN: Duration = Duration::from_millis(50);
 /// Most key IDs pending per peer when exchanges add the ones they wait for (a flood of
 /// unauthenticated exchanges naming made-up IDs gets no further).
@@ -31,7 +34,7 @@ impl Supply {
     /// no key) without a double fetch.
     pub fn take_inbound(
         &self,
-        peer: usize,
+        peer: PeerIndex,
         ids: &[KeyId],
         deadline: Instant,
         authenticated: bool,
@@ -50,11 +53,16 @@ impl Supply {
                 .or(b.depth.delay())
                 .filter(|d| *d <= FAST_KME)
             {
-                // A dec_keys for this peer stuck longer than that: the KME is slow now.
-                Some(delay) if b.inbound_asked.is_none_or(|at| now - at <= delay * 4) => {
-                    deadline.min(now + delay * 4 + FAST_KME_MARGIN)
+                Some(delay) => {
+                    let patience = (delay * 4).clamp(MIN_PATIENCE, FAST_KME);
+                    // A dec_keys for this peer stuck longer than that: the KME is slow now.
+                    if b.inbound_asked.is_none_or(|at| now - at <= patience) {
+                        deadline.min(now + patience + FAST_KME_MARGIN)
+                    } else {
+                        now
+                    }
                 }
-                _ => now,
+                None => now,
             }
         };
         // The refill threads are asked once: what they could not deliver is fetched on demand.
@@ -92,7 +100,6 @@ impl Supply {
                     for id in missing.into_iter().rev() {
                         buffers.pending.push_front((id, now));
                     }
-                    buffers.urgent = true;
                     asked = true;
                     self.shared.wake.notify_all();
                 }
@@ -121,7 +128,7 @@ impl Supply {
     /// Slave side: `peer` announced `ids` in an authenticated exchange whose own keys
     /// (`ids_per_set` of them) our KME delivered. Queues what is new, bounded by the cache
     /// size (`buffer_max` sets), for the refill threads.
-    pub fn accept_announcement(&self, peer: usize, ids: &[KeyId], ids_per_set: usize) {
+    pub fn accept_announcement(&self, peer: PeerIndex, ids: &[KeyId], ids_per_set: usize) {
         let mut state = self.shared.lock();
         self.shared.accept(&mut state, peer, ids, ids_per_set);
     }
@@ -129,7 +136,13 @@ impl Supply {
     /// Slave side, in an IKE SA not yet authenticated (IKE_SA_INIT/IKE_INTERMEDIATE): the
     /// announcement is held, unused, until [`Supply::authenticated`] says the IKE SA that
     /// carried it completed IKE_AUTH. Later announcements of the same IKE SA replace it.
-    pub fn hold_announcement(&self, ike_sa: u32, peer: usize, ids: &[KeyId], ids_per_set: usize) {
+    pub fn hold_announcement(
+        &self,
+        ike_sa: u32,
+        peer: PeerIndex,
+        ids: &[KeyId],
+        ids_per_set: usize,
+    ) {
         if self.shared.limits.floor == 0 || ids.is_empty() {
             return;
         }
@@ -169,19 +182,23 @@ impl Supply {
 }
 
 impl Shared {
-    fn accept(&self, state: &mut State, peer: usize, ids: &[KeyId], ids_per_set: usize) {
+    fn accept(&self, state: &mut State, peer: PeerIndex, ids: &[KeyId], ids_per_set: usize) {
         if self.limits.floor == 0 || ids.is_empty() {
             return;
         }
+        let used = &state.used_as_slave;
         let buffers = &mut state.buffers[peer];
         buffers.ids_per_set = ids_per_set.max(1);
         let room = (self.limits.cap * buffers.ids_per_set).saturating_sub(
             buffers.inbound.len() + buffers.pending.len() + buffers.in_flight.len(),
         );
+        // An ID an exchange used already (the announcement overtaken by the peer's next
+        // exchange) is gone at the KME: asking for it would fail.
         let fresh: Vec<KeyId> = ids
             .iter()
             .filter(|id| {
-                !buffers.inbound.contains_key(id)
+                !used.contains(id)
+                    && !buffers.inbound.contains_key(id)
                     && !buffers.pending.iter().any(|(p, _)| p == *id)
                     && !buffers.in_flight.contains(id)
             })
@@ -195,7 +212,6 @@ impl Shared {
         buffers
             .pending
             .extend(fresh.into_iter().map(|id| (id, now)));
-        buffers.settle(now);
         self.wake.notify_all();
     }
 }

@@ -10,6 +10,7 @@
 
 use crate::config::PREFIX;
 use crate::health;
+use crate::ids::PeerIndex;
 use std::sync::{Arc, Mutex};
 
 pub struct RequestLimiter {
@@ -29,7 +30,7 @@ struct Counts {
 /// One request slot, given back when dropped.
 pub struct Permit {
     counts: Arc<Mutex<Counts>>,
-    peer: usize,
+    peer: PeerIndex,
     authenticated: bool,
 }
 
@@ -49,7 +50,7 @@ impl RequestLimiter {
 
     /// A slot for work for `peer` (an index into the configured peers), `authenticated` or
     /// not, if every budget it counts against has room; never waits. Else what is full.
-    pub fn try_acquire(&self, peer: usize, authenticated: bool) -> Result<Permit, String> {
+    pub fn try_acquire(&self, peer: PeerIndex, authenticated: bool) -> Result<Permit, String> {
         let mut counts = health::lock("the KME request limiter", &self.counts);
         let (max, in_flight) = (self.max, counts.total);
         if in_flight >= max {
@@ -100,10 +101,12 @@ mod tests {
     #[test]
     fn hands_out_at_most_max_slots_and_takes_them_back() {
         let limiter = RequestLimiter::new(2, 1);
-        let a = limiter.try_acquire(0, true).expect("first slot");
-        let _b = limiter.try_acquire(0, true).expect("second slot");
+        let a = limiter.try_acquire(PeerIndex(0), true).expect("first slot");
+        let _b = limiter
+            .try_acquire(PeerIndex(0), true)
+            .expect("second slot");
         let full = limiter
-            .try_acquire(0, true)
+            .try_acquire(PeerIndex(0), true)
             .err()
             .expect("third is refused");
         assert!(
@@ -114,7 +117,7 @@ mod tests {
         );
         drop(a);
         assert!(
-            limiter.try_acquire(0, true).is_ok(),
+            limiter.try_acquire(PeerIndex(0), true).is_ok(),
             "a returned slot is reusable"
         );
     }
@@ -125,10 +128,10 @@ mod tests {
     fn unauthenticated_work_leaves_slots_for_authenticated_work() {
         let limiter = RequestLimiter::new(4, 1);
         let flood: Vec<Permit> = (0..4)
-            .filter_map(|_| limiter.try_acquire(0, false).ok())
+            .filter_map(|_| limiter.try_acquire(PeerIndex(0), false).ok())
             .collect();
         assert_eq!(flood.len(), 1, "unauthenticated work gets 1 of 4 slots");
-        let full = limiter.try_acquire(0, false).err().unwrap();
+        let full = limiter.try_acquire(PeerIndex(0), false).err().unwrap();
         assert!(
             full.contains("KME requests already in flight for peers not yet authenticated"),
             "{full}"
@@ -136,15 +139,15 @@ mod tests {
         let rekeys: Vec<Permit> = (0..3)
             .map(|_| {
                 limiter
-                    .try_acquire(0, true)
+                    .try_acquire(PeerIndex(0), true)
                     .expect("authenticated work finds a slot")
             })
             .collect();
-        assert!(limiter.try_acquire(0, true).is_err(), "4 in all");
+        assert!(limiter.try_acquire(PeerIndex(0), true).is_err(), "4 in all");
         drop(flood);
         drop(rekeys);
         // Each permit went back to the budget it came from.
-        assert!(limiter.try_acquire(0, false).is_ok());
+        assert!(limiter.try_acquire(PeerIndex(0), false).is_ok());
     }
 
     /// With several peers, one peer's work (e.g. a flood claiming its SAE ID) gets at most
@@ -153,17 +156,19 @@ mod tests {
     fn one_peer_cannot_take_every_slot() {
         let limiter = RequestLimiter::new(4, 3);
         let _b = [
-            limiter.try_acquire(0, true).unwrap(),
-            limiter.try_acquire(0, true).unwrap(),
+            limiter.try_acquire(PeerIndex(0), true).unwrap(),
+            limiter.try_acquire(PeerIndex(0), true).unwrap(),
         ];
-        let full = limiter.try_acquire(0, true).err().unwrap();
+        let full = limiter.try_acquire(PeerIndex(0), true).err().unwrap();
         assert!(
             full.contains("KME requests already in flight for this peer"),
             "{full}"
         );
         let _c = limiter
-            .try_acquire(1, true)
+            .try_acquire(PeerIndex(1), true)
             .expect("another peer still has room");
-        let _d = limiter.try_acquire(2, false).expect("and another");
+        let _d = limiter
+            .try_acquire(PeerIndex(2), false)
+            .expect("and another");
     }
 }

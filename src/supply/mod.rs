@@ -28,12 +28,11 @@ mod used;
 pub use limit::{Permit, RequestLimiter};
 pub use outbound::Outstanding;
 use refill::REFILL_THREADS;
-pub use refill::SETTLE;
 
 use depth::Depth;
 use used::UsedKeyIds;
 
-use crate::ids::{KeyId, SaeId};
+use crate::ids::{KeyId, PeerIndex, SaeId};
 use crate::kme::{KeySource, QkdKey};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,6 +43,8 @@ use std::time::{Duration, Instant};
 pub struct KeySet {
     pub keys: Vec<QkdKey>,
     obtained: Instant,
+    /// When its key IDs were last announced to the peer.
+    announced: Option<Instant>,
     /// Number of the enc_keys (per peer) that delivered it.
     pub enc_number: u64,
 }
@@ -149,7 +150,7 @@ struct State {
 /// An announcement held until its IKE SA is authenticated (or gone).
 struct Unverified {
     ike_sa: u32,
-    peer: usize,
+    peer: PeerIndex,
     ids: Vec<KeyId>,
     ids_per_set: usize,
 }
@@ -160,15 +161,14 @@ const USED_IDS_REMEMBERED: usize = 16384;
 struct Buffers {
     outbound: VecDeque<KeySet>,
     depth: Depth,
-    /// An enc_keys refill for this peer is in flight.
-    refilling_outbound: bool,
+    /// enc_keys refills for this peer in flight, and the sets they asked for.
+    outbound_requests: usize,
+    outbound_in_flight: usize,
     inbound: HashMap<KeyId, Cached>,
     /// Announced, not fetched yet (oldest first), with the time of the announcement.
     pending: VecDeque<(KeyId, Instant)>,
     /// Being fetched by a refill thread right now.
     in_flight: HashSet<KeyId>,
-    /// An exchange waits for pending keys: fetch them without settling first.
-    urgent: bool,
     /// Exchanges started as master that are not over yet.
     outstanding: usize,
     /// enc_keys answered for this peer so far (refills and on-demand fetches).
@@ -176,7 +176,8 @@ struct Buffers {
     /// The peer's KME pair replaces keys the slave has not fetched when enc_keys is called
     /// again (detected): one set at a time, no enc_keys while an exchange is outstanding.
     replacing: bool,
-    /// When the dec_keys refill in flight (if any) was sent.
+    /// dec_keys refills for this peer in flight, and when the oldest of them was sent.
+    inbound_requests: usize,
     inbound_asked: Option<Instant>,
     /// Smoothed time a dec_keys refill takes (None before the first).
     inbound_delay: Option<Duration>,
@@ -184,9 +185,6 @@ struct Buffers {
     ids_per_set: usize,
     /// No refill for this peer before then (after a KME failure).
     retry_at: Option<Instant>,
-    /// An exchange with this peer just took keys or announced some: while it still has
-    /// messages to go, a refill that is not urgent waits (refill::SETTLE).
-    settle_until: Option<Instant>,
     backoff: Duration,
 }
 
@@ -195,28 +193,21 @@ impl Buffers {
         Buffers {
             outbound: VecDeque::new(),
             depth: Depth::new(limits.floor, limits.cap),
-            refilling_outbound: false,
+            outbound_requests: 0,
+            outbound_in_flight: 0,
             inbound: HashMap::new(),
             pending: VecDeque::new(),
             in_flight: HashSet::new(),
-            urgent: false,
             outstanding: 0,
             enc_count: 0,
             replacing: false,
+            inbound_requests: 0,
             inbound_asked: None,
             inbound_delay: None,
             ids_per_set: 1,
             retry_at: None,
-            settle_until: None,
             backoff: Duration::ZERO,
         }
-    }
-
-    /// Defers a refill that is not urgent by refill::SETTLE from the first exchange after
-    /// the refill thread last found nothing to do for this peer, never longer: a stream of
-    /// exchanges cannot starve the refill.
-    fn settle(&mut self, now: Instant) {
-        self.settle_until.get_or_insert(now + refill::SETTLE);
     }
 }
 
@@ -309,7 +300,7 @@ impl Supply {
         &self.shared.counters
     }
 
-    pub fn levels(&self, peer: usize) -> Levels {
+    pub fn levels(&self, peer: PeerIndex) -> Levels {
         let now = Instant::now();
         let state = self.shared.lock();
         let b = &state.buffers[peer];
@@ -327,7 +318,7 @@ impl Supply {
 }
 
 /// A refill for `peer` can start now: threads run and its KME is not backed off.
-fn can_refill(state: &State, peer: usize, now: Instant) -> bool {
+fn can_refill(state: &State, peer: PeerIndex, now: Instant) -> bool {
     state.live_threads > 0
         && !state.stopped
         && state.buffers[peer].retry_at.is_none_or(|at| at <= now)
@@ -405,20 +396,26 @@ impl Shared {
 
     /// Outbound sets to keep for `peer` now: its depth controller's answer, with what the
     /// other peers hold above their floors counted against `buffer_total`.
-    fn target(&self, state: &State, peer: usize, now: Instant) -> usize {
+    fn target(&self, state: &State, peer: PeerIndex, now: Instant) -> usize {
+        self.plan(state, peer, now).1
+    }
+
+    /// Refill below the first, up to the second (depth::Depth::plan).
+    fn plan(&self, state: &State, peer: PeerIndex, now: Instant) -> (usize, usize) {
         let floor = self.limits.floor;
         if state.buffers[peer].replacing {
-            return floor.min(1);
+            let one = floor.min(1);
+            return (one, one);
         }
         let others_above_floor: usize = state
             .buffers
             .iter()
             .enumerate()
-            .filter(|(i, _)| *i != peer)
+            .filter(|(i, _)| *i != peer.0)
             .map(|(_, b)| b.outbound.len().saturating_sub(floor))
             .sum();
         let room = self.limits.total.saturating_sub(others_above_floor);
-        state.buffers[peer].depth.target(now, room)
+        state.buffers[peer].depth.plan(now, room)
     }
 }
 

@@ -6,7 +6,7 @@
 //! run without the lock held.
 
 use super::{Buffers, Cached, KeySet, Shared};
-use crate::ids::KeyId;
+use crate::ids::{KeyId, PeerIndex};
 use crate::kme::KmeError;
 use crate::wire::MAX_KEY_IDS;
 use std::sync::Arc;
@@ -22,30 +22,35 @@ const REFUSED_BACKOFF: Duration = Duration::from_secs(60);
 pub const ANNOUNCEMENT_TTL: Duration = Duration::from_secs(60);
 /// Longest sleep with nothing to do: expiry is checked at least this often.
 const IDLE: Duration = Duration::from_secs(1);
-/// How long a refill that is not urgent (the outbound queue still holds a set) waits after
-/// an exchange took keys or brought an announcement: that exchange's remaining messages
-/// (IKE_AUTH, the CHILD SA) then do not share the CPU and the KME link with our TLS request.
-pub const SETTLE: Duration = Duration::from_millis(50);
 
 /// Refill threads: requests to different KMEs and peers run side by side.
 pub const REFILL_THREADS: usize = 4;
 /// Refill requests in flight to one KME at most: a slow KME leaves a thread for the others.
 const PER_KME: usize = REFILL_THREADS - 1;
+/// Requests in flight for one peer and direction at most: a burst need not wait for the
+/// small enc_keys an idle peer started before it, nor keys announced just now for the
+/// dec_keys of earlier ones.
+const PER_PEER: usize = 2;
 
 enum Job {
     Outbound {
-        peer: usize,
+        peer: PeerIndex,
         sets: usize,
     },
     /// Announced key IDs with the time of their announcement.
     Inbound {
-        peer: usize,
+        peer: PeerIndex,
         pending: Vec<(KeyId, Instant)>,
     },
 }
 
+enum Held {
+    Sets(usize),
+    Ids(Vec<KeyId>),
+}
+
 impl Job {
-    fn peer(&self) -> usize {
+    fn peer(&self) -> PeerIndex {
         match self {
             Job::Outbound { peer, .. } | Job::Inbound { peer, .. } => *peer,
         }
@@ -53,10 +58,14 @@ impl Job {
 }
 
 pub(super) fn run(shared: Arc<Shared>) {
-    let mut next_peer = 0;
+    let mut next_peer = PeerIndex(0);
     while let Some(job) = next_job(&shared, &mut next_peer) {
         let peer = job.peer();
-        let outbound = matches!(job, Job::Outbound { .. });
+        // What the job holds in the peer's buffers, to release if it panics.
+        let held = match &job {
+            Job::Outbound { sets, .. } => Held::Sets(*sets),
+            Job::Inbound { pending, .. } => Held::Ids(pending.iter().map(|(id, _)| *id).collect()),
+        };
         // A panic in a KME request must not end the thread with the peer marked busy.
         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
             Job::Outbound { peer, sets } => fill_outbound(&shared, peer, sets),
@@ -70,10 +79,9 @@ pub(super) fn run(shared: Arc<Shared>) {
                 shared.peers[peer].sae_id
             );
             let buffers = &mut state.buffers[peer];
-            if outbound {
-                buffers.refilling_outbound = false;
-            } else {
-                buffers.in_flight.clear();
+            match held {
+                Held::Sets(sets) => buffers.outbound_done(sets),
+                Held::Ids(ids) => buffers.inbound_done(&ids),
             }
             buffers.retry_at = Some(Instant::now() + MAX_BACKOFF);
         }
@@ -85,7 +93,7 @@ pub(super) fn run(shared: Arc<Shared>) {
 
 /// Waits for work; None once the supply is dropped. Peers are served round-robin so one
 /// busy peer cannot starve the others' turns.
-fn next_job(shared: &Shared, next_peer: &mut usize) -> Option<Job> {
+fn next_job(shared: &Shared, next_peer: &mut PeerIndex) -> Option<Job> {
     let mut state = shared.lock();
     loop {
         if state.stopped {
@@ -95,8 +103,8 @@ fn next_job(shared: &Shared, next_peer: &mut usize) -> Option<Job> {
         let count = state.buffers.len();
         let mut soonest = now + IDLE;
         for offset in 0..count {
-            let peer = (*next_peer + offset) % count;
-            let target = shared.target(&state, peer, now);
+            let peer = PeerIndex((next_peer.0 + offset) % count);
+            let (low_water, target) = shared.plan(&state, peer, now);
             let kme = shared.kme_of[peer];
             let kme_free = state.kme_requests[kme] < PER_KME;
             let buffers = &mut state.buffers[peer];
@@ -105,54 +113,36 @@ fn next_job(shared: &Shared, next_peer: &mut usize) -> Option<Job> {
                 soonest = soonest.min(at);
                 continue;
             }
-            let settling = buffers.settle_until.filter(|at| *at > now);
-            if let Some(at) = settling.filter(|_| !buffers.outbound.is_empty() && !buffers.urgent) {
-                soonest = soonest.min(at);
-                continue;
-            }
             // A replacing KME would delete the key of an exchange still going on.
-            let outbound_short =
-                buffers.outbound.len() < target && !(buffers.replacing && buffers.outstanding > 0);
-            let job = if outbound_short && !buffers.refilling_outbound {
+            let coming = buffers.outbound.len() + buffers.outbound_in_flight;
+            let outbound_short = coming < low_water
+                && buffers.outbound_requests < PER_PEER
+                && !(buffers.replacing
+                    && (buffers.outstanding > 0 || buffers.outbound_requests > 0));
+            let job = if outbound_short {
                 kme_free.then(|| {
-                    buffers.refilling_outbound = true;
-                    Job::Outbound {
-                        peer,
-                        sets: target - buffers.outbound.len(),
-                    }
+                    let sets = target - coming;
+                    buffers.outbound_requests += 1;
+                    buffers.outbound_in_flight += sets;
+                    Job::Outbound { peer, sets }
                 })
-            } else if !buffers.pending.is_empty() && buffers.in_flight.is_empty() {
+            } else if !buffers.pending.is_empty() && buffers.inbound_requests < PER_PEER {
                 kme_free.then(|| {
-                    // An exchange's own IDs (first in line, queued at one instant) go alone:
-                    // a KME refuses a whole dec_keys for one unknown ID, e.g. a stale one
-                    // announced.
-                    let n = if buffers.urgent {
-                        let first = buffers.pending[0].1;
-                        buffers
-                            .pending
-                            .iter()
-                            .take_while(|(_, at)| *at == first)
-                            .count()
-                    } else {
-                        buffers.pending.len()
-                    }
-                    .min(MAX_KEY_IDS);
+                    // The IDs exchanges wait for are first in line; many exchanges at once
+                    // share one request (fill_inbound copes with one ID the KME refuses).
+                    let n = buffers.pending.len().min(MAX_KEY_IDS);
                     let pending: Vec<(KeyId, Instant)> = buffers.pending.drain(..n).collect();
-                    buffers.urgent = false;
-                    buffers.inbound_asked = Some(now);
+                    buffers.inbound_asked.get_or_insert(now);
+                    buffers.inbound_requests += 1;
                     buffers.in_flight.extend(pending.iter().map(|(id, _)| *id));
                     Job::Inbound { peer, pending }
                 })
             } else {
-                if !outbound_short && buffers.pending.is_empty() {
-                    // All deferred work is done: the next exchange may defer again.
-                    buffers.settle_until = None;
-                }
                 None
             };
             if let Some(job) = job {
                 state.kme_requests[kme] += 1;
-                *next_peer = (peer + 1) % count;
+                *next_peer = PeerIndex((peer.0 + 1) % count);
                 return Some(job);
             }
         }
@@ -161,7 +151,7 @@ fn next_job(shared: &Shared, next_peer: &mut usize) -> Option<Job> {
     }
 }
 
-fn expire(shared: &Shared, peer: usize, buffers: &mut Buffers, now: Instant) {
+fn expire(shared: &Shared, peer: PeerIndex, buffers: &mut Buffers, now: Instant) {
     let ttl = shared.ttl;
     let mut expired_keys = 0;
     buffers.outbound.retain(|set| {
@@ -196,7 +186,7 @@ fn expire(shared: &Shared, peer: usize, buffers: &mut Buffers, now: Instant) {
     }
 }
 
-fn fill_outbound(shared: &Shared, peer: usize, sets: usize) {
+fn fill_outbound(shared: &Shared, peer: PeerIndex, sets: usize) {
     let p = &shared.peers[peer];
     let asked = Instant::now();
     let deadline = asked + p.kme_timeout;
@@ -206,7 +196,7 @@ fn fill_outbound(shared: &Shared, peer: usize, sets: usize) {
     let mut state = shared.lock();
     let target = shared.target(&state, peer, Instant::now());
     let buffers = &mut state.buffers[peer];
-    buffers.refilling_outbound = false;
+    buffers.outbound_done(sets);
     match result {
         Ok(new_sets) => {
             let enc_number = buffers.enc_count;
@@ -220,6 +210,7 @@ fn fill_outbound(shared: &Shared, peer: usize, sets: usize) {
                 .extend(new_sets.into_iter().map(|keys| KeySet {
                     keys,
                     obtained: now,
+                    announced: None,
                     enc_number,
                 }));
             recovered(buffers);
@@ -236,23 +227,44 @@ fn fill_outbound(shared: &Shared, peer: usize, sets: usize) {
     shared.wake.notify_all();
 }
 
-fn fill_inbound(shared: &Shared, peer: usize, pending: Vec<(KeyId, Instant)>) {
+fn fill_inbound(shared: &Shared, peer: PeerIndex, pending: Vec<(KeyId, Instant)>) {
     let ids: Vec<KeyId> = pending.iter().map(|(id, _)| *id).collect();
     let p = &shared.peers[peer];
-    let deadline = Instant::now() + p.kme_timeout;
-    let result = p.source.dec_keys(&p.sae_id, &ids, deadline);
+    let asked = Instant::now();
+    let deadline = asked + p.kme_timeout;
+    let result = match p.source.dec_keys(&p.sae_id, &ids, deadline) {
+        // A KME refuses a whole dec_keys for one ID it does not know (one used meanwhile,
+        // or a stale one): ask for each alone, so that one such ID costs no other key.
+        Err(e) if !e.is_transient() && ids.len() > 1 => {
+            let mut keys = Vec::new();
+            for id in &ids {
+                match p
+                    .source
+                    .dec_keys(&p.sae_id, std::slice::from_ref(id), deadline)
+                {
+                    Ok(mut key) => keys.append(&mut key),
+                    Err(e) if e.is_transient() => break,
+                    Err(_) => {}
+                }
+            }
+            if keys.is_empty() {
+                Err(e)
+            } else {
+                let undelivered = ids.len() - keys.len();
+                shared.count(&shared.counters.announce_failures, undelivered);
+                Ok(keys)
+            }
+        }
+        result => result,
+    };
     let mut state = shared.lock();
     let buffers = &mut state.buffers[peer];
-    for id in &ids {
-        buffers.in_flight.remove(id);
-    }
-    if let Some(asked) = buffers.inbound_asked.take() {
-        let took = asked.elapsed();
-        buffers.inbound_delay = Some(match buffers.inbound_delay {
-            Some(d) => (d * 3 + took) / 4,
-            None => took,
-        });
-    }
+    buffers.inbound_done(&ids);
+    let took = asked.elapsed();
+    buffers.inbound_delay = Some(match buffers.inbound_delay {
+        Some(d) => (d * 3 + took) / 4,
+        None => took,
+    });
     match result {
         Ok(keys) => {
             let now = Instant::now();
@@ -286,12 +298,29 @@ fn fill_inbound(shared: &Shared, peer: usize, pending: Vec<(KeyId, Instant)>) {
     shared.wake.notify_all();
 }
 
+impl Buffers {
+    fn outbound_done(&mut self, sets: usize) {
+        self.outbound_requests -= 1;
+        self.outbound_in_flight -= sets;
+    }
+
+    fn inbound_done(&mut self, ids: &[KeyId]) {
+        self.inbound_requests -= 1;
+        for id in ids {
+            self.in_flight.remove(id);
+        }
+        if self.inbound_requests == 0 {
+            self.inbound_asked = None;
+        }
+    }
+}
+
 fn recovered(buffers: &mut Buffers) {
     buffers.retry_at = None;
     buffers.backoff = Duration::ZERO;
 }
 
-fn failed(shared: &Shared, peer: usize, buffers: &mut Buffers, what: &str, e: &KmeError) {
+fn failed(shared: &Shared, peer: PeerIndex, buffers: &mut Buffers, what: &str, e: &KmeError) {
     let first = buffers.backoff.is_zero();
     buffers.backoff = if e.is_transient() {
         (buffers.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF)

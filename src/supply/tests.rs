@@ -20,11 +20,17 @@ struct NumberingKme {
     holding: AtomicBool,
     /// enc_keys calls in progress.
     enc_in_progress: AtomicU32,
+    /// dec_keys does not answer while set (until its deadline); calls in progress.
+    dec_holding: AtomicBool,
+    dec_in_progress: AtomicU32,
     /// Each enc_keys answer takes this long.
     delay: Mutex<Duration>,
     /// The most sets one enc_keys call asked for.
     most_sets: AtomicU32,
 }
+
+/// A key ID the fake KME does not know (a whole dec_keys naming it is refused).
+const UNKNOWN: KeyId = KeyId([0xee; 16]);
 
 impl NumberingKme {
     fn key(n: u8) -> QkdKey {
@@ -74,10 +80,27 @@ impl KeySource for NumberingKme {
             .collect())
     }
 
-    fn dec_keys(&self, _: &SaeId, ids: &[KeyId], _: Instant) -> Result<Vec<QkdKey>, KmeError> {
+    fn dec_keys(
+        &self,
+        _: &SaeId,
+        ids: &[KeyId],
+        deadline: Instant,
+    ) -> Result<Vec<QkdKey>, KmeError> {
         self.dec_calls.fetch_add(1, Ordering::SeqCst);
+        self.dec_in_progress.fetch_add(1, Ordering::SeqCst);
+        while self.dec_holding.load(Ordering::SeqCst) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
         thread::sleep(*self.delay.lock().unwrap());
+        self.dec_in_progress.fetch_sub(1, Ordering::SeqCst);
         self.fail_if_down()?;
+        if ids.contains(&UNKNOWN) {
+            return Err(KmeError::Rejected {
+                url: "https://kme.test".into(),
+                status: 400,
+                message: "one or more keys specified are not found on KME".into(),
+            });
+        }
         Ok(ids.iter().map(|id| Self::key(id.0[0])).collect())
     }
 
@@ -98,6 +121,11 @@ fn peer(n: usize, kme: &Arc<NumberingKme>) -> SupplyPeer {
     }
 }
 
+/// Master side: the next set of peer 0; its exchange is over at once.
+fn take(s: &Supply, deadline: Instant) -> Option<KeySet> {
+    s.take_outbound(PeerIndex(0), deadline).map(|(set, _)| set)
+}
+
 /// A fixed depth of `target` sets (floor = cap).
 fn supply(kme: &Arc<NumberingKme>, target: usize, ttl: Duration) -> Supply {
     let limits = DepthLimits {
@@ -106,6 +134,16 @@ fn supply(kme: &Arc<NumberingKme>, target: usize, ttl: Duration) -> Supply {
         total: 1000,
     };
     Supply::new(vec![peer(0, kme)], limits, 256, ttl)
+}
+
+/// One peer whose depth follows its demand from a floor of one set up to `cap`.
+fn growing(kme: &Arc<NumberingKme>, cap: usize) -> Supply {
+    let limits = DepthLimits {
+        floor: 1,
+        cap,
+        total: 1000,
+    };
+    Supply::new(vec![peer(0, kme)], limits, 256, Duration::from_secs(60))
 }
 
 fn now() -> Instant {
@@ -132,62 +170,39 @@ fn nothing_runs_before_start_then_the_queue_fills_in_one_batch() {
     );
     s.start();
     s.start();
-    wait_for("queue full", || s.levels(0).outbound_sets == 3);
+    wait_for("queue full", || s.levels(PeerIndex(0)).outbound_sets == 3);
     assert_eq!(
         kme.enc_calls.load(Ordering::SeqCst),
         1,
         "one enc_keys for three sets"
     );
     assert_eq!(
-        s.announcement(0),
+        s.announcement(PeerIndex(0)),
         [KeyId([0; 16]), KeyId([1; 16]), KeyId([2; 16])]
     );
-    let first = s.take_outbound(0, now()).unwrap();
+    let first = take(&s, now()).unwrap();
     assert_eq!(first.ids().collect::<Vec<_>>(), [KeyId([0; 16])]);
-    wait_for("refilled", || s.levels(0).outbound_sets == 3);
+    wait_for("refilled", || s.levels(PeerIndex(0)).outbound_sets == 3);
     assert_eq!(
-        s.announcement(0)[0],
-        KeyId([1; 16]),
-        "FIFO: announced = used next"
+        s.announcement(PeerIndex(0)),
+        [KeyId([3; 16]), KeyId([1; 16]), KeyId([2; 16])],
+        "the new set first, then the ones used next again"
     );
 }
 
-/// A refill that is not urgent waits until the exchange that took keys is done; one that
-/// is urgent (queue empty) does not; more takes do not postpone it further.
+/// A queue deeper than one announcement reaches the peer in batches: what was not announced
+/// yet goes first, so the peer does not learn (and fetch) one new ID per exchange.
 #[test]
-fn refills_wait_for_the_exchange_unless_the_queue_is_empty() {
+fn a_deep_queue_is_announced_in_batches() {
     let kme = Arc::new(NumberingKme::default());
-    let s = supply(&kme, 2, Duration::from_secs(60));
+    let s = supply(&kme, 20, Duration::from_secs(60));
     s.start();
-    wait_for("queue full", || s.levels(0).outbound_sets == 2);
-    let taken = Instant::now();
-    s.take_outbound(0, now()).unwrap();
-    thread::sleep(refill::SETTLE / 5);
-    assert_eq!(s.levels(0).outbound_sets, 1, "not refilled while settling");
-    s.take_outbound(0, now()).unwrap();
-    wait_for("empty queue refilled", || s.levels(0).outbound_sets == 2);
-    assert!(
-        taken.elapsed() < refill::SETTLE,
-        "an empty queue is refilled at once"
-    );
-
-    let s = supply(&kme, 4, Duration::from_secs(60));
-    s.start();
-    wait_for("queue full", || s.levels(0).outbound_sets == 4);
-    let first = Instant::now();
-    let gap = refill::SETTLE * 2 / 5;
-    for _ in 0..3 {
-        s.take_outbound(0, now()).unwrap();
-        thread::sleep(gap);
-    }
-    wait_for("refilled", || s.levels(0).outbound_sets == 4);
-    // Had each take extended the wait, the refill could not come before the last take's
-    // 2 gaps + SETTLE.
-    assert!(
-        first.elapsed() < 2 * gap + refill::SETTLE,
-        "refill postponed by later takes: {:?}",
-        first.elapsed()
-    );
+    wait_for("queue full", || s.levels(PeerIndex(0)).outbound_sets == 20);
+    let ids = |range: std::ops::Range<u8>| range.map(|n| KeyId([n; 16])).collect::<Vec<_>>();
+    assert_eq!(s.announcement(PeerIndex(0)), ids(0..16));
+    let second = s.announcement(PeerIndex(0));
+    assert_eq!(second[..4], ids(16..20), "the rest, at once");
+    assert_eq!(second[4..], ids(0..12), "then the head again");
 }
 
 #[test]
@@ -202,7 +217,7 @@ fn a_few_threads_serve_all_peers_and_are_joined_when_the_supply_goes() {
     let s = Supply::new(peers, limits, 256, Duration::from_secs(60));
     s.start();
     wait_for("every peer served", || {
-        (0..200).all(|p| s.levels(p).outbound_sets == 1)
+        PeerIndex::all(200).all(|p| s.levels(p).outbound_sets == 1)
     });
     assert_eq!(s.shared.threads.lock().unwrap().len(), REFILL_THREADS);
     drop(s);
@@ -233,14 +248,18 @@ fn one_slow_kme_does_not_hold_up_another_kmes_refills() {
     wait_for("slow KME asked", || {
         slow.enc_in_progress.load(Ordering::SeqCst) == 1
     });
-    wait_for("fast peer filled", || s.levels(1).outbound_sets == 2);
+    wait_for("fast peer filled", || {
+        s.levels(PeerIndex(1)).outbound_sets == 2
+    });
     assert_eq!(
-        s.levels(0).outbound_sets,
+        s.levels(PeerIndex(0)).outbound_sets,
         0,
         "the slow KME has not answered"
     );
     slow.holding.store(false, Ordering::SeqCst);
-    wait_for("slow peer filled", || s.levels(0).outbound_sets == 2);
+    wait_for("slow peer filled", || {
+        s.levels(PeerIndex(0)).outbound_sets == 2
+    });
 }
 
 #[test]
@@ -253,19 +272,16 @@ fn an_exchange_waits_for_the_refill_in_flight_instead_of_asking_the_kme_again() 
         kme.enc_in_progress.load(Ordering::SeqCst) == 1
     });
     thread::scope(|scope| {
-        let exchange = scope.spawn(|| s.take_outbound(0, now() + Duration::from_secs(5)));
+        let exchange = scope.spawn(|| take(&s, now() + Duration::from_secs(5)));
         kme.holding.store(false, Ordering::SeqCst);
         let set = exchange.join().unwrap().expect("a set from the refill");
         assert_eq!(set.ids().collect::<Vec<_>>(), [KeyId([0; 16])]);
     });
+    let next = take(&s, now()).expect("the refill's second set stays queued");
     assert_eq!(
-        kme.enc_calls.load(Ordering::SeqCst),
-        1,
-        "one request served both"
-    );
-    assert!(
-        s.take_outbound(0, now()).is_some(),
-        "the refill's second set stays queued"
+        next.ids().collect::<Vec<_>>(),
+        [KeyId([1; 16])],
+        "one request served the exchange and the queue"
     );
 }
 
@@ -275,27 +291,22 @@ fn an_exchange_waits_for_the_refill_in_flight_instead_of_asking_the_kme_again() 
 fn depth_grows_with_demand_up_to_the_cap() {
     let kme = Arc::new(NumberingKme::default());
     *kme.delay.lock().unwrap() = Duration::from_millis(20);
-    let limits = DepthLimits {
-        floor: 1,
-        cap: 8,
-        total: 1000,
-    };
-    let s = Supply::new(vec![peer(0, &kme)], limits, 256, Duration::from_secs(60));
+    let s = growing(&kme, 8);
     s.start();
-    wait_for("floor", || s.levels(0).outbound_sets == 1);
-    assert_eq!(s.levels(0).target_sets, 1, "idle: the floor");
+    wait_for("floor", || s.levels(PeerIndex(0)).outbound_sets == 1);
+    assert_eq!(s.levels(PeerIndex(0)).target_sets, 1, "idle: the floor");
     let mut taken = 0;
     while taken < 100 {
-        if s.take_outbound(0, now() + Duration::from_secs(1)).is_some() {
+        if take(&s, now() + Duration::from_secs(1)).is_some() {
             taken += 1;
         } else {
             thread::yield_now();
         }
     }
-    assert_eq!(
-        kme.most_sets.load(Ordering::SeqCst),
-        8,
-        "asked up to the cap"
+    assert_eq!(s.levels(PeerIndex(0)).target_sets, 8, "grown up to the cap");
+    assert!(
+        kme.most_sets.load(Ordering::SeqCst) <= 8,
+        "asked within the cap"
     );
     let calls = kme.enc_calls.load(Ordering::SeqCst);
     assert!(calls < 40, "{calls} enc_keys calls for 100 sets");
@@ -317,21 +328,27 @@ fn the_total_bound_limits_growth_above_the_floors() {
         Duration::from_secs(60),
     );
     s.start();
-    wait_for("floors", || (0..2).all(|p| s.levels(p).outbound_sets == 1));
+    wait_for("floors", || {
+        PeerIndex::all(2).all(|p| s.levels(p).outbound_sets == 1)
+    });
     let mut taken = 0;
     while taken < 60 {
-        if s.take_outbound(0, now() + Duration::from_secs(1)).is_some() {
+        if take(&s, now() + Duration::from_secs(1)).is_some() {
             taken += 1;
         } else {
             thread::yield_now();
         }
-        assert!(s.levels(0).outbound_sets <= 4, "floor 1 + total 3");
+        assert!(
+            s.levels(PeerIndex(0)).outbound_sets <= 4,
+            "floor 1 + total 3"
+        );
     }
     assert_eq!(
-        kme.most_sets.load(Ordering::SeqCst),
+        s.levels(PeerIndex(0)).target_sets,
         4,
         "grown to floor + total, no more"
     );
+    assert!(kme.most_sets.load(Ordering::SeqCst) <= 4);
 }
 
 #[test]
@@ -340,10 +357,10 @@ fn announcements_of_an_ike_sa_being_set_up_wait_for_its_authentication() {
     let s = supply(&kme, 4, Duration::from_secs(60));
     s.start();
     let ids: Vec<KeyId> = (20..23).map(|n| KeyId([n; 16])).collect();
-    s.hold_announcement(7, 0, &ids, 1);
-    s.hold_announcement(8, 0, &[KeyId([30; 16])], 1);
+    s.hold_announcement(7, PeerIndex(0), &ids, 1);
+    s.hold_announcement(8, PeerIndex(0), &[KeyId([30; 16])], 1);
     assert_eq!(
-        s.levels(0).pending_keys,
+        s.levels(PeerIndex(0)).pending_keys,
         0,
         "nothing fetched for an unauthenticated peer"
     );
@@ -351,7 +368,7 @@ fn announcements_of_an_ike_sa_being_set_up_wait_for_its_authentication() {
     s.authenticated(8);
     s.authenticated(7);
     wait_for("fetched after authentication", || {
-        s.levels(0).inbound_keys == 3
+        s.levels(PeerIndex(0)).inbound_keys == 3
     });
     assert_eq!(
         kme.dec_calls.load(Ordering::SeqCst),
@@ -365,12 +382,16 @@ fn held_announcements_are_bounded() {
     let kme = Arc::new(NumberingKme::default());
     let s = supply(&kme, 4, Duration::from_secs(60));
     for ike_sa in 0..=MAX_UNVERIFIED as u32 {
-        s.hold_announcement(ike_sa, 0, &[KeyId([1; 16])], 1);
+        s.hold_announcement(ike_sa, PeerIndex(0), &[KeyId([1; 16])], 1);
     }
     s.authenticated(0);
-    assert_eq!(s.levels(0).pending_keys, 0, "the oldest was dropped");
+    assert_eq!(
+        s.levels(PeerIndex(0)).pending_keys,
+        0,
+        "the oldest was dropped"
+    );
     s.authenticated(MAX_UNVERIFIED as u32);
-    assert_eq!(s.levels(0).pending_keys, 1);
+    assert_eq!(s.levels(PeerIndex(0)).pending_keys, 1);
 }
 
 #[test]
@@ -379,19 +400,22 @@ fn announced_keys_are_fetched_ahead_bounded_and_once() {
     let s = supply(&kme, 2, Duration::from_secs(60));
     s.start();
     let ids: Vec<KeyId> = (10..15).map(|n| KeyId([n; 16])).collect();
-    s.accept_announcement(0, &ids, 1);
-    s.accept_announcement(0, &ids, 1);
-    wait_for("cached", || s.levels(0).inbound_keys == 2);
+    s.accept_announcement(PeerIndex(0), &ids, 1);
+    s.accept_announcement(PeerIndex(0), &ids, 1);
+    wait_for("cached", || s.levels(PeerIndex(0)).inbound_keys == 2);
     assert_eq!(
-        s.levels(0).pending_keys,
+        s.levels(PeerIndex(0)).pending_keys,
         0,
         "room for 2 sets of 1 key: the rest ignored"
     );
     let deadline = Instant::now() + Duration::from_secs(1);
-    let keys = s.take_inbound(0, &ids[..1], deadline, true).unwrap();
+    let keys = s
+        .take_inbound(PeerIndex(0), &ids[..1], deadline, true)
+        .unwrap();
     assert_eq!(&keys[0].material[..], &[10; 32]);
     assert!(
-        s.take_inbound(0, &ids[..1], now(), true).is_none(),
+        s.take_inbound(PeerIndex(0), &ids[..1], now(), true)
+            .is_none(),
         "used once: no longer cached"
     );
     assert_eq!(s.counters().used.load(Ordering::SeqCst), 1);
@@ -403,11 +427,13 @@ fn pending_keys_are_withdrawn_for_an_exchange_that_fetches_them_itself() {
     // Not started: announcements stay pending.
     let s = supply(&kme, 2, Duration::from_secs(60));
     let id = [KeyId([7; 16])];
-    s.accept_announcement(0, &id, 1);
-    assert_eq!(s.levels(0).pending_keys, 1);
-    assert!(s.take_inbound(0, &id, Instant::now(), true).is_none());
+    s.accept_announcement(PeerIndex(0), &id, 1);
+    assert_eq!(s.levels(PeerIndex(0)).pending_keys, 1);
+    assert!(s
+        .take_inbound(PeerIndex(0), &id, Instant::now(), true)
+        .is_none());
     assert_eq!(
-        s.levels(0).pending_keys,
+        s.levels(PeerIndex(0)).pending_keys,
         0,
         "no double fetch by the refill thread later"
     );
@@ -418,13 +444,12 @@ fn expired_keys_are_wiped_and_counted_as_wasted() {
     let kme = Arc::new(NumberingKme::default());
     let s = supply(&kme, 1, Duration::from_millis(50));
     s.start();
-    wait_for("queued", || s.levels(0).outbound_sets == 1);
-    s.accept_announcement(0, &[KeyId([9; 16])], 1);
-    wait_for("cached", || s.levels(0).inbound_keys == 1);
+    wait_for("queued", || s.levels(PeerIndex(0)).outbound_sets == 1);
+    s.accept_announcement(PeerIndex(0), &[KeyId([9; 16])], 1);
+    wait_for("cached", || s.levels(PeerIndex(0)).inbound_keys == 1);
     thread::sleep(Duration::from_millis(60));
     assert!(
-        s.take_outbound(0, now())
-            .is_none_or(|set| set.ids().all(|id| id != KeyId([0; 16]))),
+        take(&s, now()).is_none_or(|set| set.ids().all(|id| id != KeyId([0; 16]))),
         "an expired set is never handed out"
     );
     wait_for("expired and counted", || {
@@ -444,9 +469,9 @@ fn a_failing_kme_is_retried_with_backoff_and_the_buffer_recovers() {
         (1..=3).contains(&attempts),
         "{attempts} attempts in 0.5 s: backoff"
     );
-    assert!(s.take_outbound(0, now()).is_none());
+    assert!(take(&s, now()).is_none());
     kme.down.store(false, Ordering::SeqCst);
-    wait_for("recovered", || s.levels(0).outbound_sets == 2);
+    wait_for("recovered", || s.levels(PeerIndex(0)).outbound_sets == 2);
 }
 
 #[test]
@@ -470,11 +495,11 @@ fn announced_ids_the_kme_never_delivers_expire() {
     let mut s = supply(&kme, 1, Duration::from_secs(60));
     Arc::get_mut(&mut s.shared).unwrap().announcement_ttl = Duration::from_millis(100);
     s.start();
-    s.accept_announcement(0, &[KeyId([5; 16])], 1);
+    s.accept_announcement(PeerIndex(0), &[KeyId([5; 16])], 1);
     wait_for("given up", || {
         s.counters().announce_failures.load(Ordering::SeqCst) == 1
     });
-    assert_eq!(s.levels(0).pending_keys, 0);
+    assert_eq!(s.levels(PeerIndex(0)).pending_keys, 0);
 }
 
 #[test]
@@ -483,11 +508,11 @@ fn a_cached_key_past_key_ttl_is_not_handed_out() {
     let s = supply(&kme, 1, Duration::from_millis(50));
     s.start();
     let id = [KeyId([6; 16])];
-    s.accept_announcement(0, &id, 1);
-    wait_for("cached", || s.levels(0).inbound_keys == 1);
+    s.accept_announcement(PeerIndex(0), &id, 1);
+    wait_for("cached", || s.levels(PeerIndex(0)).inbound_keys == 1);
     thread::sleep(Duration::from_millis(60));
     assert!(
-        s.take_inbound(0, &id, now(), true).is_none(),
+        s.take_inbound(PeerIndex(0), &id, now(), true).is_none(),
         "expired at the take"
     );
 }
@@ -501,10 +526,117 @@ fn an_exchange_waits_for_unannounced_keys_from_the_refill_threads() {
     s.start();
     let ids: Vec<KeyId> = (40..42).map(|n| KeyId([n; 16])).collect();
     let keys = s
-        .take_inbound(0, &ids, now() + Duration::from_secs(5), true)
+        .take_inbound(PeerIndex(0), &ids, now() + Duration::from_secs(5), true)
         .expect("fetched for the exchange");
     assert_eq!(keys.len(), 2);
     assert_eq!(kme.dec_calls.load(Ordering::SeqCst), 1);
+}
+
+/// A burst while the small refill an idle peer started is still out: a second request for
+/// the burst's sets goes out at once instead of after the first.
+#[test]
+fn a_burst_does_not_wait_for_the_refill_started_before_it() {
+    let kme = Arc::new(NumberingKme::default());
+    kme.holding.store(true, Ordering::SeqCst);
+    let s = growing(&kme, 16);
+    s.start();
+    wait_for("the floor's refill out", || {
+        kme.enc_in_progress.load(Ordering::SeqCst) == 1
+    });
+    thread::scope(|scope| {
+        let takers: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| take(&s, now() + Duration::from_secs(5))))
+            .collect();
+        wait_for("a second request for the burst", || {
+            kme.enc_in_progress.load(Ordering::SeqCst) == 2
+        });
+        assert!(
+            kme.most_sets.load(Ordering::SeqCst) > 1,
+            "asked for the burst"
+        );
+        kme.holding.store(false, Ordering::SeqCst);
+        for taker in takers {
+            assert!(taker.join().unwrap().is_some());
+        }
+    });
+}
+
+/// Keys announced while a dec_keys for the peer is out are fetched at once, not after it:
+/// otherwise they could arrive after the exchange that names them.
+#[test]
+fn announced_keys_do_not_wait_for_the_fetch_in_flight() {
+    let kme = Arc::new(NumberingKme::default());
+    kme.dec_holding.store(true, Ordering::SeqCst);
+    let s = supply(&kme, 2, Duration::from_secs(60));
+    s.start();
+    s.accept_announcement(PeerIndex(0), &[KeyId([60; 16])], 1);
+    wait_for("first fetch out", || {
+        kme.dec_in_progress.load(Ordering::SeqCst) == 1
+    });
+    s.accept_announcement(PeerIndex(0), &[KeyId([61; 16])], 1);
+    wait_for("second fetch out beside it", || {
+        kme.dec_in_progress.load(Ordering::SeqCst) == 2
+    });
+    kme.dec_holding.store(false, Ordering::SeqCst);
+    wait_for("both cached", || s.levels(PeerIndex(0)).inbound_keys == 2);
+}
+
+/// One ID the KME does not know in a batch of announced IDs costs no other key.
+#[test]
+fn an_unknown_id_in_a_batch_costs_no_other_key() {
+    let kme = Arc::new(NumberingKme::default());
+    let s = supply(&kme, 4, Duration::from_secs(60));
+    s.start();
+    let good = [KeyId([70; 16]), KeyId([71; 16])];
+    s.accept_announcement(PeerIndex(0), &[good[0], UNKNOWN, good[1]], 1);
+    wait_for("the known ones cached", || {
+        s.levels(PeerIndex(0)).inbound_keys == 2
+    });
+    let deadline = now() + Duration::from_secs(1);
+    assert!(s
+        .take_inbound(PeerIndex(0), &good, deadline, true)
+        .is_some());
+}
+
+/// An announcement that comes after the peer's next exchange used one of its IDs: that ID
+/// is not asked for again (the KME no longer has it).
+#[test]
+fn used_ids_in_a_late_announcement_are_not_fetched() {
+    let kme = Arc::new(NumberingKme::default());
+    let s = supply(&kme, 4, Duration::from_secs(60));
+    s.start();
+    let used = KeyId([80; 16]);
+    s.record_used(&[used]).unwrap();
+    s.accept_announcement(PeerIndex(0), &[used, KeyId([81; 16])], 1);
+    wait_for("the other cached", || {
+        s.levels(PeerIndex(0)).inbound_keys == 1
+    });
+    assert_eq!(s.levels(PeerIndex(0)).pending_keys, 0);
+}
+
+/// A failed exchange among others at the same time is no proof of a replacing KME (the
+/// peer may have refused for its own limits); one that ran alone is.
+#[test]
+fn only_a_failure_alone_is_taken_for_a_replacing_kme() {
+    let kme = Arc::new(NumberingKme::default());
+    let s = supply(&kme, 2, Duration::from_secs(60));
+    s.start();
+    wait_for("queue full", || s.levels(PeerIndex(0)).outbound_sets == 2);
+    let (first, one) = s.take_outbound(PeerIndex(0), now()).unwrap();
+    let (_, other) = s.take_outbound(PeerIndex(0), now()).unwrap();
+    wait_for("refilled after them", || {
+        s.levels(PeerIndex(0)).outbound_sets == 2
+    });
+    s.unconfirmed(PeerIndex(0), first.enc_number);
+    assert_eq!(
+        s.levels(PeerIndex(0)).target_sets,
+        2,
+        "another exchange ran"
+    );
+    drop(other);
+    s.unconfirmed(PeerIndex(0), first.enc_number);
+    assert_eq!(s.levels(PeerIndex(0)).target_sets, 1, "alone: replacing");
+    drop(one);
 }
 
 /// Many exchanges at once with an empty queue: they wait for the refill threads, which ask
@@ -514,16 +646,11 @@ fn exchanges_at_once_share_batched_refills() {
     let kme = Arc::new(NumberingKme::default());
     *kme.delay.lock().unwrap() = Duration::from_millis(20);
     kme.holding.store(true, Ordering::SeqCst);
-    let limits = DepthLimits {
-        floor: 1,
-        cap: 16,
-        total: 1000,
-    };
-    let s = Supply::new(vec![peer(0, &kme)], limits, 256, Duration::from_secs(60));
+    let s = growing(&kme, 16);
     s.start();
     let got = thread::scope(|scope| {
         let takers: Vec<_> = (0..12)
-            .map(|_| scope.spawn(|| s.take_outbound(0, now() + Duration::from_secs(5))))
+            .map(|_| scope.spawn(|| take(&s, now() + Duration::from_secs(5))))
             .collect();
         kme.holding.store(false, Ordering::SeqCst);
         takers
@@ -545,10 +672,11 @@ fn an_unauthenticated_exchange_waits_only_for_a_fast_kme() {
     let fast = Arc::new(NumberingKme::default());
     let s = supply(&fast, 1, Duration::from_secs(60));
     s.start();
-    wait_for("KME timed", || s.levels(0).outbound_sets == 1);
+    wait_for("KME timed", || s.levels(PeerIndex(0)).outbound_sets == 1);
     let deadline = now() + Duration::from_secs(5);
     assert!(
-        s.take_inbound(0, &ids, deadline, false).is_some(),
+        s.take_inbound(PeerIndex(0), &ids, deadline, false)
+            .is_some(),
         "fast KME: waited"
     );
 
@@ -556,15 +684,16 @@ fn an_unauthenticated_exchange_waits_only_for_a_fast_kme() {
     *slow.delay.lock().unwrap() = Duration::from_millis(300);
     let s = supply(&slow, 1, Duration::from_secs(60));
     s.start();
-    wait_for("KME timed", || s.levels(0).outbound_sets == 1);
+    wait_for("KME timed", || s.levels(PeerIndex(0)).outbound_sets == 1);
     let asked = now();
     assert!(
-        s.take_inbound(0, &ids, deadline, false).is_none(),
+        s.take_inbound(PeerIndex(0), &ids, deadline, false)
+            .is_none(),
         "slow KME: not waited for"
     );
     assert!(asked.elapsed() < Duration::from_millis(300));
     assert_eq!(
-        s.levels(0).pending_keys,
+        s.levels(PeerIndex(0)).pending_keys,
         0,
         "nothing left for the refill threads"
     );
@@ -579,19 +708,18 @@ fn a_replacing_kme_gets_one_set_at_a_time() {
     let kme = Arc::new(NumberingKme::default());
     let s = supply(&kme, 2, Duration::from_secs(60));
     s.start();
-    wait_for("queue full", || s.levels(0).outbound_sets == 2);
-    let first = s.take_outbound(0, now()).unwrap();
-    s.take_outbound(0, now() + Duration::from_secs(5)).unwrap();
+    wait_for("queue full", || s.levels(PeerIndex(0)).outbound_sets == 2);
+    let first = take(&s, now()).unwrap();
+    take(&s, now() + Duration::from_secs(5)).unwrap();
     // Not the latest enc_keys any more once the queue refilled after it.
-    wait_for("refilled", || s.levels(0).outbound_sets == 2);
-    s.unconfirmed(0, first.enc_number);
-    assert_eq!(s.levels(0).target_sets, 1, "one set at a time");
+    wait_for("refilled", || s.levels(PeerIndex(0)).outbound_sets == 2);
+    s.unconfirmed(PeerIndex(0), first.enc_number);
+    assert_eq!(s.levels(PeerIndex(0)).target_sets, 1, "one set at a time");
     let calls = kme.enc_calls.load(Ordering::SeqCst);
-    let exchange = s.outstanding(0);
-    while s.take_outbound(0, now()).is_some() {}
+    let exchange = s.outstanding(PeerIndex(0));
+    while take(&s, now()).is_some() {}
     assert!(
-        s.take_outbound(0, now() + Duration::from_millis(100))
-            .is_none(),
+        take(&s, now() + Duration::from_millis(100)).is_none(),
         "no set while another exchange is outstanding"
     );
     assert_eq!(
@@ -600,7 +728,21 @@ fn a_replacing_kme_gets_one_set_at_a_time() {
         "no enc_keys meanwhile"
     );
     drop(exchange);
-    assert!(s.take_outbound(0, now() + Duration::from_secs(5)).is_some());
+    let (_, exchange) = s
+        .take_outbound(PeerIndex(0), now() + Duration::from_secs(5))
+        .expect("a set once the exchange before is over");
+    // A taken set's exchange is outstanding until it is over: no enc_keys (which would
+    // replace that set at the KME) runs before.
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        s.levels(PeerIndex(0)).outbound_sets,
+        0,
+        "not refilled while it runs"
+    );
+    drop(exchange);
+    wait_for("refilled after it", || {
+        s.levels(PeerIndex(0)).outbound_sets == 1
+    });
     assert_eq!(
         kme.most_sets.load(Ordering::SeqCst),
         2,
@@ -613,12 +755,12 @@ fn a_failed_exchange_with_the_latest_keys_is_not_taken_for_replacement() {
     let kme = Arc::new(NumberingKme::default());
     let s = supply(&kme, 3, Duration::from_secs(60));
     s.start();
-    wait_for("queued", || s.levels(0).outbound_sets == 3);
+    wait_for("queued", || s.levels(PeerIndex(0)).outbound_sets == 3);
     kme.holding.store(true, Ordering::SeqCst);
-    let only = s.take_outbound(0, now()).unwrap();
-    s.unconfirmed(0, only.enc_number);
+    let only = take(&s, now()).unwrap();
+    s.unconfirmed(PeerIndex(0), only.enc_number);
     assert_eq!(
-        s.levels(0).target_sets,
+        s.levels(PeerIndex(0)).target_sets,
         3,
         "no later enc_keys: not a replacing KME"
     );
@@ -633,13 +775,13 @@ fn an_unauthenticated_exchange_waits_for_announced_keys_in_flight() {
     *kme.delay.lock().unwrap() = Duration::from_millis(300);
     let s = supply(&kme, 1, Duration::from_secs(60));
     s.start();
-    wait_for("KME timed", || s.levels(0).outbound_sets == 1);
+    wait_for("KME timed", || s.levels(PeerIndex(0)).outbound_sets == 1);
     let ids = [KeyId([60; 16])];
-    s.accept_announcement(0, &ids, 1);
+    s.accept_announcement(PeerIndex(0), &ids, 1);
     wait_for("in flight", || {
-        s.levels(0).pending_keys == 1 && kme.dec_calls.load(Ordering::SeqCst) == 1
+        s.levels(PeerIndex(0)).pending_keys == 1 && kme.dec_calls.load(Ordering::SeqCst) == 1
     });
-    let keys = s.take_inbound(0, &ids, now() + Duration::from_secs(5), false);
+    let keys = s.take_inbound(PeerIndex(0), &ids, now() + Duration::from_secs(5), false);
     assert!(keys.is_some(), "waited for the announced key");
     assert_eq!(kme.dec_calls.load(Ordering::SeqCst), 1);
 }

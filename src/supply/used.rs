@@ -20,6 +20,10 @@ impl UsedKeyIds {
         }
     }
 
+    pub fn contains(&self, id: &KeyId) -> bool {
+        self.seen.contains(id)
+    }
+
     /// Records `ids` as used, unless one of them was used before: then records nothing and
     /// returns that ID.
     pub fn record(&mut self, ids: &[KeyId]) -> Result<(), KeyId> {

@@ -57,6 +57,11 @@ pub struct Etsi014Client {
     /// `status` per peer SAE, read once: key sizes and limits do not change while running
     /// (a 400 from enc_keys drops the entry, in case the KME was reconfigured).
     status_cache: Mutex<HashMap<SaeId, PeerStatus>>,
+    /// Keys of a key set the KME delivered only partly (it ran dry between the requests of
+    /// one enc_keys), per slave SAE, with their size: the next enc_keys for that slave
+    /// completes the set with them, so the KME's keys are not thrown away (a one-shot KME
+    /// would not hand them out again).
+    incomplete: Mutex<HashMap<SaeId, (u32, Vec<QkdKey>)>>,
 }
 
 impl Etsi014Client {
@@ -77,6 +82,7 @@ impl Etsi014Client {
             tls: tls.config,
             http: Mutex::new(None),
             status_cache: Mutex::new(HashMap::new()),
+            incomplete: Mutex::new(HashMap::new()),
         })
     }
 
@@ -270,6 +276,12 @@ impl KeySource for Etsi014Client {
         let per_request = request_limit(&known.status, &self.url)?;
         let mut plan = plan::plan(&known.status, known.served_bits, size_bits, &self.url)?;
         let mut keys: Vec<QkdKey> = Vec::with_capacity(plan.keys_per_set * sets);
+        if let Some((bits, kept)) = lock(&self.incomplete).remove(slave) {
+            // Kept keys of another size (the KME changed) cannot complete this set.
+            if bits == plan.key_bits && kept.len() < plan.keys_per_set {
+                keys.extend(kept);
+            }
+        }
         let mut failure = None;
         while keys.len() < plan.keys_per_set * sets {
             let number = (plan.keys_per_set * sets - keys.len()).min(per_request);
@@ -313,19 +325,31 @@ impl KeySource for Etsi014Client {
             )));
         }
         let complete = keys.len() / plan.keys_per_set;
-        match failure {
-            Some(e) if complete == 0 => return Err(e),
-            Some(e) => log::debug!(
-                "qkd: KME {}: {e}; using the {complete} of {sets} key set(s) obtained",
-                self.url
-            ),
-            None => {}
-        }
-        // Keys of an incomplete set are dropped (and wiped) here: the KME has handed them out.
         let mut keys = keys.into_iter();
-        Ok((0..complete)
+        let delivered: Vec<Vec<QkdKey>> = (0..complete)
             .map(|_| keys.by_ref().take(plan.keys_per_set).collect())
-            .collect())
+            .collect();
+        let rest: Vec<QkdKey> = keys.collect();
+        if !rest.is_empty() {
+            log::debug!(
+                "qkd: KME {}: kept {} key(s) of an incomplete set for SAE '{slave}' to complete \
+                 the next one",
+                self.url,
+                rest.len()
+            );
+            lock(&self.incomplete).insert(slave.clone(), (plan.key_bits, rest));
+        }
+        match failure {
+            Some(e) if complete == 0 => Err(e),
+            Some(e) => {
+                log::debug!(
+                    "qkd: KME {}: {e}; using the {complete} of {sets} key set(s) obtained",
+                    self.url
+                );
+                Ok(delivered)
+            }
+            None => Ok(delivered),
+        }
     }
 
     fn dec_keys(

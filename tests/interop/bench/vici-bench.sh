@@ -17,43 +17,18 @@ require_plugin
 require_kme_sim
 A_GW_SUITE=forky
 B_GW_SUITE=forky
-VICI_SOCK=/var/log/strongswan/charon.vici
-EXTRA_CHARON="${QKD_BENCH_FRAGMENT_SIZE:+    fragment_size = $QKD_BENCH_FRAGMENT_SIZE
-}    plugins {
-        vici {
-            socket = unix://$VICI_SOCK
-        }
-    }"
-# swanctl (gateways_up, --load-all) must find the moved socket too.
-EXTRA_STRONGSWAN="swanctl {
-    socket = unix://$VICI_SOCK
+. "$QKD_INTEROP_DIR/bench/vici.sh"
+vici_bench_config "${QKD_BENCH_FRAGMENT_SIZE:+    fragment_size = $QKD_BENCH_FRAGMENT_SIZE
 }"
 EXTRA_QKD=${QKD_BENCH_KEM:+kem = $QKD_BENCH_KEM}
 QKD_DH_GROUP=${QKD_BENCH_DH_GROUP:-curve25519}
-# strongSwan's default log levels (1): the bench measures exchanges, not logging.
-LOG_IKE=1
-LOG_CHD=1
-LOG_CFG=1
-
-python3 -c 'import vici' 2>/dev/null || pip install --quiet vici >/dev/null 2>&1 \
-    || python3 -m pip install --quiet vici >/dev/null 2>&1 || skip "python3 vici package missing and pip install vici failed"
-python3 -c 'import vici' 2>/dev/null || skip "python3 vici package not importable"
+require_vici_python
 
 kme_up --key-rate 1000000000
 gateways_up
-for gw in gw-a gw-b; do
-    [ -S "$QKD_INTEROP_SCEN_DIR/$gw/log/charon.vici" ] || fail "$gw: no vici socket at log/charon.vici"
-done
+expect_vici_sockets
 step "load before: $(uptime)"
-export A_VICI="$QKD_INTEROP_SCEN_DIR/gw-a/log/charon.vici" B_VICI="$QKD_INTEROP_SCEN_DIR/gw-b/log/charon.vici"
-export KME_CONTAINER
-KME_CONTAINER=$(container_of kme)
-for side in A B; do
-    for v in LOCAL_ADDR REMOTE_ADDR LOCAL_ID REMOTE_ID; do
-        export "${side}_$v=$(gw_var "$side" "$v")"
-    done
-    export "${side}_LOCAL_TS=$(gw_var "$side" LOCAL_INSIDE)" "${side}_REMOTE_TS=$(gw_var "$side" REMOTE_INSIDE)"
-done
+export_vici_env
 python3 "$QKD_INTEROP_DIR/bench/vici_bench.py" \
     --rounds "${QKD_BENCH_ROUNDS:-3}" --setups "${QKD_BENCH_SETUPS:-30}" --children "${QKD_BENCH_CHILDREN:-300}" \
     --rekeys "${QKD_BENCH_REKEYS:-20}" --latencies "${QKD_BENCH_LATENCIES:-0,25}" \

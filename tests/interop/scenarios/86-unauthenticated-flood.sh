@@ -1,4 +1,4 @@
-# desc: mallory (own charon, plugin and KME) fires 200 concurrent exchanges at gw-b claiming gw-a's SAE ID, with key IDs gw-b's KME (answering after 5 s) does not know: without remote binding a bounded few of gw-b's workers wait for the KME, the rest are refused at once, workers stay free; the real tunnel rekeys from its buffers and answers DPD meanwhile; with remote binding no KME request is made for mallory
+# desc: mallory (own charon, plugin and KME) fires 200 concurrent exchanges at gw-b claiming gw-a's SAE ID, with key IDs gw-b's KME (answering after 5 s) does not know: without remote binding a bounded few of gw-b's workers wait for the KME, the rest are refused at once, workers stay free; the real tunnel rekeys from its buffers and answers DPD meanwhile; with remote binding no KME request is made for mallory; with fallback = dh on both sides and no buffers, the real tunnel's CHILD and IKE rekeys reach the KME during the flood and are all QKD-keyed (0 DH fallbacks)
 require_plugin
 require_kme_sim
 . "$QKD_INTEROP_DIR/lib/qkd.sh"
@@ -64,3 +64,34 @@ for binding in "" 192.0.2.10; do
     step "during the flood: gw-a's CHILD rekey from the buffers, DPD answered (no retransmits), ping through the tunnel"
     compose rm -s -f mallory >/dev/null 2>&1 || true
 done
+
+# The downgrade a flood must not cause: fallback = dh on both sides and no buffers, so the
+# real tunnel's rekeys need gw-b's KME while mallory keeps its request budget busy. A full
+# budget must never mean DH: every rekey gets its QKD key (authenticated exchanges keep
+# their share of max_kme_requests) or is refused in-band and retried.
+A_QKD_FALLBACK=dh B_QKD_FALLBACK=dh A_QKD_BUFFER=0 B_QKD_BUFFER=0 B_QKD_PEER_REMOTE=
+gateways_up
+initiate gw-a
+mallory_up
+# Slow enough that mallory's exchanges fill gw-b's budget for unauthenticated work, fast
+# enough that a rekey waiting for two KME answers stays within the first retransmits.
+kme_admin latency 1000 >/dev/null
+log_mark
+mallory_fire
+sleep 1
+rekey_child gw-a >/dev/null
+rekey_child gw-b >/dev/null
+rekey_ike gw-a >/dev/null
+started=$(mallory_started)
+busy=$({ log_grep gw-b "KME requests already in flight" || true; } | wc -l)
+kme_admin latency 0 >/dev/null
+for gw in gw-a gw-b; do
+    fallbacks=$({ log_grep "$gw" "DH fallback" || true; } | wc -l)
+    [ "$fallbacks" = 0 ] || fail "$gw fell back to DH during the flood: $(log_grep "$gw" "DH fallback" | head -3)"
+done
+qkd_keyed=$({ log_grep gw-a "<$CONN_NAME\|[0-9]+> qkd: key IDs .* confirmed; shared secret = 256-bit QKD key" || true; } | wc -l)
+[ "$qkd_keyed" -ge 3 ] || fail "only $qkd_keyed of the real tunnel's 3 rekeys were QKD-keyed on gw-a"
+[ -n "$(ike_ids gw-a)" ] && [ -n "$(child_ids gw-a)" ] || fail "the real tunnel did not survive the flood"
+ping_through gw-a
+step "fallback = dh, buffer = 0: mallory started $started exchanges ($busy refused at once for the budget); the real tunnel's CHILD rekeys from both sides and its IKE rekey took their keys from the KME, $qkd_keyed QKD-keyed exchanges on gw-a, 0 DH fallbacks on either side, ping through"
+compose rm -s -f mallory >/dev/null 2>&1 || true
