@@ -97,6 +97,7 @@ impl KeySource for FakeKme {
             return Err(KmeError::Unreachable {
                 url: self.url().into(),
                 reason: "connection refused".into(),
+                maybe_served: false,
             });
         }
         // One-shot, as the spec wants: a key handed to the slave is gone from the link.
@@ -550,6 +551,7 @@ fn no_key_reasons_say_what_failed() {
             KmeError::Unreachable {
                 url: url(),
                 reason: "timeout".into(),
+                maybe_served: true,
             },
             NoKeyReason::KmeUnreachable,
         ),

@@ -15,6 +15,13 @@
 //! of a request gets at most half of the time left before the caller's deadline, so a node
 //! that hangs leaves the next one a real chance within the exchange. Keys obtained through one node can be fetched (dec_keys) through another:
 //! the key store is shared.
+//!
+//! A dec_keys whose answer was lost after the connection was up (a node too slow, or one
+//! that closed the connection) is not repeated at the next node: the first node may have
+//! delivered the keys, which a KME hands out once, so the next node would only answer
+//! "unknown key ID" and the operator would read the wrong cause. The node counts as down
+//! and the next request goes elsewhere. An enc_keys is repeated: it asks for new keys, and
+//! what the slow node may have delivered is one set lost, not a failed exchange.
 
 use super::{KeyId, KeySource, KmeError, QkdKey, SaeId};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -122,11 +129,13 @@ impl FailoverSource {
     /// Runs `request` on the nodes in turn until one answers (see the module doc).
     /// `proves_reachable`: an answer shows that the node is up. Not so for keys_per_set,
     /// which a client answers from its cached status: such an answer changes no state.
+    /// `repeatable`: the request may go to the next node after a node may have served it.
     fn request<T>(
         &self,
         sae: &SaeId,
         deadline: Instant,
         proves_reachable: bool,
+        repeatable: bool,
         request: impl Fn(&dyn KeySource, Instant) -> Result<T, KmeError>,
     ) -> Result<T, KmeError> {
         let attempts = self.attempts();
@@ -146,6 +155,26 @@ impl FailoverSource {
             match request(&*self.nodes[attempt.node], until) {
                 Err(e) if fails_over(&e) => {
                     self.failed(*attempt);
+                    if let (false, Some(next)) = (repeatable, attempts.get(index + 1)) {
+                        if let KmeError::Unreachable {
+                            url,
+                            reason,
+                            maybe_served: true,
+                        } = e
+                        {
+                            self.release(&attempts[index + 1..]);
+                            let next = self.nodes[next.node].url();
+                            return Err(KmeError::Unreachable {
+                                url,
+                                reason: format!(
+                                    "{reason}; not asked of {next} instead: this node may have \
+                                     delivered the keys, which the KME hands out once; the next \
+                                     request goes to {next}"
+                                ),
+                                maybe_served: true,
+                            });
+                        }
+                    }
                     failures.push((attempt.node, e));
                 }
                 answer if proves_reachable => {
@@ -239,7 +268,7 @@ impl KeySource for FailoverSource {
         sets: usize,
         deadline: Instant,
     ) -> Result<Vec<Vec<QkdKey>>, KmeError> {
-        self.request(slave, deadline, true, |node, until| {
+        self.request(slave, deadline, true, true, |node, until| {
             node.enc_keys(slave, size_bits, sets, until)
         })
     }
@@ -250,7 +279,7 @@ impl KeySource for FailoverSource {
         ids: &[KeyId],
         deadline: Instant,
     ) -> Result<Vec<QkdKey>, KmeError> {
-        self.request(master, deadline, true, |node, until| {
+        self.request(master, deadline, true, false, |node, until| {
             node.dec_keys(master, ids, until)
         })
     }
@@ -261,7 +290,7 @@ impl KeySource for FailoverSource {
         size_bits: u32,
         deadline: Instant,
     ) -> Result<usize, KmeError> {
-        self.request(peer, deadline, false, |node, until| {
+        self.request(peer, deadline, false, true, |node, until| {
             node.keys_per_set(peer, size_bits, until)
         })
     }
@@ -307,6 +336,8 @@ mod tests {
     enum Mode {
         Up,
         Unreachable,
+        /// Connected, then no answer: the node may have served the request.
+        AnswerLost,
         NoKey,
         Http(u16),
     }
@@ -348,6 +379,12 @@ mod tests {
                 Mode::Unreachable => Err(KmeError::Unreachable {
                     url,
                     reason: "connection refused".into(),
+                    maybe_served: false,
+                }),
+                Mode::AnswerLost => Err(KmeError::Unreachable {
+                    url,
+                    reason: "no complete answer within 5s (kme.timeout)".into(),
+                    maybe_served: true,
                 }),
                 Mode::NoKey => Err(KmeError::NoKeyAvailable {
                     url,
@@ -496,6 +533,36 @@ mod tests {
             enc(&source).unwrap();
             assert_eq!((a.calls(), b.calls()), (1, 1), "{mode:?}");
         }
+    }
+
+    #[test]
+    fn keys_a_node_may_have_delivered_are_not_asked_of_the_next_node() {
+        let (source, a, b) = pair(PROBE_INTERVAL);
+        a.set(Mode::AnswerLost);
+        let err = source
+            .dec_keys(&sae(), &[KeyId([1; 16])], soon())
+            .unwrap_err();
+        assert_eq!((a.calls(), b.calls()), (1, 0));
+        assert!(
+            err.to_string()
+                .contains("not asked of https://b:8443 instead: this node may have delivered"),
+            "{err}"
+        );
+        assert!(err.is_transient());
+        // The node counts as down: the next request goes to the other one.
+        assert_eq!(roles(&source), ["down", "standby"]);
+        source.dec_keys(&sae(), &[KeyId([2; 16])], soon()).unwrap();
+        assert_eq!((a.calls(), b.calls()), (1, 1));
+        // New keys may be asked of the next node: nothing delivered is asked for twice.
+        let (source, a, b) = pair(PROBE_INTERVAL);
+        a.set(Mode::AnswerLost);
+        enc(&source).unwrap();
+        assert_eq!((a.calls(), b.calls()), (1, 1));
+        // A node that refused the connection never saw the request: failed over at once.
+        let (source, a, b) = pair(PROBE_INTERVAL);
+        a.set(Mode::Unreachable);
+        source.dec_keys(&sae(), &[KeyId([1; 16])], soon()).unwrap();
+        assert_eq!((a.calls(), b.calls()), (1, 1));
     }
 
     #[test]

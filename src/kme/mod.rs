@@ -44,8 +44,14 @@ impl fmt::Debug for QkdKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KmeError {
     /// TCP failure, closed connection or no (complete) answer in time: the KME could not be
-    /// reached. Retrying may help.
-    Unreachable { url: String, reason: String },
+    /// reached. Retrying may help. `maybe_served`: the connection was up when it failed, so
+    /// the KME may have received the request and handed out the keys (see
+    /// [`FailoverSource`] for why that matters).
+    Unreachable {
+        url: String,
+        reason: String,
+        maybe_served: bool,
+    },
     /// The TLS handshake was refused (certificate verification on either side, a TLS alert):
     /// nothing changes until a certificate is re-issued or a setting fixed, so never retried.
     Tls { url: String, reason: String },
@@ -79,7 +85,9 @@ impl KmeError {
 impl fmt::Display for KmeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KmeError::Unreachable { url, reason } => write!(f, "KME {url} unreachable: {reason}"),
+            KmeError::Unreachable { url, reason, .. } => {
+                write!(f, "KME {url} unreachable: {reason}")
+            }
             KmeError::Tls { url, reason } => write!(f, "KME {url}: {reason}"),
             KmeError::NoKeyAvailable { url, message } => {
                 write!(f, "KME {url} has no key available ({message})")

@@ -40,6 +40,7 @@ impl FakeKme {
         KmeError::Unreachable {
             url,
             reason: "connection refused".into(),
+            maybe_served: false,
         }
     }
 }

@@ -315,6 +315,17 @@ impl Buffers {
     }
 }
 
+/// The pause before a peer's next refill after `e`, given the previous one (zero after a
+/// success): doubling from FIRST_BACKOFF up to MAX_BACKOFF while the KME may recover by
+/// itself, REFUSED_BACKOFF when it refused the peer (a setting must change first).
+pub(super) fn next_backoff(previous: Duration, e: &KmeError) -> Duration {
+    if e.is_transient() {
+        (previous * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF)
+    } else {
+        REFUSED_BACKOFF
+    }
+}
+
 fn recovered(buffers: &mut Buffers) {
     buffers.retry_at = None;
     buffers.backoff = Duration::ZERO;
@@ -322,11 +333,7 @@ fn recovered(buffers: &mut Buffers) {
 
 fn failed(shared: &Shared, peer: PeerIndex, buffers: &mut Buffers, what: &str, e: &KmeError) {
     let first = buffers.backoff.is_zero();
-    buffers.backoff = if e.is_transient() {
-        (buffers.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF)
-    } else {
-        REFUSED_BACKOFF
-    };
+    buffers.backoff = next_backoff(buffers.backoff, e);
     buffers.retry_at = Some(Instant::now() + buffers.backoff);
     let message = format!(
         "qkd: {what} for SAE '{}': {e}; retrying in {:?}",

@@ -308,8 +308,10 @@ fn depth_grows_with_demand_up_to_the_cap() {
         kme.most_sets.load(Ordering::SeqCst) <= 8,
         "asked within the cap"
     );
+    // One set per request would take 100 calls; how far below depends on the machine's
+    // load (the demand is measured), so the bound leaves room.
     let calls = kme.enc_calls.load(Ordering::SeqCst);
-    assert!(calls < 40, "{calls} enc_keys calls for 100 sets");
+    assert!(calls <= 60, "{calls} enc_keys calls for 100 sets");
 }
 
 #[test]
@@ -457,21 +459,39 @@ fn expired_keys_are_wiped_and_counted_as_wasted() {
     });
 }
 
+/// When the peer's next refill may start (None: any time), and the pause it waits.
+fn retry_at(s: &Supply) -> (Option<Instant>, Duration) {
+    let state = s.shared.lock();
+    let b = &state.buffers[PeerIndex(0)];
+    (b.retry_at, b.backoff)
+}
+
 #[test]
 fn a_failing_kme_is_retried_with_backoff_and_the_buffer_recovers() {
+    let down = KmeError::Unreachable {
+        url: "https://kme".into(),
+        reason: "connection refused".into(),
+        maybe_served: false,
+    };
+    let mut pauses = vec![refill::next_backoff(Duration::ZERO, &down)];
+    while pauses.len() < 7 {
+        pauses.push(refill::next_backoff(*pauses.last().unwrap(), &down));
+    }
+    let ms: Vec<u128> = pauses.iter().map(Duration::as_millis).collect();
+    assert_eq!(ms, [200, 400, 800, 1600, 3200, 5000, 5000]);
+
     let kme = Arc::new(NumberingKme::default());
     kme.down.store(true, Ordering::SeqCst);
     let s = supply(&kme, 2, Duration::from_secs(60));
     s.start();
-    thread::sleep(Duration::from_millis(500));
-    let attempts = kme.enc_calls.load(Ordering::SeqCst);
-    assert!(
-        (1..=3).contains(&attempts),
-        "{attempts} attempts in 0.5 s: backoff"
-    );
+    wait_for("a failed refill", || retry_at(&s).0.is_some());
+    let (at, pause) = retry_at(&s);
+    assert!(pause >= Duration::from_millis(200), "{pause:?}");
+    assert!(at.unwrap() > now(), "the next refill waits");
     assert!(take(&s, now()).is_none());
     kme.down.store(false, Ordering::SeqCst);
     wait_for("recovered", || s.levels(PeerIndex(0)).outbound_sets == 2);
+    assert_eq!(retry_at(&s), (None, Duration::ZERO));
 }
 
 #[test]
@@ -480,12 +500,11 @@ fn a_kme_that_refuses_the_peer_is_asked_again_only_after_a_long_pause() {
     kme.refusing.store(true, Ordering::SeqCst);
     let s = supply(&kme, 2, Duration::from_secs(60));
     s.start();
-    thread::sleep(Duration::from_millis(600));
-    assert_eq!(
-        kme.enc_calls.load(Ordering::SeqCst),
-        1,
-        "no retry within 0.6 s"
-    );
+    wait_for("a refused refill", || retry_at(&s).0.is_some());
+    let (at, pause) = retry_at(&s);
+    assert_eq!(pause, Duration::from_secs(60));
+    assert!(at.unwrap() > now() + Duration::from_secs(59));
+    assert_eq!(kme.enc_calls.load(Ordering::SeqCst), 1);
 }
 
 #[test]

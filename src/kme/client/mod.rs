@@ -185,6 +185,7 @@ impl Etsi014Client {
             return Err(KmeError::Unreachable {
                 url: url.to_string(),
                 reason: "no time left before the exchange's deadline (wait_timeout)".into(),
+                maybe_served: false,
             });
         }
         let until = now + budget;
@@ -192,10 +193,11 @@ impl Etsi014Client {
             .timeout(budget)
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
-            .map_err(|e| self.transport_error(url, &e, budget))?;
+            // Only a failed connect (or TLS handshake) proves the KME never saw the request.
+            .map_err(|e| self.transport_error(url, &e, budget, !e.is_connect()))?;
         let status = response.status();
-        let body =
-            read_body(&mut response, until).map_err(|e| self.transport_error(url, &e, budget))?;
+        let body = read_body(&mut response, until)
+            .map_err(|e| self.transport_error(url, &e, budget, true))?;
         match body {
             Some(body) if status.is_success() => Ok(body),
             Some(body) => Err(error_from_answer(url, operation, sae, status, &body)),
@@ -210,6 +212,7 @@ impl Etsi014Client {
         url: &Url,
         error: &(dyn std::error::Error + 'static),
         budget: Duration,
+        maybe_served: bool,
     ) -> KmeError {
         match transport_reason(error, budget, self.timeout) {
             Transport::Tls(reason) => KmeError::Tls {
@@ -219,6 +222,7 @@ impl Etsi014Client {
             Transport::Other(reason) => KmeError::Unreachable {
                 url: url.to_string(),
                 reason,
+                maybe_served,
             },
         }
     }
