@@ -2,7 +2,7 @@
 //! for the exchange by the refill threads; announcements accepted, or held until their IKE SA
 //! is authenticated; the record of key IDs used.
 
-use super::{can_refill, Cached, Shared, State, Supply, Unverified};
+use super::{can_refill, Buffers, Cached, Shared, State, Supply, Unverified};
 use crate::ids::{KeyId, PeerIndex};
 use crate::kme::QkdKey;
 use crate::wire::MAX_KEY_IDS;
@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 /// Most announcements held for IKE SAs being set up: an unauthenticated peer can occupy no
 /// more than this fixed budget (oldest dropped first), and nothing is fetched for them.
 pub(super) const MAX_UNVERIFIED: usize = 256;
-/// A KME whose dec_keys answers come within this is fast enough for exchanges with peers
-/// not yet authenticated to wait for: a few answers' time, at least MIN_PATIENCE (many
-/// exchanges at once share a few requests, which then take longer), at most FAST_KME, plus
-/// FAST_KME_MARGIN.
+/// A KME whose dec_keys answers come within this (plus FAST_KME_MARGIN) is fast enough for
+/// exchanges with peers not yet authenticated to wait for. They wait while it stays so, at
+/// most UNAUTHENTICATED_WAIT: a burst of exchanges (many peers initiating at once after a
+/// start) is served by a few rounds of shared requests, which then take longer than one
+/// answer; a flood holds charon's workers no longer than that, and not at all on a slow KME.
 const FAST_KME: Duration = Duration::from_millis(250);
-const MIN_PATIENCE: Duration = Duration::from_millis(200);
 const FAST_KME_MARGIN: Duration = Duration::from_millis(50);
+const UNAUTHENTICATED_WAIT: Duration = Duration::from_secs(1);
 /// Most key IDs pending per peer when exchanges add the ones they wait for (a flood of
 /// unauthenticated exchanges naming made-up IDs gets no further).
 const MAX_PENDING: usize = 256;
@@ -27,8 +28,8 @@ impl Supply {
     /// not cached are handed to the refill threads first in line (bounded per peer), and
     /// waited for until `deadline`, like keys they are fetching already. For an exchange
     /// with a peer not yet `authenticated`, only while our KME answers this peer fast
-    /// (FAST_KME), and no longer than a few of its answers take: a flood of exchanges
-    /// before authentication cannot hold charon's threads waiting on a slow KME. None: the
+    /// (FAST_KME), at most UNAUTHENTICATED_WAIT: a flood of exchanges before
+    /// authentication cannot hold charon's threads waiting on a slow KME. None: the
     /// refill failed, cannot run or is too slow; what is still pending is withdrawn so that
     /// the caller can fetch on demand (within its own request budget, saying why there is
     /// no key) without a double fetch.
@@ -44,26 +45,10 @@ impl Supply {
         // `deadline` in any case; `ask_deadline` bounds waiting for what this exchange asks.
         let ask_deadline = if authenticated {
             deadline
+        } else if answers_fast(&state.buffers[peer], Instant::now()) {
+            deadline.min(Instant::now() + UNAUTHENTICATED_WAIT)
         } else {
-            let b = &state.buffers[peer];
-            let now = Instant::now();
-            // Before a first dec_keys, the enc_keys refills (the same KME) tell its speed.
-            match b
-                .inbound_delay
-                .or(b.depth.delay())
-                .filter(|d| *d <= FAST_KME)
-            {
-                Some(delay) => {
-                    let patience = (delay * 4).clamp(MIN_PATIENCE, FAST_KME);
-                    // A dec_keys for this peer stuck longer than that: the KME is slow now.
-                    if b.inbound_asked.is_none_or(|at| now - at <= patience) {
-                        deadline.min(now + patience + FAST_KME_MARGIN)
-                    } else {
-                        now
-                    }
-                }
-                None => now,
-            }
+            Instant::now()
         };
         // The refill threads are asked once: what they could not deliver is fetched on demand.
         let mut first_pass = true;
@@ -110,7 +95,8 @@ impl Supply {
                 buffers.in_flight.contains(id)
                     || (refill_possible && buffers.pending.iter().any(|(p, _)| p == id))
             });
-            if !coming || now >= wait_until || state.stopped {
+            let kme_slowed = asked && !authenticated && !answers_fast(buffers, now);
+            if !coming || now >= wait_until || kme_slowed || state.stopped {
                 let buffers = &mut state.buffers[peer];
                 buffers.pending.retain(|(id, _)| !ids.contains(id));
                 // Keys of this exchange already cached are no use without the others.
@@ -121,7 +107,9 @@ impl Supply {
                 }
                 return None;
             }
-            state = self.shared.wait(state, wait_until - now);
+            // A KME that stops answering wakes nobody: look again within FAST_KME.
+            let wait = (wait_until - now).min(FAST_KME);
+            state = self.shared.wait(state, wait);
         }
     }
 
@@ -179,6 +167,18 @@ impl Supply {
     pub fn forget(&self, ike_sa: u32) {
         self.shared.lock().unverified.retain(|u| u.ike_sa != ike_sa);
     }
+}
+
+/// Whether our KME answers this peer's dec_keys fast (FAST_KME), as far as known: its
+/// answers so far (before the first, those of enc_keys: the same KME), and no request in
+/// flight for longer.
+fn answers_fast(b: &Buffers, now: Instant) -> bool {
+    b.inbound_delay
+        .or(b.depth.delay())
+        .is_some_and(|d| d <= FAST_KME)
+        && b.inbound_sent
+            .iter()
+            .all(|sent| now.duration_since(*sent) <= FAST_KME + FAST_KME_MARGIN)
 }
 
 impl Shared {

@@ -176,9 +176,8 @@ struct Buffers {
     /// The peer's KME pair replaces keys the slave has not fetched when enc_keys is called
     /// again (detected): one set at a time, no enc_keys while an exchange is outstanding.
     replacing: bool,
-    /// dec_keys refills for this peer in flight, and when the oldest of them was sent.
-    inbound_requests: usize,
-    inbound_asked: Option<Instant>,
+    /// When each dec_keys refill for this peer in flight was sent.
+    inbound_sent: Vec<Instant>,
     /// Smoothed time a dec_keys refill takes (None before the first).
     inbound_delay: Option<Duration>,
     /// Inbound keys one peer exchange uses; bounds what an announcement may ask for.
@@ -201,8 +200,7 @@ impl Buffers {
             outstanding: 0,
             enc_count: 0,
             replacing: false,
-            inbound_requests: 0,
-            inbound_asked: None,
+            inbound_sent: Vec::new(),
             inbound_delay: None,
             ids_per_set: 1,
             retry_at: None,

@@ -37,16 +37,17 @@ enum Job {
         peer: PeerIndex,
         sets: usize,
     },
-    /// Announced key IDs with the time of their announcement.
+    /// Announced key IDs with the time of their announcement; when the request is sent.
     Inbound {
         peer: PeerIndex,
         pending: Vec<(KeyId, Instant)>,
+        sent: Instant,
     },
 }
 
 enum Held {
     Sets(usize),
-    Ids(Vec<KeyId>),
+    Ids(Vec<KeyId>, Instant),
 }
 
 impl Job {
@@ -64,12 +65,18 @@ pub(super) fn run(shared: Arc<Shared>) {
         // What the job holds in the peer's buffers, to release if it panics.
         let held = match &job {
             Job::Outbound { sets, .. } => Held::Sets(*sets),
-            Job::Inbound { pending, .. } => Held::Ids(pending.iter().map(|(id, _)| *id).collect()),
+            Job::Inbound { pending, sent, .. } => {
+                Held::Ids(pending.iter().map(|(id, _)| *id).collect(), *sent)
+            }
         };
         // A panic in a KME request must not end the thread with the peer marked busy.
         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
             Job::Outbound { peer, sets } => fill_outbound(&shared, peer, sets),
-            Job::Inbound { peer, pending } => fill_inbound(&shared, peer, pending),
+            Job::Inbound {
+                peer,
+                pending,
+                sent,
+            } => fill_inbound(&shared, peer, pending, sent),
         }));
         let mut state = shared.lock();
         state.kme_requests[shared.kme_of[peer]] -= 1;
@@ -81,7 +88,7 @@ pub(super) fn run(shared: Arc<Shared>) {
             let buffers = &mut state.buffers[peer];
             match held {
                 Held::Sets(sets) => buffers.outbound_done(sets),
-                Held::Ids(ids) => buffers.inbound_done(&ids),
+                Held::Ids(ids, sent) => buffers.inbound_done(&ids, sent),
             }
             buffers.retry_at = Some(Instant::now() + MAX_BACKOFF);
         }
@@ -126,16 +133,19 @@ fn next_job(shared: &Shared, next_peer: &mut PeerIndex) -> Option<Job> {
                     buffers.outbound_in_flight += sets;
                     Job::Outbound { peer, sets }
                 })
-            } else if !buffers.pending.is_empty() && buffers.inbound_requests < PER_PEER {
+            } else if !buffers.pending.is_empty() && buffers.inbound_sent.len() < PER_PEER {
                 kme_free.then(|| {
                     // The IDs exchanges wait for are first in line; many exchanges at once
                     // share one request (fill_inbound copes with one ID the KME refuses).
                     let n = buffers.pending.len().min(MAX_KEY_IDS);
                     let pending: Vec<(KeyId, Instant)> = buffers.pending.drain(..n).collect();
-                    buffers.inbound_asked.get_or_insert(now);
-                    buffers.inbound_requests += 1;
+                    buffers.inbound_sent.push(now);
                     buffers.in_flight.extend(pending.iter().map(|(id, _)| *id));
-                    Job::Inbound { peer, pending }
+                    Job::Inbound {
+                        peer,
+                        pending,
+                        sent: now,
+                    }
                 })
             } else {
                 None
@@ -227,11 +237,10 @@ fn fill_outbound(shared: &Shared, peer: PeerIndex, sets: usize) {
     shared.wake.notify_all();
 }
 
-fn fill_inbound(shared: &Shared, peer: PeerIndex, pending: Vec<(KeyId, Instant)>) {
+fn fill_inbound(shared: &Shared, peer: PeerIndex, pending: Vec<(KeyId, Instant)>, sent: Instant) {
     let ids: Vec<KeyId> = pending.iter().map(|(id, _)| *id).collect();
     let p = &shared.peers[peer];
-    let asked = Instant::now();
-    let deadline = asked + p.kme_timeout;
+    let deadline = sent + p.kme_timeout;
     let result = match p.source.dec_keys(&p.sae_id, &ids, deadline) {
         // A KME refuses a whole dec_keys for one ID it does not know (one used meanwhile,
         // or a stale one): ask for each alone, so that one such ID costs no other key.
@@ -259,8 +268,8 @@ fn fill_inbound(shared: &Shared, peer: PeerIndex, pending: Vec<(KeyId, Instant)>
     };
     let mut state = shared.lock();
     let buffers = &mut state.buffers[peer];
-    buffers.inbound_done(&ids);
-    let took = asked.elapsed();
+    buffers.inbound_done(&ids, sent);
+    let took = sent.elapsed();
     buffers.inbound_delay = Some(match buffers.inbound_delay {
         Some(d) => (d * 3 + took) / 4,
         None => took,
@@ -304,13 +313,12 @@ impl Buffers {
         self.outbound_in_flight -= sets;
     }
 
-    fn inbound_done(&mut self, ids: &[KeyId]) {
-        self.inbound_requests -= 1;
+    fn inbound_done(&mut self, ids: &[KeyId], sent: Instant) {
+        if let Some(pos) = self.inbound_sent.iter().position(|at| *at == sent) {
+            self.inbound_sent.swap_remove(pos);
+        }
         for id in ids {
             self.in_flight.remove(id);
-        }
-        if self.inbound_requests == 0 {
-            self.inbound_asked = None;
         }
     }
 }

@@ -72,7 +72,8 @@ impl KeySource for NumberingKme {
         while self.holding.load(Ordering::SeqCst) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(1));
         }
-        thread::sleep(*self.delay.lock().unwrap());
+        let delay = *self.delay.lock().unwrap();
+        thread::sleep(delay);
         self.enc_in_progress.fetch_sub(1, Ordering::SeqCst);
         self.fail_if_down()?;
         Ok((0..sets)
@@ -91,7 +92,8 @@ impl KeySource for NumberingKme {
         while self.dec_holding.load(Ordering::SeqCst) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(1));
         }
-        thread::sleep(*self.delay.lock().unwrap());
+        let delay = *self.delay.lock().unwrap();
+        thread::sleep(delay);
         self.dec_in_progress.fetch_sub(1, Ordering::SeqCst);
         self.fail_if_down()?;
         if ids.contains(&UNKNOWN) {
@@ -681,6 +683,38 @@ fn exchanges_at_once_share_batched_refills() {
     assert_eq!(got, 12, "every exchange got a set");
     let calls = kme.enc_calls.load(Ordering::SeqCst);
     assert!(calls < 12, "{calls} enc_keys calls for 12 exchanges");
+}
+
+/// Many exchanges before authentication at once (peers initiating together after a start)
+/// take several rounds of shared dec_keys; each answer comes fast, so every exchange waits
+/// for its round instead of being refused after the first.
+#[test]
+fn a_burst_before_authentication_waits_for_rounds_of_fast_answers() {
+    let kme = Arc::new(NumberingKme::default());
+    *kme.delay.lock().unwrap() = Duration::from_millis(200);
+    let s = supply(&kme, 1, Duration::from_secs(60));
+    s.start();
+    wait_for("KME timed", || s.levels(PeerIndex(0)).outbound_sets == 1);
+    let deadline = now() + Duration::from_secs(5);
+    let got = thread::scope(|scope| {
+        let takers: Vec<_> = (100..148u8)
+            .map(|n| {
+                let s = &s;
+                scope.spawn(move || {
+                    s.take_inbound(PeerIndex(0), &[KeyId([n; 16])], deadline, false)
+                        .is_some()
+                })
+            })
+            .collect();
+        takers
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|got| *got)
+            .count()
+    });
+    assert_eq!(got, 48, "every exchange of the burst got its key");
+    let calls = kme.dec_calls.load(Ordering::SeqCst);
+    assert!(calls >= 3, "{calls} dec_keys: 48 IDs take several rounds");
 }
 
 /// Before authentication an exchange may wait for the refill threads only while the KME
