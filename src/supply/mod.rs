@@ -171,6 +171,8 @@ struct Buffers {
     in_flight: HashSet<KeyId>,
     /// Exchanges started as master that are not over yet.
     outstanding: usize,
+    /// Exchanges waiting for an outbound set right now (the queue was empty).
+    outbound_waiting: usize,
     /// enc_keys answered for this peer so far (refills and on-demand fetches).
     enc_count: u64,
     /// The peer's KME pair replaces keys the slave has not fetched when enc_keys is called
@@ -198,6 +200,7 @@ impl Buffers {
             pending: VecDeque::new(),
             in_flight: HashSet::new(),
             outstanding: 0,
+            outbound_waiting: 0,
             enc_count: 0,
             replacing: false,
             inbound_sent: Vec::new(),

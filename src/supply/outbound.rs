@@ -54,6 +54,7 @@ impl Supply {
             state.buffers[peer].depth.taken(Instant::now(), 1);
         }
         let mut waiting = false;
+        state.buffers[peer].outbound_waiting += 1;
         let taken = loop {
             let now = Instant::now();
             let buffers = &mut state.buffers[peer];
@@ -86,6 +87,7 @@ impl Supply {
             }
             state = self.shared.wait(state, deadline - now);
         };
+        state.buffers[peer].outbound_waiting -= 1;
         if waiting {
             state.buffers[peer].depth.wait_ended(Instant::now());
         }

@@ -122,13 +122,26 @@ fn next_job(shared: &Shared, next_peer: &mut PeerIndex) -> Option<Job> {
             }
             // A replacing KME would delete the key of an exchange still going on.
             let coming = buffers.outbound.len() + buffers.outbound_in_flight;
-            let outbound_short = coming < low_water
+            // Exchanges waiting on an empty queue are demand known now, before the depth
+            // has measured it (a burst on an idle peer): more of them than sets coming
+            // asks for one set each (within the cap).
+            let waiting = if buffers.replacing {
+                0
+            } else {
+                buffers.outbound_waiting
+            };
+            let fill_to = if waiting > coming {
+                target.max(waiting.min(buffers.depth.cap()))
+            } else {
+                target
+            };
+            let outbound_short = (coming < low_water || coming < waiting)
                 && buffers.outbound_requests < PER_PEER
                 && !(buffers.replacing
                     && (buffers.outstanding > 0 || buffers.outbound_requests > 0));
             let job = if outbound_short {
                 kme_free.then(|| {
-                    let sets = target - coming;
+                    let sets = fill_to - coming;
                     buffers.outbound_requests += 1;
                     buffers.outbound_in_flight += sets;
                     Job::Outbound { peer, sets }

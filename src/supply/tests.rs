@@ -673,6 +673,9 @@ fn exchanges_at_once_share_batched_refills() {
         let takers: Vec<_> = (0..12)
             .map(|_| scope.spawn(|| take(&s, now() + Duration::from_secs(5))))
             .collect();
+        wait_for("all waiting", || {
+            s.shared.lock().buffers[PeerIndex(0)].outbound_waiting == 12
+        });
         kme.holding.store(false, Ordering::SeqCst);
         takers
             .into_iter()
@@ -681,6 +684,12 @@ fn exchanges_at_once_share_batched_refills() {
             .count()
     });
     assert_eq!(got, 12, "every exchange got a set");
+    // The floor's refill (held), then one request for every exchange waiting meanwhile;
+    // later ones top the queue up.
+    assert!(
+        kme.most_sets.load(Ordering::SeqCst) >= 11,
+        "one request for the exchanges waiting"
+    );
     let calls = kme.enc_calls.load(Ordering::SeqCst);
     assert!(calls < 12, "{calls} enc_keys calls for 12 exchanges");
 }
