@@ -101,18 +101,60 @@ fn any_ppk_set(helpers: &symbols::CredentialHelpers) -> Option<*mut mem_cred_t> 
     if filled != random.len() as isize {
         return None;
     }
-    // SAFETY: the helpers are libstrongswan's; shared_key_create takes ownership of the
-    // malloc'ed chunk, add_shared of the key (owner list: just the NULL terminator).
+    // SAFETY: no owner to hand over.
+    let mem = unsafe { mem_cred_with_key(helpers, &random[..], null_mut()) };
+    (!mem.is_null()).then_some(mem)
+}
+
+/// A new `mem_cred_t` holding `key` (copied once, into the malloc'ed chunk the shared key
+/// wipes and frees) as SHARED_PPK owned by `owner` (none if NULL); NULL if libstrongswan
+/// cannot make one, with everything made so far released.
+///
+/// # Safety
+/// `owner` is NULL or an identity the caller hands over (destroyed here on failure).
+unsafe fn mem_cred_with_key(
+    helpers: &symbols::CredentialHelpers,
+    key: &[u8],
+    owner: *mut identification_t,
+) -> *mut mem_cred_t {
+    // SAFETY: libstrongswan's constructors; add_shared takes ownership of the shared key and
+    // the owner (a NULL-terminated list); on failure each object is released once.
     unsafe {
-        let mem = (helpers.mem_cred_create?)();
-        let key = (helpers.shared_key_create?)(SHARED_PPK, chunk::malloc_copy(&random[..])?);
-        match (mem.as_mut(), key.is_null()) {
-            (Some(set), false) => {
-                (set.add_shared?)(mem, key, null_mut::<identification_t>());
-                Some(mem)
+        let release_owner = || {
+            if let Some(destroy) = owner.as_mut().and_then(|o| o.destroy) {
+                destroy(owner);
             }
-            _ => None,
+        };
+        let (Some(mem_cred_create), Some(shared_key_create)) =
+            (helpers.mem_cred_create, helpers.shared_key_create)
+        else {
+            release_owner();
+            return null_mut();
+        };
+        let mem = mem_cred_create();
+        let Some(add_shared) = mem.as_mut().and_then(|set| set.add_shared) else {
+            release_owner();
+            destroy_mem_cred(mem as *mut c_void);
+            return null_mut();
+        };
+        let Some(material) = chunk::malloc_copy(key) else {
+            release_owner();
+            destroy_mem_cred(mem as *mut c_void);
+            return null_mut();
+        };
+        let shared = shared_key_create(SHARED_PPK, material);
+        if shared.is_null() {
+            drop(chunk::take(material, true));
+            release_owner();
+            destroy_mem_cred(mem as *mut c_void);
+            return null_mut();
         }
+        if owner.is_null() {
+            add_shared(mem, shared, null_mut::<identification_t>());
+        } else {
+            add_shared(mem, shared, owner, null_mut::<identification_t>());
+        }
+        mem
     }
 }
 
@@ -188,8 +230,7 @@ struct LookupArgs {
 }
 
 /// An enumerator over `key` as a SHARED_PPK owned by the PPK_ID `me` (see the module
-/// comment); NULL if libstrongswan cannot make one. The key is copied once, into the
-/// malloc'ed chunk strongSwan wipes and frees with the shared key.
+/// comment); NULL if libstrongswan cannot make one.
 fn key_enumerator(
     key: &[u8],
     type_: shared_key_type_t,
@@ -199,43 +240,21 @@ fn key_enumerator(
     let Some(helpers) = symbols::credential_helpers() else {
         return null_mut();
     };
-    // SAFETY: libstrongswan's constructors; `me` is charon's live identity (clone makes one
-    // the set owns); add_shared takes ownership of the key and the owner (NULL-terminated
-    // list); the enumerators take ownership of what they wrap, as described above.
+    let (Some(single), Some(nested)) = (
+        helpers.enumerator_create_single,
+        helpers.enumerator_create_nested,
+    ) else {
+        return null_mut();
+    };
+    // SAFETY: `me` is charon's live identity (its clone is ours and goes to the set); the
+    // enumerators take ownership of what they wrap, as described in the module comment.
     unsafe {
-        let (Some(mem_cred_create), Some(shared_key_create), Some(single), Some(nested)) = (
-            helpers.mem_cred_create,
-            helpers.shared_key_create,
-            helpers.enumerator_create_single,
-            helpers.enumerator_create_nested,
-        ) else {
+        let Some(clone) = (*me).clone else {
             return null_mut();
         };
-        let (Some(clone), Some(material)) = ((*me).clone, chunk::malloc_copy(key)) else {
+        let mem = mem_cred_with_key(&helpers, key, clone(me));
+        if mem.is_null() {
             return null_mut();
-        };
-        let mem = mem_cred_create();
-        let Some(set) = mem.as_mut() else {
-            chunk_clear(material);
-            return null_mut();
-        };
-        let shared = shared_key_create(SHARED_PPK, material);
-        let owner = clone(me);
-        match (set.add_shared, shared.is_null(), owner.is_null()) {
-            (Some(add_shared), false, false) => {
-                add_shared(mem, shared, owner, null_mut::<identification_t>())
-            }
-            _ => {
-                // Without its key the set holds nothing; what was made is released with it
-                // or here.
-                if !owner.is_null() {
-                    if let Some(destroy) = (*owner).destroy {
-                        destroy(owner);
-                    }
-                }
-                destroy_mem_cred(mem as *mut c_void);
-                return null_mut();
-            }
         }
         let outer = single(mem as *mut c_void, Some(destroy_mem_cred));
         if outer.is_null() {
@@ -250,15 +269,6 @@ fn key_enumerator(
             Some(free_args),
         )
     }
-}
-
-/// Wipes and frees a chunk we malloc'ed that no shared key took over.
-///
-/// # Safety
-/// `c` must be a malloc'ed chunk nobody else frees.
-unsafe fn chunk_clear(c: super::abi::chunk_t) {
-    // SAFETY: per the contract; take() wipes before freeing.
-    drop(unsafe { chunk::take(c, true) });
 }
 
 /// The nested enumerator's inner constructor: the mem_cred's own shared-key enumerator.
