@@ -14,7 +14,7 @@ fn main() {
         .allowlist_type(".*_t")
         .allowlist_type("key_exchange_method_t|plugin_feature_kind_t|plugin_feature_type_t")
         .allowlist_var(
-            "KE_.*|CURVE_.*|ECP_.*|MODP_.*|FEATURE_.*|RNG_.*|LEVEL_.*|KEY_EXCHANGE_METHOD|IKE_ESTABLISHED|IKE_REKEYING|IKE_REKEYED",
+            "KE_.*|SHARED_.*|CURVE_.*|ECP_.*|MODP_.*|FEATURE_.*|RNG_.*|LEVEL_.*|KEY_EXCHANGE_METHOD|IKE_ESTABLISHED|IKE_REKEYING|IKE_REKEYED",
         )
         .default_enum_style(bindgen::EnumVariation::Consts)
         .prepend_enum_name(false)

@@ -186,6 +186,98 @@ struct enum_name_t {
 	char *names[];
 };
 
+/* ---- credentials for PPK lookups (credential sets, shared keys, identities) ------------ */
+
+typedef enum {
+	SHARED_ANY = 0,
+	SHARED_PPK = 6,
+} shared_key_type_t;
+
+/* created by shared_key_create and handed to a mem_cred_t: never called by us */
+typedef struct shared_key_t shared_key_t;
+
+typedef struct identification_t identification_t;
+
+/* complete */
+struct identification_t {
+	chunk_t (*get_encoding)(identification_t *this);
+	void *get_type;
+	void *hash;
+	void *equals;
+	void *matches;
+	void *contains_wildcards;
+	void *create_part_enumerator;
+	identification_t *(*clone)(identification_t *this);
+	void (*destroy)(identification_t *this);
+};
+
+typedef struct credential_set_t credential_set_t;
+
+/* complete: the credential manager calls every slot of a registered set. We answer shared
+ * key lookups only; the other four get functions that return NULL / do nothing, typed here
+ * as placeholders (strongSwan's own sets use return_null/nop the same way). */
+struct credential_set_t {
+	void *create_private_enumerator;
+	void *create_cert_enumerator;
+	enumerator_t *(*create_shared_enumerator)(credential_set_t *this, shared_key_type_t type,
+											  identification_t *me, identification_t *other);
+	void *create_cdp_enumerator;
+	void *cache_cert;
+};
+
+typedef struct credential_manager_t credential_manager_t;
+
+struct credential_manager_t {
+	void *create_cert_enumerator;
+	void *create_shared_enumerator;
+	void *create_cdp_enumerator;
+	void *get_cert;
+	void *get_shared;
+	void *get_private;
+	void *get_ocsp;
+	void *create_trusted_enumerator;
+	void *create_public_enumerator;
+	void *cache_cert;
+	void *flush_cache;
+	void *issued_by;
+	void (*add_set)(credential_manager_t *this, credential_set_t *set);
+	void (*remove_set)(credential_manager_t *this, credential_set_t *set);
+	/* add_local_set, ..., destroy: not used */
+};
+
+typedef struct mem_cred_t mem_cred_t;
+
+/* complete (credentials/sets/mem_cred.h): an in-memory set that holds one fetched PPK for
+ * the duration of one lookup and does strongSwan's own identity matching */
+struct mem_cred_t {
+	credential_set_t set;
+	void *add_cert;
+	void *add_cert_ref;
+	void *get_cert_ref;
+	void *add_crl;
+	void *add_key;
+	void *remove_key;
+	void (*add_shared)(mem_cred_t *this, shared_key_t *shared, ...);
+	void *add_shared_list;
+	void *add_shared_unique;
+	void *remove_shared_unique;
+	void *create_unique_shared_enumerator;
+	void *add_cdp;
+	void *replace_certs;
+	void *replace_secrets;
+	void *clear;
+	void *clear_secrets;
+	void (*destroy)(mem_cred_t *this);
+};
+
+/* libstrongswan functions, looked up with dlsym (src/ffi/symbols.rs) */
+typedef shared_key_t *(*shared_key_create_fn_t)(shared_key_type_t type, chunk_t key);
+typedef mem_cred_t *(*mem_cred_create_fn_t)(void);
+typedef enumerator_t *(*enumerator_create_single_fn_t)(void *item, void (*cleanup)(void *item));
+typedef enumerator_t *(*enumerator_create_nested_fn_t)(enumerator_t *outer,
+		enumerator_t *(*inner_constructor)(void *outer, void *data), void *data,
+		void (*destructor)(void *data));
+
 /* ---- library_t (global `lib`) ---------------------------------------------------------- */
 
 /* ---- processor and jobs (processing/processor.h, processing/jobs/job.h) ---------------- */
@@ -252,7 +344,7 @@ struct library_t {
 	void *caps;
 	crypto_factory_t *crypto;
 	void *creds;
-	void *credmgr;
+	credential_manager_t *credmgr;
 	void *encoding;
 	void *ocsp;
 	void *metadata;

@@ -4,7 +4,8 @@
 //!
 //! Layers, lowest first: `ids` (key and SAE IDs); `wire` (KE data codec) and `config`
 //! (settings); `kme` (key sources, the ETSI 014 client); `supply` (keys in place before an
-//! exchange needs them); `ke` (the exchange state machine); `status` (what `qkdctl` shows,
+//! exchange needs them); `ke` (the exchange state machine); `ppk` (RFC 8784 PPKs from the
+//! KME for peers without the plugin); `status` (what `qkdctl` shows,
 //! the socket server); `installed` (the runtime new exchanges pick up, reloads, the status
 //! socket's life cycle).
 //! All raw-pointer code, the charon ABI and the exported symbols live in `ffi`, the only
@@ -22,6 +23,7 @@ pub mod ids;
 mod installed;
 pub mod ke;
 pub mod kme;
+pub mod ppk;
 pub mod status;
 pub mod supply;
 pub mod version;

@@ -36,13 +36,26 @@ const PARTIAL_STRUCTS: &[&str] = &[
     "bus_t",
     "daemon_t",
     "processor_t",
+    "credential_manager_t",
 ];
 
 /// Types only our header has (the real header uses anonymous enums for plugin_feature_t's
 /// kind and type, and declares `dbg` without a typedef). Members of these types are checked
 /// by size/offset only; dbg_fn_t is compared with `__typeof__(dbg)`.
 const OWN_ONLY_TYPES: &[&str] = &["plugin_feature_kind_t", "plugin_feature_type_t"];
-const TYPEDEF_COUNTERPART: &[(&str, &str)] = &[("dbg_fn_t", "__typeof__(dbg)")];
+const TYPEDEF_COUNTERPART: &[(&str, &str)] = &[
+    ("dbg_fn_t", "__typeof__(dbg)"),
+    ("shared_key_create_fn_t", "__typeof__(&shared_key_create)"),
+    ("mem_cred_create_fn_t", "__typeof__(&mem_cred_create)"),
+    (
+        "enumerator_create_single_fn_t",
+        "__typeof__(&enumerator_create_single)",
+    ),
+    (
+        "enumerator_create_nested_fn_t",
+        "__typeof__(&enumerator_create_nested)",
+    ),
+];
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -420,7 +433,8 @@ fn signature_checks(h: &Header) -> (String, usize) {
          #include <crypto/key_exchange.h>\n#include <crypto/rngs/rng.h>\n\
          #include <crypto/crypto_factory.h>\n#include <crypto/proposal/proposal_keywords.h>\n\
          #include <networking/host.h>\n#include <daemon.h>\n#include <bus/bus.h>\n\
-         #include <sa/ike_sa.h>\n\
+         #include <sa/ike_sa.h>\n#include <credentials/credential_manager.h>\n\
+         #include <credentials/sets/mem_cred.h>\n#include <utils/identification.h>\n\
          #define SIG(what, a, b) _Static_assert(__builtin_types_compatible_p(a, b), \
          \"ABI-SIG \" what \" differs from strongSwan 6.1.0\")\n",
     );

@@ -984,3 +984,69 @@ fn status_socket_shows_the_buffers_and_kme_after_the_first_exchange() {
     p.assert_logged("qkd: status socket unix://");
     assert!(!socket.exists(), "unload removes the socket");
 }
+
+/// The credential set answering PPK lookups (peers.<conn>.ppk = yes) as ike_init.c and
+/// ike_auth.c use it: a key exists for USE_PPK, the lookup by a KME key ID as PPK_ID returns
+/// that key from the journal (the peer fetched it as master), a second lookup none; every
+/// mem_cred_t, shared key, identity and enumerator the plugin made is gone afterwards.
+#[test]
+fn ppk_lookup_by_key_id_returns_the_kmes_key_once() {
+    use strongswan_qkd::config::KmeSettings;
+    use strongswan_qkd::ids::SaeId;
+    use strongswan_qkd::kme::{Etsi014Client, KeySource};
+
+    let link = TestLink::start(SimOptions::default());
+    let site = Site::new("ppk");
+    let (_, b) = two_gateways(&site, &link, &[("peers.gw-a.ppk", "yes")]);
+    // What the peer without the plugin does: enc_keys at its KME for us.
+    let master = Etsi014Client::new(&KmeSettings {
+        url: link.kme_a_url.clone(),
+        standby_urls: Vec::new(),
+        ca: site.file("ca.pem"),
+        cert: site.file("sae-a.pem"),
+        key: site.file("sae-a.key"),
+        timeout: Duration::from_secs(10),
+    })
+    .expect("KME-A client");
+    // One key per emulated version (a key keys one IKE SA).
+    let keys = master
+        .enc_keys(
+            &SaeId::new(TestLink::SAE_B).unwrap(),
+            256,
+            2,
+            Instant::now() + Duration::from_secs(10),
+        )
+        .expect("enc_keys at KME-A");
+    for (version, set) in [Strongswan::V6_0_1, Strongswan::V6_1_0]
+        .into_iter()
+        .zip(&keys)
+    {
+        let key = &set[0];
+        let key_id = key.id.to_string();
+        let p = Proc::spawn(
+            version,
+            &b,
+            "ppk",
+            &[
+                "--conn",
+                GW_B.peer_conn,
+                "--remote",
+                GW_A_ADDR,
+                "--ppk-id",
+                &key_id,
+            ],
+        )
+        .finish();
+        p.assert_clean(version);
+        assert_eq!(p.hex("ppk"), key.material.to_vec(), "{p}");
+        assert!(p.has("ok - the PPK matches its PPK_ID perfectly"), "{p}");
+        p.assert_logged(&format!(
+            "qkd-audit: ike_sa=gw-a[1] exchange=ppk role=responder peer_sae=sae-a \
+             key_ids={key_id} kme={} result=ppk",
+            link.kme_b_url
+        ));
+        // The second lookup of that PPK_ID: refused before any KME request.
+        assert_eq!(p.values("again"), ["0"], "{p}");
+        p.assert_logged("result=failed:key-used");
+    }
+}

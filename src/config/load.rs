@@ -3,7 +3,7 @@
 
 use super::values::{
     parse_count, parse_dh_group, parse_fallback, parse_kem, parse_key_size, parse_method_id,
-    CURVE_25519,
+    parse_yes_no, CURVE_25519,
 };
 use super::*;
 use std::net::IpAddr;
@@ -153,6 +153,7 @@ impl Config {
             let remote = scope.parse("remote", |v| {
                 v.parse::<IpAddr>().map_err(|e| format!("'{v}': {e}"))
             })?;
+            let ppk = scope.parse("ppk", parse_yes_no)?.unwrap_or(false);
             let peer_kme = scope.kme()?;
             if peer_kme.is_none() && kme.is_none() {
                 return Err(scope.error(
@@ -165,6 +166,7 @@ impl Config {
                 sae_id,
                 remote,
                 kme: peer_kme,
+                ppk,
             });
         }
         if kme.is_none() && peers.is_empty() {

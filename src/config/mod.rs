@@ -82,6 +82,9 @@ pub struct PeerConfig {
     pub remote: Option<IpAddr>,
     /// KME override for this peer (else the global `kme`).
     pub kme: Option<KmeSettings>,
+    /// Answer strongSwan's RFC 8784 PPK lookups for this connection whose PPK_ID is a KME
+    /// key ID with that key (dec_keys, this peer as ETSI master): `peers.<conn>.ppk`.
+    pub ppk: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -46,6 +46,10 @@ fn defaults() {
     assert_eq!(kme.timeout, Duration::from_secs(5));
     assert_eq!(c.peers.len(), 1);
     assert_eq!(c.peer_named("gw-b").unwrap().sae_id.as_str(), "sae-b");
+    assert!(
+        !c.peers[0].ppk,
+        "PPK lookups are answered only where enabled"
+    );
     assert_eq!(c.kme_for(&c.peers[0]).url, kme.url);
 }
 
@@ -85,6 +89,7 @@ fn all_values() {
         ("max_kme_requests", "1"),
         ("kme.timeout", "1.5"),
         ("peers.gw-b.remote", "192.0.2.20"),
+        ("peers.gw-b.ppk", "yes"),
         ("peers.gw-b.kme.url", "https://kme-x:1"),
         ("peers.gw-b.kme.ca", "ca"),
         ("peers.gw-b.kme.cert", "c"),
@@ -103,6 +108,7 @@ fn all_values() {
     assert_eq!(c.kme.as_ref().unwrap().timeout, Duration::from_millis(1500));
     let p = &c.peers[0];
     assert_eq!(p.remote, Some("192.0.2.20".parse().unwrap()));
+    assert!(p.ppk);
     assert_eq!(c.kme_for(p).url, "https://kme-x:1");
 }
 
@@ -179,6 +185,10 @@ fn errors_name_the_key() {
                 ("peers.gw-b.remote", "192.0.2.20"),
             ],
             "charon.plugins.qkd.peers.gw-b.sae_id: missing",
+        ),
+        (
+            &[("peers.gw-b.ppk", "required")],
+            "charon.plugins.qkd.peers.gw-b.ppk: 'required' is not one of: yes, no",
         ),
         (
             &[("peers.gw-b.remote", "gw-b")],

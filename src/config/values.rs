@@ -44,6 +44,15 @@ pub(super) fn parse_fallback(v: &str) -> Result<Fallback, String> {
     }
 }
 
+/// A flag, in the spellings strongSwan's own settings accept.
+pub(super) fn parse_yes_no(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "enabled" | "1" => Ok(true),
+        "no" | "false" | "disabled" | "0" => Ok(false),
+        _ => Err(format!("'{v}' is not one of: yes, no")),
+    }
+}
+
 /// strongSwan time syntax: a number with an optional s/m/h/d suffix.
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
     let (num, unit) = match v

@@ -63,7 +63,7 @@ pub(crate) unsafe extern "C" fn create(method: key_exchange_method_t) -> *mut ke
 
 /// Connection name and remote address of the IKE SA the calling thread has checked out.
 /// A responder in IKE_SA_INIT/IKE_INTERMEDIATE has no connection yet ("(unnamed)").
-fn exchange_context() -> ExchangeContext {
+pub(super) fn exchange_context() -> ExchangeContext {
     let mut ctx = ExchangeContext::default();
     // SAFETY: charon's bus and the checked-out IKE SA are valid for the duration of this
     // call; get_unique_id returns a number; get_name/get_other_host return NULL or

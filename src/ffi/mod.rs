@@ -26,6 +26,7 @@ mod inner_ke;
 mod key_exchange;
 mod log;
 mod plugin;
+mod ppk;
 mod settings;
 mod symbols;
 mod version;

@@ -7,7 +7,7 @@ use super::abi::{
     FEATURE_SDEPEND, KEY_EXCHANGE_METHOD,
 };
 use super::inner_ke::CharonKe;
-use super::{boundary, events, key_exchange, log as charon_log, settings, symbols, version};
+use super::{boundary, events, key_exchange, log as charon_log, ppk, settings, symbols, version};
 use crate::config::{method_name, Config, PREFIX};
 use crate::installed::{self, status_socket};
 use std::ffi::{c_char, c_int, c_void};
@@ -175,6 +175,8 @@ pub extern "C" fn qkd_plugin_create() -> *mut plugin_t {
         );
         // Key supply start (after the privilege drop) and IKE SA authentication events.
         events::register();
+        // RFC 8784 PPK lookups answered from the KME (peers.<conn>.ppk).
+        ppk::register();
         Box::into_raw(plugin) as *mut plugin_t
     })
 }
@@ -233,6 +235,7 @@ unsafe extern "C" fn destroy(this: *mut plugin_t) {
             };
         }
         events::unregister();
+        ppk::unregister();
         status_socket::stop();
         installed::uninstall();
     })

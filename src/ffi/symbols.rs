@@ -4,7 +4,10 @@
 //! libcharon) and the test binaries unlinkable; charon has loaded both libraries before it
 //! dlopens us, so the lookups succeed there.
 
-use super::abi::{daemon_t, dbg_fn_t, enum_name_t, library_t};
+use super::abi::{
+    daemon_t, dbg_fn_t, enum_name_t, enumerator_create_nested_fn_t, enumerator_create_single_fn_t,
+    library_t, mem_cred_create_fn_t, shared_key_create_fn_t,
+};
 use std::ffi::{c_void, CStr};
 use std::ptr;
 
@@ -90,4 +93,44 @@ pub(crate) fn enum_names() -> Option<EnumNames> {
             key_exchange_methods: list,
         })
     }
+}
+
+/// The libstrongswan functions a PPK lookup's answer is built with (src/ffi/ppk.rs), typed
+/// by include/strongswan_abi.h's `*_fn_t` typedefs (checked against 6.1.0 by
+/// tests/abi_layout.rs).
+pub(crate) struct CredentialHelpers {
+    pub shared_key_create: shared_key_create_fn_t,
+    pub mem_cred_create: mem_cred_create_fn_t,
+    pub enumerator_create_single: enumerator_create_single_fn_t,
+    pub enumerator_create_nested: enumerator_create_nested_fn_t,
+}
+
+/// `name` as the bindgen function pointer type `F` (an `Option<fn>`: None when absent).
+///
+/// # Safety
+/// `F` must be `Option<unsafe extern "C" fn(..)>` with the exported function's signature.
+unsafe fn function<F: Copy>(name: &CStr) -> F {
+    let address = lookup(name);
+    debug_assert_eq!(size_of::<F>(), size_of::<*mut c_void>());
+    // SAFETY: an Option of a function pointer has a pointer's layout, NULL being None; the
+    // caller vouches for the signature.
+    unsafe { std::mem::transmute_copy(&address) }
+}
+
+/// All of [`CredentialHelpers`], or None if one is missing.
+pub(crate) fn credential_helpers() -> Option<CredentialHelpers> {
+    // SAFETY: libstrongswan 6 exports these functions with the signatures of their typedefs.
+    let helpers = unsafe {
+        CredentialHelpers {
+            shared_key_create: function(c"shared_key_create"),
+            mem_cred_create: function(c"mem_cred_create"),
+            enumerator_create_single: function(c"enumerator_create_single"),
+            enumerator_create_nested: function(c"enumerator_create_nested"),
+        }
+    };
+    (helpers.shared_key_create.is_some()
+        && helpers.mem_cred_create.is_some()
+        && helpers.enumerator_create_single.is_some()
+        && helpers.enumerator_create_nested.is_some())
+    .then_some(helpers)
 }

@@ -157,6 +157,11 @@ impl Supply {
         }
     }
 
+    /// Whether `id` keyed an exchange here as slave already (see [`Self::record_used`]).
+    pub fn was_used(&self, id: &KeyId) -> bool {
+        self.shared.lock().used_as_slave.contains(id)
+    }
+
     /// Slave side: records the key IDs an exchange is about to be keyed with; Err names one
     /// that keyed an exchange before (a KME answering dec_keys twice): the exchange must fail.
     pub fn record_used(&self, ids: &[KeyId]) -> Result<(), KeyId> {

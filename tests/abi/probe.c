@@ -63,6 +63,11 @@ enum {
 #include <processing/processor.h>
 #include <processing/jobs/job.h>
 #include <sa/ike_sa.h>
+#include <credentials/credential_manager.h>
+#include <credentials/credential_set.h>
+#include <credentials/keys/shared_key.h>
+#include <credentials/sets/mem_cred.h>
+#include <utils/identification.h>
 #define DBGV(name) printf("enum DBG_%s %lld\n", #name, (long long)DBG_##name)
 #endif
 
@@ -203,6 +208,61 @@ int main(void)
 	M(enum_name_t, next);
 	printf("enum_name_t.names %zu\n", (size_t)offsetof(enum_name_t, names));
 	printf("enum_name_t.names[0] size %zu\n", sizeof(((enum_name_t *)0)->names[0]));
+
+	/* PPK lookups: shared_key_type_t, identification_t, credential_set_t, mem_cred_t
+	 * (complete), credential_manager_t (leading slots only) */
+	S(shared_key_type_t);
+	E(SHARED_ANY);
+	E(SHARED_PPK);
+	S(identification_t);
+	M(identification_t, get_encoding);
+	M(identification_t, get_type);
+	M(identification_t, hash);
+	M(identification_t, equals);
+	M(identification_t, matches);
+	M(identification_t, contains_wildcards);
+	M(identification_t, create_part_enumerator);
+	M(identification_t, clone);
+	M(identification_t, destroy);
+	S(credential_set_t);
+	M(credential_set_t, create_private_enumerator);
+	M(credential_set_t, create_cert_enumerator);
+	M(credential_set_t, create_shared_enumerator);
+	M(credential_set_t, create_cdp_enumerator);
+	M(credential_set_t, cache_cert);
+	M(credential_manager_t, create_cert_enumerator);
+	M(credential_manager_t, create_shared_enumerator);
+	M(credential_manager_t, create_cdp_enumerator);
+	M(credential_manager_t, get_cert);
+	M(credential_manager_t, get_shared);
+	M(credential_manager_t, get_private);
+	M(credential_manager_t, get_ocsp);
+	M(credential_manager_t, create_trusted_enumerator);
+	M(credential_manager_t, create_public_enumerator);
+	M(credential_manager_t, cache_cert);
+	M(credential_manager_t, flush_cache);
+	M(credential_manager_t, issued_by);
+	M(credential_manager_t, add_set);
+	M(credential_manager_t, remove_set);
+	S(mem_cred_t);
+	M(mem_cred_t, set);
+	M(mem_cred_t, add_cert);
+	M(mem_cred_t, add_cert_ref);
+	M(mem_cred_t, get_cert_ref);
+	M(mem_cred_t, add_crl);
+	M(mem_cred_t, add_key);
+	M(mem_cred_t, remove_key);
+	M(mem_cred_t, add_shared);
+	M(mem_cred_t, add_shared_list);
+	M(mem_cred_t, add_shared_unique);
+	M(mem_cred_t, remove_shared_unique);
+	M(mem_cred_t, create_unique_shared_enumerator);
+	M(mem_cred_t, add_cdp);
+	M(mem_cred_t, replace_certs);
+	M(mem_cred_t, replace_secrets);
+	M(mem_cred_t, clear);
+	M(mem_cred_t, clear_secrets);
+	M(mem_cred_t, destroy);
 
 	/* library_t (global lib) */
 	S(library_t);

@@ -30,6 +30,8 @@
  *   SECRET HEX     the shared secret
  *   FAIL CALL      CALL returned FALSE / NULL (then cleanup continues, as charon's would)
  *   reload N       return value of plugin->reload
+ *   ppk HEX        (mode ppk) the PPK the plugin's credential set gave for --ppk-id
+ *   again N        (mode ppk) 1 if a second lookup of the same PPK_ID found a key
  *   ok - WHAT / not ok - WHAT   invariants checked here; any "not ok" makes the exit code 1
  * stderr: the plugin's log lines as "dbg[GROUP:LEVEL] text".
  * Exit codes: 0 done (even if the exchange failed), 1 an invariant failed, 2 usage or
@@ -581,6 +583,417 @@ static crypto_factory_t crypto = {
 	.create_ke = create_ke,
 };
 
+/* ---- credentials: the manager, mem_cred_t, shared keys, identities, enumerators ---------- */
+
+/* As libstrongswan's shared_key.c: the key is wiped when the last reference goes. */
+struct shared_key_t {
+	chunk_t key;
+};
+
+static int shared_keys_created, shared_keys_destroyed;
+
+shared_key_t *shared_key_create(shared_key_type_t type, chunk_t key)
+{
+	shared_key_t *this = malloc(sizeof(*this));
+
+	check(type == SHARED_PPK, "shared_key_create(SHARED_PPK, ...)");
+	this->key = key;
+	shared_keys_created++;
+	return this;
+}
+
+static void shared_key_destroy(shared_key_t *this)
+{
+	memset(this->key.ptr, 0, this->key.len);
+	free(this->key.ptr);
+	free(this);
+	shared_keys_destroyed++;
+}
+
+/* identification_t: an FQDN-like identity, its encoding the text */
+typedef struct {
+	identification_t public;
+	chunk_t encoding;
+} fake_id_t;
+
+static int ids_alive;
+
+static chunk_t id_get_encoding(identification_t *this)
+{
+	return ((fake_id_t *)this)->encoding;
+}
+
+static identification_t *id_create(const char *text);
+
+static identification_t *id_clone(identification_t *this)
+{
+	fake_id_t *id = (fake_id_t *)this;
+	char buf[128];
+
+	snprintf(buf, sizeof(buf), "%.*s", (int)id->encoding.len, id->encoding.ptr);
+	return id_create(buf);
+}
+
+static void id_destroy(identification_t *this)
+{
+	free(((fake_id_t *)this)->encoding.ptr);
+	free(this);
+	ids_alive--;
+}
+
+static identification_t *id_create(const char *text)
+{
+	fake_id_t *this = calloc(1, sizeof(*this));
+
+	this->public.get_encoding = id_get_encoding;
+	this->public.clone = id_clone;
+	this->public.destroy = id_destroy;
+	this->encoding.len = strlen(text);
+	this->encoding.ptr = (u_char *)strdup(text);
+	ids_alive++;
+	return &this->public;
+}
+
+static bool id_equals(identification_t *a, identification_t *b)
+{
+	chunk_t x = a->get_encoding(a), y = b->get_encoding(b);
+
+	return x.len == y.len && memcmp(x.ptr, y.ptr, x.len) == 0;
+}
+
+/* enumerator.c: enumerate() passes its varargs on to venumerate(va_list) */
+typedef bool (*venumerate_t)(enumerator_t *this, va_list args);
+
+static bool enumerate_default(enumerator_t *this, ...)
+{
+	va_list args;
+	bool ok;
+
+	va_start(args, this);
+	ok = ((venumerate_t)this->venumerate)(this, args);
+	va_end(args);
+	return ok;
+}
+
+/* mem_cred_t holding at most one shared key and its first owner; its enumerator yields
+ * (shared_key_t *, id_match_t *me, id_match_t *other) as mem_cred.c's shared_filter. */
+typedef struct {
+	mem_cred_t public;
+	shared_key_t *shared;
+	identification_t *owner;
+} fake_mem_cred_t;
+
+typedef struct {
+	enumerator_t public;
+	fake_mem_cred_t *mem;
+	identification_t *me;
+	bool done;
+} mem_cred_enumerator_t;
+
+static int mem_creds_alive, mem_cred_enumerators_alive;
+
+static bool mem_cred_venumerate(enumerator_t *this, va_list args)
+{
+	mem_cred_enumerator_t *e = (mem_cred_enumerator_t *)this;
+	shared_key_t **out = va_arg(args, shared_key_t **);
+	int *me = va_arg(args, int *), *other = va_arg(args, int *);
+	int match = 0;
+
+	if (e->done || !e->mem->shared)
+	{
+		return false;
+	}
+	e->done = true;
+	if (e->me)
+	{
+		if (!e->mem->owner || !id_equals(e->mem->owner, e->me))
+		{
+			return false;
+		}
+		match = 20; /* ID_MATCH_PERFECT */
+	}
+	*out = e->mem->shared;
+	if (me)
+	{
+		*me = match;
+	}
+	if (other)
+	{
+		*other = 0;
+	}
+	return true;
+}
+
+static void mem_cred_enumerator_destroy(enumerator_t *this)
+{
+	free(this);
+	mem_cred_enumerators_alive--;
+}
+
+static enumerator_t *mem_cred_create_shared_enumerator(credential_set_t *set,
+		shared_key_type_t type, identification_t *me, identification_t *other)
+{
+	mem_cred_enumerator_t *e = calloc(1, sizeof(*e));
+
+	(void)other;
+	check(type == SHARED_PPK, "mem_cred enumerates SHARED_PPK");
+	e->public.enumerate = enumerate_default;
+	e->public.venumerate = (void *)mem_cred_venumerate;
+	e->public.destroy = mem_cred_enumerator_destroy;
+	e->mem = (fake_mem_cred_t *)set;
+	e->me = me;
+	mem_cred_enumerators_alive++;
+	return &e->public;
+}
+
+static void mem_cred_add_shared(mem_cred_t *this, shared_key_t *shared, ...)
+{
+	fake_mem_cred_t *mem = (fake_mem_cred_t *)this;
+	identification_t *owner;
+	va_list args;
+
+	va_start(args, shared);
+	while ((owner = va_arg(args, identification_t *)))
+	{
+		if (mem->owner)
+		{
+			owner->destroy(owner);
+		}
+		else
+		{
+			mem->owner = owner;
+		}
+	}
+	va_end(args);
+	mem->shared = shared;
+}
+
+static void mem_cred_destroy(mem_cred_t *this)
+{
+	fake_mem_cred_t *mem = (fake_mem_cred_t *)this;
+
+	check(mem_cred_enumerators_alive == 0, "no enumerator of a mem_cred_t outlives it");
+	if (mem->shared)
+	{
+		shared_key_destroy(mem->shared);
+	}
+	if (mem->owner)
+	{
+		mem->owner->destroy(mem->owner);
+	}
+	free(mem);
+	mem_creds_alive--;
+}
+
+mem_cred_t *mem_cred_create(void)
+{
+	fake_mem_cred_t *this = calloc(1, sizeof(*this));
+
+	this->public.set.create_shared_enumerator = mem_cred_create_shared_enumerator;
+	this->public.add_shared = mem_cred_add_shared;
+	this->public.destroy = mem_cred_destroy;
+	mem_creds_alive++;
+	return &this->public;
+}
+
+/* enumerator.c's single and nested enumerators, destroy order included */
+typedef struct {
+	enumerator_t public;
+	void *item;
+	void (*cleanup)(void *item);
+	bool done;
+} single_enumerator_t;
+
+static bool single_venumerate(enumerator_t *this, va_list args)
+{
+	single_enumerator_t *e = (single_enumerator_t *)this;
+	void **item = va_arg(args, void **);
+
+	if (e->done)
+	{
+		return false;
+	}
+	*item = e->item;
+	e->done = true;
+	return true;
+}
+
+static void single_destroy(enumerator_t *this)
+{
+	single_enumerator_t *e = (single_enumerator_t *)this;
+
+	if (e->cleanup)
+	{
+		e->cleanup(e->item);
+	}
+	free(e);
+}
+
+enumerator_t *enumerator_create_single(void *item, void (*cleanup)(void *item))
+{
+	single_enumerator_t *e = calloc(1, sizeof(*e));
+
+	e->public.enumerate = enumerate_default;
+	e->public.venumerate = (void *)single_venumerate;
+	e->public.destroy = single_destroy;
+	e->item = item;
+	e->cleanup = cleanup;
+	return &e->public;
+}
+
+typedef struct {
+	enumerator_t public;
+	enumerator_t *outer, *inner;
+	enumerator_t *(*create_inner)(void *outer, void *data);
+	void *data;
+	void (*destructor)(void *data);
+} nested_enumerator_t;
+
+static bool nested_venumerate(enumerator_t *this, va_list args)
+{
+	nested_enumerator_t *e = (nested_enumerator_t *)this;
+
+	while (true)
+	{
+		while (!e->inner)
+		{
+			void *outer;
+
+			if (!e->outer->enumerate(e->outer, &outer))
+			{
+				return false;
+			}
+			e->inner = e->create_inner(outer, e->data);
+		}
+		if (((venumerate_t)e->inner->venumerate)(e->inner, args))
+		{
+			return true;
+		}
+		e->inner->destroy(e->inner);
+		e->inner = NULL;
+	}
+}
+
+static void nested_destroy(enumerator_t *this)
+{
+	nested_enumerator_t *e = (nested_enumerator_t *)this;
+
+	if (e->destructor)
+	{
+		e->destructor(e->data);
+	}
+	if (e->inner)
+	{
+		e->inner->destroy(e->inner);
+	}
+	e->outer->destroy(e->outer);
+	free(e);
+}
+
+enumerator_t *enumerator_create_nested(enumerator_t *outer,
+		enumerator_t *(*inner_constructor)(void *outer, void *data), void *data,
+		void (*destructor)(void *data))
+{
+	nested_enumerator_t *e = calloc(1, sizeof(*e));
+
+	e->public.enumerate = enumerate_default;
+	e->public.venumerate = (void *)nested_venumerate;
+	e->public.destroy = nested_destroy;
+	e->outer = outer;
+	e->create_inner = inner_constructor;
+	e->data = data;
+	e->destructor = destructor;
+	return &e->public;
+}
+
+/* credential_manager.c: the plugin's set, while registered */
+static credential_set_t *credential_set;
+static int sets_added, sets_removed;
+
+static void credmgr_add_set(credential_manager_t *this, credential_set_t *set)
+{
+	(void)this;
+	credential_set = set;
+	sets_added++;
+}
+
+static void credmgr_remove_set(credential_manager_t *this, credential_set_t *set)
+{
+	(void)this;
+	if (set == credential_set)
+	{
+		credential_set = NULL;
+		sets_removed++;
+	}
+}
+
+static credential_manager_t credmgr = {
+	.add_set = credmgr_add_set,
+	.remove_set = credmgr_remove_set,
+};
+
+/* credential_manager.c's get_shared over our one set: the best match, a reference kept
+ * (here: the key copied out, as ike_auth.c clones it) */
+static bool get_shared_ppk(identification_t *me, chunk_t *out)
+{
+	enumerator_t *e;
+	shared_key_t *key;
+	int match_me = -1, match_other = -1;
+	bool found = false;
+
+	e = credential_set->create_shared_enumerator(credential_set, SHARED_PPK, me, NULL);
+	if (!e)
+	{
+		return false;
+	}
+	if (e->enumerate(e, &key, &match_me, &match_other))
+	{
+		check(!me || match_me == 20, "the PPK matches its PPK_ID perfectly");
+		check(match_other == 0, "no other identity was asked for");
+		out->len = key->key.len;
+		out->ptr = malloc(out->len);
+		memcpy(out->ptr, key->key.ptr, out->len);
+		found = true;
+	}
+	e->destroy(e);
+	return found;
+}
+
+/* ike_init.c's send_use_ppk and ike_auth.c's get_ppk_r, against the plugin's set */
+static void ppk_lookups(const char *ppk_id)
+{
+	identification_t *id = id_create(ppk_id);
+	void *(*slot)(void);
+	chunk_t key = { NULL, 0 };
+
+	check(credential_set != NULL, "the plugin registers a credential set");
+	if (!credential_set)
+	{
+		return;
+	}
+	slot = (void *(*)(void))credential_set->create_private_enumerator;
+	check(slot && slot() == NULL, "no private keys from the set");
+	slot = (void *(*)(void))credential_set->create_cert_enumerator;
+	check(slot && slot() == NULL, "no certificates from the set");
+	slot = (void *(*)(void))credential_set->create_cdp_enumerator;
+	check(slot && slot() == NULL, "no CDPs from the set");
+	((void (*)(void))credential_set->cache_cert)();
+	check(credential_set->create_shared_enumerator(credential_set, SHARED_ANY + 1, id, NULL) == NULL,
+		  "no IKE PSK from the set");
+	check(get_shared_ppk(NULL, &key), "a PPK exists (USE_PPK is sent)");
+	free(key.ptr);
+	if (get_shared_ppk(id, &key))
+	{
+		print_hex("ppk", key);
+		memset(key.ptr, 0, key.len);
+		free(key.ptr);
+	}
+	check(mem_creds_alive == 1 && mem_cred_enumerators_alive == 0,
+		  "the lookup's mem_cred_t and enumerators are gone, the placeholder stays");
+	fact("again %d", get_shared_ppk(id, &key));
+	id->destroy(id);
+}
+
 /* ---- library_t, daemon_t ----------------------------------------------------------------- */
 
 /* processor.c: queued jobs run once the worker threads exist (charon->start, after the
@@ -622,6 +1035,7 @@ static library_t fake_lib = {
 	.proposal = &proposal,
 	.crypto = &crypto,
 	.settings = &settings,
+	.credmgr = &credmgr,
 };
 
 library_t *lib = &fake_lib;
@@ -793,6 +1207,10 @@ static void unload(plugin_t *plugin)
 		  "plugin destroy calls enum_remove_enum_names with the names it added");
 	check(enum_to_name(key_exchange_method_names, registered_method) == NULL,
 		  "after destroy the method has no name");
+	check(sets_added == 1 && sets_removed == 1 && !credential_set,
+		  "plugin destroy removes the credential set it added");
+	check(mem_creds_alive == 0 && shared_keys_created == shared_keys_destroyed,
+		  "every mem_cred_t and shared key the plugin made is destroyed");
 	if (constructor)
 	{
 		check(constructor(registered_method, chunk_empty, chunk_empty) == NULL,
@@ -1057,7 +1475,7 @@ static void probe(plugin_t *plugin, int method, const char *reload_settings, boo
 
 int main(int argc, char *argv[])
 {
-	const char *plugin_path, *mode, *reload_settings = NULL;
+	const char *plugin_path, *mode, *reload_settings = NULL, *ppk_id = NULL;
 	bool check_version = true, hold = false;
 	plugin_t *(*create)(void);
 	const char **version;
@@ -1103,6 +1521,10 @@ int main(int argc, char *argv[])
 		else if (strcmp(argv[i], "--reload-settings") == 0)
 		{
 			reload_settings = argv[i + 1];
+		}
+		else if (strcmp(argv[i], "--ppk-id") == 0)
+		{
+			ppk_id = argv[i + 1];
 		}
 		else
 		{
@@ -1185,12 +1607,17 @@ int main(int argc, char *argv[])
 	{
 		probe(plugin, method, reload_settings, hold);
 	}
+	else if (strcmp(mode, "ppk") == 0 && ppk_id)
+	{
+		ppk_lookups(ppk_id);
+	}
 	else
 	{
-		die("MODE is initiator, responder or probe");
+		die("MODE is initiator, responder, probe or ppk (with --ppk-id)");
 	}
 
 	unload(plugin);
+	check(ids_alive == 0, "every identity the plugin cloned was destroyed");
 	check(dh_created == dh_destroyed, "every ECDH object the plugin created was destroyed (%d)",
 		  dh_created);
 	dlclose(handle);
