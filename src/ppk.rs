@@ -56,14 +56,7 @@ impl Refusal {
         match self {
             Refusal::WrongAddress { .. } => "peer-address",
             Refusal::Busy(_) => "kme-requests-limit",
-            Refusal::Kme(error) => match error {
-                KmeError::Unreachable { .. } => "kme-unreachable",
-                KmeError::NoKeyAvailable { .. } => "kme-no-key",
-                KmeError::Rejected { .. } => "kme-refused",
-                KmeError::Tls { .. } => "kme-tls",
-                KmeError::Protocol(_) => "kme-protocol",
-                KmeError::Config(_) => "kme-config",
-            },
+            Refusal::Kme(error) => error.audit_cause(),
             Refusal::UsedBefore => "key-used",
             Refusal::BadKey(_) => "kme-key",
         }

@@ -7,7 +7,6 @@
 
 use super::{ExchangeContext, KeError};
 use crate::ids::{format_ids, KeyId, SaeId};
-use crate::kme::KmeError;
 
 /// What one exchange has learnt so far for its audit line.
 #[derive(Default)]
@@ -71,14 +70,7 @@ pub(super) fn failure_result(error: &KeError) -> String {
     let cause = match error {
         KeError::PeerHasNoKey(_) => return "refused-no-key".into(),
         KeError::UnknownPeer(_) => "unknown-peer",
-        KeError::Kme { error, .. } => match error {
-            KmeError::Unreachable { .. } => "kme-unreachable",
-            KmeError::NoKeyAvailable { .. } => "kme-no-key",
-            KmeError::Rejected { .. } => "kme-refused",
-            KmeError::Tls { .. } => "kme-tls",
-            KmeError::Protocol(_) => "kme-protocol",
-            KmeError::Config(_) => "kme-config",
-        },
+        KeError::Kme { error, .. } => error.audit_cause(),
         KeError::Busy(_) => "kme-requests-limit",
         KeError::BadPeerData(_) | KeError::Wire(_) => "peer-data",
         KeError::KeyMismatch { .. } => "key-mismatch",
@@ -95,6 +87,7 @@ pub(super) fn failure_result(error: &KeError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kme::KmeError;
 
     #[test]
     fn the_line_is_key_value_without_spaces_in_values() {

@@ -80,6 +80,18 @@ impl KmeError {
             KmeError::NoKeyAvailable { .. } | KmeError::Unreachable { .. }
         )
     }
+
+    /// The cause token of a `qkd-audit` line's `result=failed:<cause>`.
+    pub fn audit_cause(&self) -> &'static str {
+        match self {
+            KmeError::Unreachable { .. } => "kme-unreachable",
+            KmeError::NoKeyAvailable { .. } => "kme-no-key",
+            KmeError::Rejected { .. } => "kme-refused",
+            KmeError::Tls { .. } => "kme-tls",
+            KmeError::Protocol(_) => "kme-protocol",
+            KmeError::Config(_) => "kme-config",
+        }
+    }
 }
 
 impl fmt::Display for KmeError {
