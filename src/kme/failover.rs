@@ -1,6 +1,6 @@
 //! KME failover: one [`KeySource`] over the nodes of one redundant KME (`kme.url` lists
-//! several URLs), which share one key store. (Over 500 lines only for its tests against
-//! real listeners.)
+//! several URLs), which share one key store. (Over 500 lines only for its unit tests,
+//! which fake the nodes' answers.)
 //!
 //! Every request goes to the nodes in configured order, skipping nodes that failed within
 //! the last probe interval. Only failures another node can do better on move on to the next
