@@ -1,4 +1,4 @@
-# desc: RFC 8784 PPK from the KME: a stock strongSwan (gw-a, plugin not loaded, plain x25519) holding a QKD key as its static PPK initiates; gw-b's plugin fetches that key by its ID (the PPK_ID) with dec_keys; PPK in use on both, ping; the same key ID again: refused, no SA. On 6.0.1 (trixie), then 6.1.0 (forky) on both gateways
+# desc: RFC 8784 PPK from the KME: a stock strongSwan (gw-a, plugin not loaded, plain x25519) holding a QKD key as its static PPK initiates; gw-b's plugin fetches that key by its ID (the PPK_ID) with dec_keys; PPK in use on both, ping; the same key ID again: refused, no SA; a key ID the KME never issued: refused, no SA. On 6.0.1 (trixie), then 6.1.0 (forky) on both gateways
 # suites: forky
 # gw-a plays a gateway without our plugin: the harness fetches a key for gw-a's SAE ID from
 # KME-A (enc_keys, slave sae-b), as a vendor's QKD client or an operator would, and loads it
@@ -43,6 +43,29 @@ EOF
         || { cat "$QKD_INTEROP_SCEN_DIR/gw-a/load-ppk.out" >&2; fail "gw-a did not load the PPK"; }
     printf '%s\n' "$key_id"
 }
+# A PPK_ID that looks like a key ID but that no KME issued (a random UUID, a random secret):
+# appended like the real one. Prints the key ID.
+load_unknown_ppk_into_gw_a() {
+    local key_id hex
+    key_id=$(python3 -c 'import uuid; print(uuid.uuid4())')
+    hex=$(python3 -c 'import os; print(os.urandom(32).hex())')
+    cat >>"$QKD_INTEROP_SCEN_DIR/gw-a/swanctl.conf" <<EOF
+connections {
+    $CONN_NAME {
+        ppk_id = $key_id
+    }
+}
+secrets {
+    ppk-unknown {
+        secret = 0x$hex
+        id = $key_id
+    }
+}
+EOF
+    swanctl_in gw-a --load-all >"$QKD_INTEROP_SCEN_DIR/gw-a/load-unknown-ppk.out" 2>&1 \
+        || { cat "$QKD_INTEROP_SCEN_DIR/gw-a/load-unknown-ppk.out" >&2; fail "swanctl --load-all with the unknown PPK failed on gw-a"; }
+    printf '%s\n' "$key_id"
+}
 no_ike_sa() { [ -z "$(ike_ids gw-a)$(ike_ids gw-b)" ]; }
 
 # ppk_round VERSION: on gateways running strongSwan VERSION, a tunnel with a fresh KME key
@@ -84,6 +107,17 @@ ppk_round() {
     expect_log gw-b "qkd-audit: ike_sa=tunnel\[[0-9]+\] exchange=ppk role=responder peer_sae=sae-a key_ids=$key_id .* result=failed:key-used"
     expect_log gw-b "PPK required but no PPK found for '$key_id'"
     step "second IKE SA with key $key_id: refused by gw-b (key used), no IKE SA on either side"
+
+    # A key ID no KME issued: gw-b's KME refuses it, gw-b refuses the IKE SA.
+    key_id=$(load_unknown_ppk_into_gw_a)
+    log_mark
+    try_initiate gw-a 20 && fail "an IKE SA came up with the unknown key ID $key_id"
+    no_ike_sa || fail "an IKE SA is up after the refusal of an unknown key ID"
+    expect_log gw-b "qkd: no PPK for PPK_ID '$key_id' \(connection 'tunnel', SAE 'sae-a'\): .*KME https://192.0.2.30:8444"
+    expect_log gw-b "qkd-audit: ike_sa=tunnel\[[0-9]+\] exchange=ppk role=responder peer_sae=sae-a key_ids=$key_id .* result=failed:kme-(refused|no-key)"
+    expect_log gw-b "PPK required but no PPK found for '$key_id'"
+    note "gw-b: $(log_grep gw-b "qkd: no PPK for PPK_ID '$key_id'" | sed 's/.*qkd: //')"
+    step "IKE SA with key ID $key_id, which no KME issued: refused by gw-b (its KME does not know it), no IKE SA"
     expect_charon_alive gw-a
     expect_charon_alive gw-b
 }
