@@ -10,7 +10,7 @@
 //! Buffers belong to the peer, not to an IKE SA: keys announced in one IKE SA serve every
 //! later exchange with that peer. The depth of the outbound queue follows the measured
 //! demand and KME delay (`depth.rs`), between `buffer` and `buffer_max`. A few refill threads
-//! (`refill.rs`) serve every peer, at most one request per peer and direction and a bounded
+//! (`refill.rs`) serve every peer, at most two requests per peer and direction and a bounded
 //! number per KME in flight; they start after charon dropped its privileges. An announcement
 //! is only a hint, acted on once the IKE SA that carried it is authenticated: every exchange
 //! names its key IDs and falls back to fetching them on demand, so a lost, stale or repeated

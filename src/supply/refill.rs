@@ -1,8 +1,8 @@
 //! The refill threads: top up every peer's outbound queue to its depth (enc_keys, several
 //! sets per request), fetch announced keys into the inbound caches (dec_keys, several IDs per
-//! request), expire old keys, and back off per peer while its KME fails. At most one request
-//! per peer and direction is in flight (a peer's needs are coalesced into it), and at most
-//! [`PER_KME`] per KME, so one slow KME or peer cannot hold up the others' refills. KME calls
+//! request), expire old keys, and back off per peer while its KME fails. At most [`PER_PEER`]
+//! requests per peer and direction are in flight (a peer's needs are coalesced into them),
+//! and at most [`PER_KME`] per KME, so one slow KME or peer cannot hold up the others' refills. KME calls
 //! run without the lock held.
 
 use super::{Buffers, Cached, KeySet, Shared};

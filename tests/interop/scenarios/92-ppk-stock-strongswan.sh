@@ -15,14 +15,11 @@ B_EXTRA_QKD='    peers {
         }
     }'
 
-# ppk_id and the PPK secret for gw-a, from KME-A: appended to its rendered swanctl.conf
-# (strongSwan merges repeated sections), then loaded with swanctl. Prints the key ID.
-load_ppk_into_gw_a() {
-    local enc key_id hex
-    enc=$(etsi_in gw-a sae-b/enc_keys '{"number": 1, "size": 256}') || fail "gw-a: enc_keys failed: $enc"
-    key_id=$(json_get keys 0 key_ID <<<"$enc")
-    hex=$(json_get keys 0 key <<<"$enc" | python3 -c 'import base64, sys; print(base64.b64decode(sys.stdin.read()).hex())')
-    [ ${#hex} -eq 64 ] || fail "KME-A's key $key_id is not 256 bits"
+# use_ppk_on_gw_a NAME KEY_ID HEX: KEY_ID as gw-a's ppk_id (ppk_required) and HEX as its PPK
+# secret NAME, appended to its rendered swanctl.conf (strongSwan merges repeated sections,
+# the last ppk_id wins), then loaded with swanctl.
+use_ppk_on_gw_a() {
+    local name=$1 key_id=$2 hex=$3 out="$QKD_INTEROP_SCEN_DIR/gw-a/load-$1.out"
     cat >>"$QKD_INTEROP_SCEN_DIR/gw-a/swanctl.conf" <<EOF
 connections {
     $CONN_NAME {
@@ -31,39 +28,32 @@ connections {
     }
 }
 secrets {
-    ppk-qkd {
+    $name {
         secret = 0x$hex
         id = $key_id
     }
 }
 EOF
-    swanctl_in gw-a --load-all >"$QKD_INTEROP_SCEN_DIR/gw-a/load-ppk.out" 2>&1 \
-        || { cat "$QKD_INTEROP_SCEN_DIR/gw-a/load-ppk.out" >&2; fail "swanctl --load-all with the PPK failed on gw-a"; }
-    grep -q "loaded ppk secret 'ppk-qkd'" "$QKD_INTEROP_SCEN_DIR/gw-a/load-ppk.out" \
-        || { cat "$QKD_INTEROP_SCEN_DIR/gw-a/load-ppk.out" >&2; fail "gw-a did not load the PPK"; }
+    swanctl_in gw-a --load-all >"$out" 2>&1 \
+        || { cat "$out" >&2; fail "swanctl --load-all with the PPK $name failed on gw-a"; }
+    grep -q "loaded ppk secret '$name'" "$out" || { cat "$out" >&2; fail "gw-a did not load the PPK $name"; }
+}
+# A key for gw-a's SAE ID from KME-A (enc_keys), as gw-a's PPK. Prints the key ID.
+load_ppk_into_gw_a() {
+    local enc key_id hex
+    enc=$(etsi_in gw-a sae-b/enc_keys '{"number": 1, "size": 256}') || fail "gw-a: enc_keys failed: $enc"
+    key_id=$(json_get keys 0 key_ID <<<"$enc")
+    hex=$(json_get keys 0 key <<<"$enc" | python3 -c 'import base64, sys; print(base64.b64decode(sys.stdin.read()).hex())')
+    [ ${#hex} -eq 64 ] || fail "KME-A's key $key_id is not 256 bits"
+    use_ppk_on_gw_a ppk-qkd "$key_id" "$hex"
     printf '%s\n' "$key_id"
 }
-# A PPK_ID that looks like a key ID but that no KME issued (a random UUID, a random secret):
-# appended like the real one. Prints the key ID.
+# A PPK_ID that looks like a key ID but that no KME issued (a random UUID, a random secret),
+# as gw-a's PPK. Prints the key ID.
 load_unknown_ppk_into_gw_a() {
-    local key_id hex
+    local key_id
     key_id=$(python3 -c 'import uuid; print(uuid.uuid4())')
-    hex=$(python3 -c 'import os; print(os.urandom(32).hex())')
-    cat >>"$QKD_INTEROP_SCEN_DIR/gw-a/swanctl.conf" <<EOF
-connections {
-    $CONN_NAME {
-        ppk_id = $key_id
-    }
-}
-secrets {
-    ppk-unknown {
-        secret = 0x$hex
-        id = $key_id
-    }
-}
-EOF
-    swanctl_in gw-a --load-all >"$QKD_INTEROP_SCEN_DIR/gw-a/load-unknown-ppk.out" 2>&1 \
-        || { cat "$QKD_INTEROP_SCEN_DIR/gw-a/load-unknown-ppk.out" >&2; fail "swanctl --load-all with the unknown PPK failed on gw-a"; }
+    use_ppk_on_gw_a ppk-unknown "$key_id" "$(python3 -c 'import os; print(os.urandom(32).hex())')"
     printf '%s\n' "$key_id"
 }
 no_ike_sa() { [ -z "$(ike_ids gw-a)$(ike_ids gw-b)" ]; }
